@@ -1,0 +1,204 @@
+"""Command line: ``kvembed-rag COMMAND ...`` (also ``python -m kvembed_rag``). Commands only parse, call, print.
+
+Exit codes: 0 success, 1 a failure while working (a model that will not load, a corrupt file), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import KVEmbedError
+from .methods import METHODS
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or input files: exit code 2."""
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", default="default", help="'default' (Gemma-3-270M, offline), a hub id, a directory or a .gguf file"
+    )
+    group.add_argument("--method", default="kv", choices=list(METHODS), help="embedding method (default: kv)")
+    group.add_argument(
+        "--max-length", type=int, default=None, help="tokens per input (default: 4096 or the model's limit)"
+    )
+    group.add_argument("--layers", default=None, help="re-routed layers, e.g. '3,4' (default: the model's window)")
+    group.add_argument("--bias", type=float, default=1.0, help="logit bias on the re-routed slot (default: 1.0)")
+    group.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    group.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
+    group.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
+
+
+def _parse_layers(text: str | None) -> list[int] | str | None:
+    if text is None or text in ("auto", "default"):
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--layers must be comma-separated integers, 'auto' or 'default'; got {text!r}") from exc
+
+
+def load_embedder(args: argparse.Namespace, **overrides: Any) -> Any:
+    from .embedder import DEFAULT_BATCH_TOKENS, KVEmbedder
+
+    options: dict[str, Any] = dict(
+        method=args.method,
+        layers=_parse_layers(args.layers),
+        bias=args.bias,
+        max_length=args.max_length,
+        batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS,
+        device=args.device,
+        dtype=args.dtype,
+        show_progress=not getattr(args, "quiet", False),
+    )
+    options.update(overrides)
+    return KVEmbedder.from_pretrained(args.model, **options)
+
+
+def _read_texts(path: str | None) -> list[str]:
+    """One text per line from a file or stdin; ``.jsonl`` reads the ``text`` field of each object."""
+    if path in (None, "-"):
+        lines = sys.stdin.read().splitlines()
+        source = "<stdin>"
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise UsageError(f"{file}: no such file")
+        lines = file.read_text(encoding="utf-8").splitlines()
+        source = str(file)
+    if source.endswith(".jsonl"):
+        texts = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{source}:{number}: not JSON ({exc.msg})") from exc
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise UsageError(f"{source}:{number}: expected an object with a string 'text' field")
+            texts.append(record["text"])
+        return texts
+    return [line for line in lines if line.strip()]
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    texts = list(args.text) if args.text else _read_texts(args.input)
+    if not texts:
+        raise UsageError("nothing to embed: give --text or --input with one text per line")
+    embedder = load_embedder(args)
+    vectors = embedder.encode(texts, role=args.role)
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".npy":
+            np.save(out, vectors)
+        elif out.suffix == ".jsonl":
+            with out.open("w", encoding="utf-8") as handle:
+                for text, vector in zip(texts, vectors, strict=True):
+                    handle.write(json.dumps({"text": text, "vector": vector.tolist()}) + "\n")
+        else:
+            raise UsageError(f"--out must end in .npy or .jsonl; got {out}")
+        summary = {"out": str(out), "n": len(texts), "dim": embedder.dim, "embedder": embedder.describe()}
+        print(json.dumps(summary) if args.json else f"wrote {len(texts)} x {embedder.dim} vectors to {out}")
+    elif args.json:
+        print(json.dumps({"embedder": embedder.describe(), "vectors": vectors.tolist()}))
+    else:
+        for text, vector in zip(texts, vectors, strict=True):
+            head = " ".join(f"{x:+.4f}" for x in vector[:6])
+            print(f"{text[:50]!r:54s} [{head} ...] dim={len(vector)}")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    embedder = load_embedder(args)
+    info = embedder.describe()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for key, value in info.items():
+            print(f"{key:24s} {value}")
+    return EXIT_OK
+
+
+EXAMPLES = {
+    "embed": """examples:
+  kvembed-rag embed --text "What is KV-Embedding?" --role query
+  kvembed-rag embed --input docs.txt --out vectors.npy
+  cat queries.jsonl | kvembed-rag embed --input - --role query --json""",
+    "info": """examples:
+  kvembed-rag info
+  kvembed-rag info --model ./my-llama --method prompteol --json""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvembed-rag",
+        description="Training-free text embeddings from frozen decoder-only LLMs (KV-Embedding), for RAG.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("embed", cmd_embed, "Embed texts from the command line, a file or stdin.")
+    p.add_argument("--text", action="append", help="a text to embed (repeatable)")
+    p.add_argument("--input", help="file with one text per line, .jsonl with a 'text' field, or - for stdin")
+    p.add_argument("--out", help="write vectors to FILE.npy or FILE.jsonl")
+    p.add_argument("--role", choices=["document", "query"], default="document")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _model_options(p)
+
+    p = command("info", cmd_info, "Load a model and print what determines its vectors.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _model_options(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage and 0 on --help
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args))
+    except UsageError as exc:
+        print(f"kvembed-rag {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KVEmbedError, ValueError, TypeError, OSError) as exc:
+        print(f"kvembed-rag {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

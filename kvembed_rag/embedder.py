@@ -1,0 +1,414 @@
+"""``KVEmbedder``: a frozen decoder-only LLM as a text embedder, in one forward pass."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .attention import PLAN_KWARG, ReroutingPlan, build_plan, probe_dispatch, resolve_backend
+from .methods import (
+    MethodSpec,
+    default_window,
+    get_method,
+    token_prepending_layers,
+    validate_layers,
+)
+from .models import ModelSource, load_model, load_tokenizer, pick_device, pick_dtype, resolve
+from .pooling import POOLINGS, pool
+from .prompts import PromptTemplate, Role
+from .tokenization import EncodedText, encode_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_TOKENS = 16_384
+DEFAULT_MAX_LENGTH = 4096
+
+
+class TruncationWarning(UserWarning):
+    """Some inputs were longer than ``max_length`` and lost their tail."""
+
+
+def _decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList:
+    """The model's stack of decoder layers (``model.layers`` for Llama-style bases)."""
+    layers = getattr(model, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers) == num_layers:
+        return layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise AttributeError(f"cannot find the {num_layers} decoder layers of {type(model).__name__}")
+
+
+def _check_texts(texts: object) -> list[str]:
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a string or a sequence of strings; got {type(texts).__name__}")
+    items = list(texts)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"texts[{i}] is {type(item).__name__}, not str; convert or drop it before encoding")
+    return items
+
+
+class KVEmbedder:
+    """Turn a frozen decoder-only LLM into a text embedder (KV-Embedding and its baselines).
+
+    Build one with :meth:`from_pretrained`. ``encode*`` return L2-normalised float32 arrays; a single string
+    gives shape ``(dim,)``, a list ``(n, dim)``. Calls from many threads are safe (one lock guards the
+    tokenizer and the model).
+
+    Empty or whitespace-only strings are embedded like any other text: the prompt with nothing in its
+    ``{text}`` slot. With a method that has no prompt (``last``, ``mean``) and a tokenizer that adds no
+    BOS, such a string becomes the tokenizer's BOS/EOS/PAD token, so every input gets a finite vector.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        method: str = "kv",
+        layers: Sequence[int] | str | None = None,
+        bias: float = 1.0,
+        pooling: str | None = None,
+        prompts: PromptTemplate | dict[str, str] | str | None = None,
+        max_length: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        padding_side: str | None = None,
+        source: ModelSource | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        self.model: Any = model  # a transformers PreTrainedModel (typed loosely: its config is dynamic)
+        self.tokenizer = tokenizer
+        config: Any = getattr(model, "config", None)
+        self.num_layers = int(config.num_hidden_layers)
+        self.spec: MethodSpec = get_method(method)
+        self.method = self.spec.name
+        if layers is None or layers == "default":
+            self.layers = default_window(self.num_layers)
+        elif isinstance(layers, str):
+            raise ValueError(f"layers must be 'default' or a list of layer indices; got {layers!r}")
+        else:
+            self.layers = validate_layers(layers, self.num_layers)
+        self.bias = float(bias)
+        self.pooling = pooling or self.spec.pooling
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}; got {self.pooling!r}")
+        self.prompts = PromptTemplate.coerce(prompts, self.spec.prompts)
+        model_max = getattr(config, "max_position_embeddings", None)
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_LENGTH, model_max) if isinstance(model_max, int) else DEFAULT_MAX_LENGTH
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive int; got {max_length!r}")
+        if isinstance(model_max, int) and max_length > model_max:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's max_position_embeddings={model_max}; "
+                f"pass max_length<={model_max}"
+            )
+        self.max_length = max_length
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be a positive int; got {batch_tokens!r}")
+        self.batch_tokens = batch_tokens
+        self.padding_side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right'; got {self.padding_side!r}")
+        self.source = source or ModelSource(getattr(config, "_name_or_path", "") or type(model).__name__, "object", "")
+        self.show_progress = show_progress
+        self.pad_id = next(
+            (
+                v
+                for v in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+                if isinstance(v, int)
+            ),
+            0,
+        )
+        self._tp_layers = token_prepending_layers(self.num_layers) if self.spec.token_prepending else []
+        self._placeholder_id = next(
+            (v for v in (getattr(tokenizer, "unk_token_id", None), self.pad_id) if isinstance(v, int)), 0
+        )
+        self._decoder = _decoder_layers(model, self.num_layers)
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str] = "default",
+        *,
+        method: str = "kv",
+        layers: Sequence[int] | str | None = None,
+        bias: float = 1.0,
+        pooling: str | None = None,
+        prompts: PromptTemplate | dict[str, str] | str | None = None,
+        max_length: int | None = None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+        padding_side: str | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        show_progress: bool = False,
+    ) -> KVEmbedder:
+        """Load ``model`` (``"default"``, a hub id, a local directory or a ``.gguf`` file) as an embedder.
+
+        ``attn_implementation`` is ``"sdpa"`` (fast) or ``"eager"`` (reference); flash and flex kernels are
+        refused because they have no place for the prefix slot's bias. ``trust_remote_code`` stays off
+        unless you turn it on.
+        """
+        backend = resolve_backend(attn_implementation)
+        location, source = resolve(model, revision=revision, trust_remote_code=trust_remote_code)
+        torch_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, torch_device)
+        tokenizer = load_tokenizer(location, revision=revision, trust_remote_code=trust_remote_code)
+        backbone = load_model(
+            location,
+            attn_implementation=backend,
+            device=torch_device,
+            dtype=torch_dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        probe_dispatch(backbone, int(getattr(backbone.config, "num_hidden_layers", 0)))
+        return cls(
+            backbone,
+            tokenizer,
+            method=method,
+            layers=layers,
+            bias=bias,
+            pooling=pooling,
+            prompts=prompts,
+            max_length=max_length,
+            batch_tokens=batch_tokens,
+            padding_side=padding_side,
+            source=source,
+            show_progress=show_progress,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dim(self) -> int:
+        """Embedding width (the backbone's hidden size)."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the vectors, JSON-serialisable (recorded in indexes and caches)."""
+        config: Any = self.model.config
+        return {
+            "package": "kvembed-rag",
+            "version": __version__,
+            "model": self.source.to_dict(),
+            "architecture": type(self.model).__name__,
+            "model_type": getattr(config, "model_type", None),
+            "num_layers": self.num_layers,
+            "dim": self.dim,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "method": self.method,
+            "layers": list(self.layers) if self.spec.reroute else [],
+            "bias": self.bias if self.spec.reroute else None,
+            "token_prepending_layers": list(self._tp_layers),
+            "pooling": self.pooling,
+            "prompts": self.prompts.to_dict(),
+            "max_length": self.max_length,
+        }
+
+    to_dict = describe
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`describe` minus the package version: equal fingerprints, comparable vectors."""
+        payload = {k: v for k, v in self.describe().items() if k != "version"}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return (
+            f"KVEmbedder(model={self.source.spec!r}, method={self.method!r}, layers={self.layers}, "
+            f"bias={self.bias}, pooling={self.pooling!r}, max_length={self.max_length}, dim={self.dim})"
+        )
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        role: Role = "document",
+        *,
+        batch_tokens: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed texts as ``role`` ("document" or "query"): float32, unit norm, ``(n, dim)`` or ``(dim,)``."""
+        single = isinstance(texts, str)
+        items: list[str] = [texts] if isinstance(texts, str) else _check_texts(texts)
+        self.prompts.for_role(role)  # validates the role before any work
+        vectors = self._encode(items, role, batch_tokens or self.batch_tokens, show_progress)
+        return vectors[0] if single else vectors
+
+    def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
+        """Embed passages to be retrieved (the document prompt)."""
+        return self.encode(texts, "document", **kwargs)
+
+    def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
+        """Embed search queries (the query prompt)."""
+        return self.encode(texts, "query", **kwargs)
+
+    def tokenize(self, texts: Sequence[str], role: Role = "document") -> list[EncodedText]:
+        """Prompted, truncated token ids per text (what :meth:`encode` feeds the model)."""
+        reserve = 1 if self.spec.token_prepending else 0
+        with self._lock:  # fast tokenizers are not thread-safe ("Already borrowed")
+            encoded = [
+                encode_text(
+                    self.tokenizer,
+                    text,
+                    self.prompts,
+                    role,
+                    self.max_length,
+                    pool_last_copy=self.spec.pool_last_copy,
+                    reserve=reserve,
+                )
+                for text in texts
+            ]
+        if reserve:
+            for item in encoded:
+                item.ids.insert(item.text_start, self._placeholder_id)
+                item.pool_end += 1
+        return encoded
+
+    def _encode(self, texts: list[str], role: Role, batch_tokens: int, show_progress: bool | None) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encoded = self.tokenize(texts, role)
+        self._warn_truncation(encoded)
+        # longest first (as sentence-transformers does): the first batch shows the peak memory at once
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        out = np.empty((len(encoded), self.dim), dtype=np.float32)
+        progress = self._progress(len(encoded), show_progress)
+        for batch in _token_batches(order, [len(e.ids) for e in encoded], batch_tokens):
+            vectors = self._forward([encoded[i] for i in batch])
+            out[batch] = vectors
+            if progress is not None:
+                progress.update(len(batch))
+        if progress is not None:
+            progress.close()
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            raise FloatingPointError(
+                f"non-finite embeddings for inputs {bad[:10].tolist()}: the backbone overflowed in {self.dtype}; "
+                "try dtype='float32'"
+            )
+        return out
+
+    def _progress(self, total: int, show: bool | None) -> Any:
+        if not (self.show_progress if show is None else show):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"embedding ({self.method})", unit="text")
+
+    def _warn_truncation(self, encoded: list[EncodedText]) -> None:
+        cut = [e.truncated_by for e in encoded if e.truncated_by]
+        if cut:
+            message = (
+                f"{len(cut)} of {len(encoded)} inputs were longer than max_length={self.max_length} tokens and were "
+                f"truncated (by up to {max(cut)} tokens, {sum(cut)} in total). Raise max_length or split long "
+                "documents into chunks."
+            )
+            logger.warning(message)
+            warnings.warn(message, TruncationWarning, stacklevel=4)
+
+    def _pad(self, batch: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, T)`` ids, ``(B, T)`` padding mask and ``(B, T)`` pooling mask, padded on ``padding_side``."""
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        pool_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+        for row, item in enumerate(batch):
+            offset = width - len(item.ids) if self.padding_side == "left" else 0
+            ids[row, offset : offset + len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
+            mask[row, offset : offset + len(item.ids)] = 1
+            pool_mask[row, offset + item.pool_start : offset + item.pool_end] = True
+        return ids, mask, pool_mask
+
+    def _forward(self, batch: list[EncodedText]) -> np.ndarray:
+        ids, mask, pool_mask = self._pad(batch)
+        device = self.device
+        ids, mask, pool_mask = ids.to(device), mask.to(device), pool_mask.to(device)
+        # positions count real tokens only, so a left-padded row sees the same RoPE phases as alone
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T)
+        plan = build_plan(
+            mask,
+            layers=self.layers if self.spec.reroute else (),
+            bias=self.bias,
+            bidirectional=self.spec.bidirectional,
+        )
+        with self._lock, torch.inference_mode(), self._token_prepending(batch, mask):
+            hidden = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids, **{PLAN_KWARG: plan}
+            ).last_hidden_state  # (B, T, H)
+            assert plan.last_index is not None
+            vectors = pool(hidden, self.pooling, plan.last_index, pool_mask)  # (B, H) float32
+        return vectors.cpu().numpy()
+
+    @contextmanager
+    def _token_prepending(self, batch: list[EncodedText], mask: torch.Tensor) -> Iterator[None]:
+        """Forward pre-hooks that overwrite the placeholder with the previous layer's last-token state."""
+        if not self._tp_layers:
+            yield
+            return
+        width = mask.shape[1]
+        offsets = [width - len(e.ids) if self.padding_side == "left" else 0 for e in batch]
+        starts = [o + e.text_start for o, e in zip(offsets, batch, strict=True)]
+        slots = torch.tensor(starts, device=mask.device)  # (B,)
+        plan = build_plan(mask, layers=(), bias=0.0)
+        assert plan.last_index is not None
+        last = plan.last_index
+        rows = torch.arange(len(batch), device=mask.device)
+
+        def overwrite(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H): the previous layer's output
+            hidden = hidden.clone()
+            hidden[rows, slots] = hidden[rows, last]
+            if args:
+                return (hidden, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": hidden}
+
+        handles = [self._decoder[i].register_forward_pre_hook(overwrite, with_kwargs=True) for i in self._tp_layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _token_batches(order: list[int], lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
+    """Consecutive runs of ``order`` (longest first) whose padded size ``rows x longest`` fits the budget."""
+    batch: list[int] = []
+    longest = 0
+    for index in order:
+        longest_if_added = max(longest, lengths[index])
+        if batch and longest_if_added * (len(batch) + 1) > batch_tokens:
+            yield batch
+            batch, longest_if_added = [], lengths[index]
+        batch.append(index)
+        longest = longest_if_added
+    if batch:
+        yield batch
+
+
+__all__ = ["KVEmbedder", "ReroutingPlan", "TruncationWarning"]

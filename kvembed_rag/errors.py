@@ -1,0 +1,19 @@
+"""Exceptions raised by kvembed-rag. Each message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class KVEmbedError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class UnsupportedModelError(KVEmbedError):
+    """The model cannot be re-routed: it does not dispatch attention through transformers' registry."""
+
+
+class UnsupportedAttentionError(KVEmbedError, ValueError):
+    """An attention kernel was requested that has no place for the prefix slot's bias (flash, flex)."""
+
+
+class ModelLoadError(KVEmbedError):
+    """A model specification could not be resolved to weights and a tokenizer."""

@@ -1,0 +1,29 @@
+"""Metrics in plain numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), as scipy.stats.rankdata does."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(1, len(values) + 1)
+    sorted_values = values[order]
+    boundaries = np.flatnonzero(np.diff(sorted_values)) + 1
+    for group in np.split(np.arange(len(values)), boundaries):
+        if len(group) > 1:
+            ranks[order[group]] = ranks[order[group]].mean()
+    return ranks
+
+
+def spearman(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"need two 1-D sequences of equal length >= 2; got {x.shape} and {y.shape}")
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denominator) if denominator else 0.0

