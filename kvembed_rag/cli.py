@@ -15,7 +15,7 @@ from typing import Any
 
 from . import __version__
 from .errors import KVEmbedError
-from .methods import METHODS
+from .methods import METHODS, first_candidate_layer
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -122,6 +122,36 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_select_layers(args: argparse.Namespace) -> int:
+    from .layer_selection import load_calibration, plot_curve, select_layers
+
+    if args.calibration and not Path(args.calibration).is_file():
+        raise UsageError(f"{args.calibration}: no such calibration file")
+    texts = load_calibration(args.calibration)
+    embedder = load_embedder(args, method="kv", layers="default")
+    selection = select_layers(embedder, texts, normalize=not args.raw, use_cache=not args.no_cache)
+    if args.plot:
+        plot_curve(selection, args.plot, title=f"{embedder.source.spec}: TwoNN ID of last-token states")
+    if args.json:
+        print(json.dumps({**selection.to_dict(), "model": embedder.describe()["model"], "plot": args.plot}))
+        return EXIT_OK
+    print(
+        f"model {embedder.source.spec} ({embedder.num_layers} layers), {selection.n_texts} calibration texts, "
+        f"{'L2-normalised' if selection.normalized else 'raw'} states{' (cached)' if selection.cached else ''}"
+    )
+    skip = first_candidate_layer(embedder.num_layers)
+    finite = [v for v in selection.curve if v == v]
+    top = max(finite) if finite else 1.0
+    for layer, value in enumerate(selection.curve):
+        mark = "*" if layer in selection.layers else ("-" if layer < skip else " ")
+        bar = "#" * int(40 * value / top) if value == value else "(n/a)"
+        print(f"{mark} layer {layer:3d}  ID {value:7.2f}  {bar}")
+    print(f"re-routed layers: {selection.layers}  (* chosen, - skipped: first 20%)")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     info = embedder.describe()
@@ -138,6 +168,10 @@ EXAMPLES = {
   kvembed-rag embed --text "What is KV-Embedding?" --role query
   kvembed-rag embed --input docs.txt --out vectors.npy
   cat queries.jsonl | kvembed-rag embed --input - --role query --json""",
+    "select-layers": """examples:
+  kvembed-rag select-layers
+  kvembed-rag select-layers --model ./SmolLM2-135M-Instruct.Q4_1.gguf --plot id.png
+  kvembed-rag select-layers --calibration my_corpus.txt --json""",
     "info": """examples:
   kvembed-rag info
   kvembed-rag info --model ./my-llama --method prompteol --json""",
@@ -171,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["document", "query"], default="document")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _model_options(p)
+
+    p = command("select-layers", cmd_select_layers, "Estimate each layer's intrinsic dimension and pick the window.")
+    p.add_argument("--calibration", help="one text per line (or .jsonl with 'text'); default: the shipped set")
+    p.add_argument("--plot", help="draw the ID curve to this PNG")
+    p.add_argument("--raw", action="store_true", help="use raw hidden states instead of L2-normalised ones")
+    p.add_argument("--no-cache", action="store_true", help="recompute and do not write the cache")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
     _model_options(p)
 
     p = command("info", cmd_info, "Load a model and print what determines its vectors.")

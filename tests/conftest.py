@@ -20,11 +20,14 @@ from kvembed_rag import KVEmbedder
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+#: where the real default model's dequantised checkpoint lives between runs (slow tests reuse it)
+PERSISTENT_CACHE = os.environ.get("KVEMBED_CACHE") or str(Path.home() / ".cache" / "kvembed-rag")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keep test runs out of the user's cache, except for the real default model (slow tests reuse it)."""
-    if "KVEMBED_TEST_CACHE" in os.environ:
-        os.environ["KVEMBED_CACHE"] = os.environ["KVEMBED_TEST_CACHE"]
+    """Tiny models' layer selections and caches go to a fresh directory, never the user's cache."""
+    os.environ["KVEMBED_CACHE"] = str(tmp_path_factory.mktemp("kvembed-cache"))
 
 
 @pytest.fixture(scope="session")

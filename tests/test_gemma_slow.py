@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import PERSISTENT_CACHE
 
 from kvembed_rag import KVEmbedder
 
@@ -19,7 +20,9 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def gemma() -> KVEmbedder:
-    return KVEmbedder.from_pretrained("default", method="kv")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KVEMBED_CACHE", PERSISTENT_CACHE)  # dequantise once per machine, not once per run
+        return KVEmbedder.from_pretrained("default", method="kv")
 
 
 def test_default_model_is_gemma3(gemma):

@@ -1,0 +1,242 @@
+"""Choose the re-routing layers by intrinsic dimensionality (KV-Embedding section 3).
+
+The prompted calibration texts run once through the model without re-routing; for each layer the TwoNN
+estimator (Facco et al., 2017) measures the intrinsic dimension (ID) of the last-token hidden states.
+The first 20% of the layers are skipped, the layer of minimum ID is found, and re-routing happens there
+and in the next floor(0.1 L) layers (clipped at the last layer).
+
+Determinism: IDs are compared after rounding to 1e-6 relative, and ties go to the earliest layer, so a
+flat curve selects the first candidate layer (the same window as ``methods.default_window``). Layers
+whose ID cannot be estimated (NaN: too few distinct points) are never chosen; if none can be, the default
+window is used with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .methods import default_window, first_candidate_layer
+from .models import cache_root
+
+logger = logging.getLogger(__name__)
+
+#: bump when the estimator, the rule or the preprocessing change, so cached selections are recomputed
+RULE_VERSION = 1
+
+
+def twonn(points: np.ndarray, discard_fraction: float = 0.1) -> float:
+    """TwoNN intrinsic dimension of ``points`` ``(n, d)``, regression form with the largest ratios discarded.
+
+    Duplicate points are reduced to one copy before the nearest neighbours are taken: zero distances would
+    make r2/r1 infinite or undefined and collapse the estimate to about 1. Pairwise distances are computed
+    in memory, O(n^2): fine for calibration sets of a few thousand points. Returns NaN when fewer than 3
+    distinct points remain.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"points must be a 2-D array (n, d); got shape {x.shape}")
+    squared = (x * x).sum(axis=1)
+    distances = squared[:, None] + squared[None, :] - 2.0 * (x @ x.T)  # (n, n)
+    np.maximum(distances, 0.0, out=distances)
+    np.sqrt(distances, out=distances)
+    np.fill_diagonal(distances, np.inf)
+    finite = distances[np.isfinite(distances)]
+    scale = float(np.median(finite)) if finite.size else 1.0
+    # duplicates: the Gram-matrix form leaves ~sqrt(eps) * |x| of rounding where a distance is exactly 0.
+    # Keep the first copy of each point only; copies would pull r1 to 0 and the estimate to 1.
+    same = distances <= 1e-6 * (scale or 1.0)
+    keep_rows = ~np.triu(same, k=1).any(axis=0)  # drop a point that equals an earlier one
+    distances = distances[np.ix_(keep_rows, keep_rows)]
+    if distances.shape[0] < 3:
+        return float("nan")
+    nearest = np.partition(distances, 1, axis=1)[:, :2]  # (n, 2): r1 <= r2
+    r1, r2 = nearest[:, 0], nearest[:, 1]
+    usable = np.isfinite(r2) & (r1 > 0)
+    mu = np.sort(r2[usable] / r1[usable])
+    n = len(mu)
+    if n < 3:
+        return float("nan")
+    keep = min(n - 1, max(2, math.floor(n * (1.0 - discard_fraction))))  # F = 1 at the last point
+    empirical = np.arange(1, n + 1, dtype=np.float64) / n  # F(mu_i) over all n, before discarding
+    xs = np.log(mu[:keep])
+    ys = -np.log1p(-empirical[:keep])
+    denominator = float((xs * xs).sum())
+    return float((xs * ys).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def choose_window(curve: list[float], num_layers: int) -> list[int]:
+    """Skip the first 20%, take the minimum-ID layer (earliest on ties) and the next floor(0.1 L) layers."""
+    start = first_candidate_layer(num_layers)
+    candidates = [(i, curve[i]) for i in range(start, num_layers) if i < len(curve) and math.isfinite(curve[i])]
+    if not candidates:
+        warnings.warn(
+            "no layer's intrinsic dimension could be estimated (too few distinct calibration texts?); "
+            "using the default re-routing window",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return default_window(num_layers)
+    lowest = min(value for _, value in candidates)
+    tolerance = 1e-6 * max(abs(lowest), 1.0)
+    best = next(i for i, value in candidates if value <= lowest + tolerance)
+    return list(range(best, min(best + num_layers // 10 + 1, num_layers)))
+
+
+def load_calibration(path: str | Path | None = None) -> list[str]:
+    """The shipped calibration set (222 varied texts) or one text per line from ``path`` (``#`` comments)."""
+    if path is None:
+        text = files("kvembed_rag").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+    else:
+        source = Path(path)
+        if source.suffix == ".jsonl":
+            rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return [row["text"] for row in rows if isinstance(row, dict) and isinstance(row.get("text"), str)]
+        text = source.read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@dataclass
+class LayerSelection:
+    """The ID curve (one value per layer) and the chosen window."""
+
+    curve: list[float]
+    layers: list[int]
+    num_layers: int
+    normalized: bool
+    n_texts: int
+    cached: bool = False
+    key: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "curve": [None if not math.isfinite(v) else round(v, 4) for v in self.curve],
+            "layers": self.layers,
+            "num_layers": self.num_layers,
+            "normalized": self.normalized,
+            "n_texts": self.n_texts,
+            "cached": self.cached,
+            "key": self.key,
+        }
+
+
+def id_curve(embedder: Any, texts: list[str], *, normalize: bool = True) -> list[float]:
+    """TwoNN ID of each layer's output at the last token, for the prompted ``texts`` (no re-routing)."""
+    states = embedder.last_token_states(texts)  # (L, n, H)
+    curve = []
+    for layer in states:
+        if normalize:
+            layer = layer / np.maximum(np.linalg.norm(layer, axis=1, keepdims=True), 1e-12)
+        curve.append(twonn(layer))
+    return curve
+
+
+def _cache_key(embedder: Any, texts: list[str], normalize: bool) -> dict[str, Any]:
+    info = embedder.describe()
+    return {
+        "rule": RULE_VERSION,
+        "model": info["model"],
+        "architecture": info["architecture"],
+        "num_layers": info["num_layers"],
+        "dtype": info["dtype"],
+        "prompt": info["prompts"]["document"],
+        "max_length": info["max_length"],
+        "normalize": normalize,
+        "calibration": hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16],
+    }
+
+
+def _cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_root() / "layers" / f"{digest}.json"
+
+
+def select_layers(
+    embedder: Any,
+    texts: list[str] | None = None,
+    *,
+    normalize: bool = True,
+    use_cache: bool = True,
+) -> LayerSelection:
+    """The ID-minimum window for ``embedder``'s model and prompt, cached by fingerprint on disk."""
+    calibration = load_calibration() if texts is None else list(texts)
+    if len(calibration) < 3:
+        raise ValueError(f"layer selection needs at least 3 calibration texts; got {len(calibration)}")
+    key = _cache_key(embedder, calibration, normalize)
+    path = _cache_path(key)
+    if use_cache and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+            if stored.get("key") != key:
+                raise ValueError("key mismatch")
+            curve = [float("nan") if v is None else float(v) for v in stored["curve"]]
+            layers = [int(i) for i in stored["layers"]]
+            if len(curve) != embedder.num_layers or not layers:
+                raise ValueError("wrong shape")
+            return LayerSelection(curve, layers, embedder.num_layers, normalize, len(calibration), True, key)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(
+                f"layer-selection cache {path} is unreadable ({exc}); recomputing it", RuntimeWarning, stacklevel=2
+            )
+    curve = id_curve(embedder, calibration, normalize=normalize)
+    selection = LayerSelection(
+        curve, choose_window(curve, embedder.num_layers), embedder.num_layers, normalize, len(calibration), False, key
+    )
+    if use_cache:
+        _atomic_write_json(path, selection.to_dict())
+    return selection
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(payload, stream, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def plot_curve(selection: LayerSelection, path: str | Path, title: str = "") -> None:
+    """Draw the ID curve with the skipped layers greyed and the chosen window highlighted."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - optional
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from exc
+    layers = list(range(selection.num_layers))
+    values = [v if math.isfinite(v) else np.nan for v in selection.curve]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    skip = first_candidate_layer(selection.num_layers)
+    ax.axvspan(-0.5, skip - 0.5, color="0.9", label="skipped (first 20%)")
+    ax.axvspan(
+        selection.layers[0] - 0.5,
+        selection.layers[-1] + 0.5,
+        color="tab:orange",
+        alpha=0.3,
+        label=f"re-routed: {selection.layers}",
+    )
+    ax.plot(layers, values, marker="o", color="tab:blue", label="TwoNN ID (last token)")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("intrinsic dimension")
+    ax.set_title(title or "Intrinsic dimension per layer")
+    ax.set_xticks(layers)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

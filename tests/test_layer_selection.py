@@ -1,0 +1,156 @@
+"""TwoNN estimator, the selection rule, the on-disk cache, layers='auto' and the select-layers command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from kvembed_rag import KVEmbedder
+from kvembed_rag.cli import main
+from kvembed_rag.layer_selection import (
+    choose_window,
+    load_calibration,
+    select_layers,
+    twonn,
+)
+from kvembed_rag.methods import default_window
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_twonn_plane_in_64d_is_two(seed):
+    rng = np.random.default_rng(seed)
+    plane = rng.normal(size=(2000, 2)) @ rng.normal(size=(2, 64))
+    assert abs(twonn(plane) - 2.0) <= 0.2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_twonn_five_dimensional_gaussian_is_five(seed):
+    points = np.random.default_rng(seed).normal(size=(2000, 5))
+    assert abs(twonn(points) - 5.0) <= 0.5
+
+
+def test_twonn_ignores_duplicates_instead_of_collapsing():
+    rng = np.random.default_rng(3)
+    plane = rng.normal(size=(800, 2)) @ rng.normal(size=(2, 32))
+    with_copies = np.vstack([plane, plane[:400], plane[:100]])
+    assert twonn(with_copies) == pytest.approx(twonn(plane), abs=1e-9)
+    assert twonn(with_copies) > 1.5  # the naive estimate collapses to ~1 here
+
+
+def test_twonn_degenerate_inputs():
+    assert math.isnan(twonn(np.zeros((10, 4))))  # one distinct point
+    assert math.isnan(twonn(np.eye(2)))
+    with pytest.raises(ValueError, match="2-D"):
+        twonn(np.zeros(5))
+
+
+def test_window_skips_first_fifth_and_takes_the_minimum():
+    curve = [1.0, 2.0, 9.0, 9.0, 8.0, 4.0, 7.0, 8.0, 9.0, 9.0]  # layers 0-1 lowest but skipped
+    assert choose_window(curve, 10) == [5, 6]  # floor(0.1 * 10) = 1 more layer
+
+
+def test_window_ties_go_to_the_earliest_layer():
+    curve = [9.0] * 5 + [3.0, 5.0, 3.0 + 1e-9, 3.0, 9.0] + [9.0] * 10
+    assert choose_window(curve, 20) == [5, 6, 7]
+
+
+def test_flat_curve_gives_the_default_window():
+    assert choose_window([4.0] * 18, 18) == default_window(18) == [4, 5]
+
+
+def test_window_is_clipped_at_the_last_layer():
+    curve = [9.0] * 19 + [1.0]
+    assert choose_window(curve, 20) == [19]
+
+
+def test_nan_layers_are_never_chosen_and_all_nan_falls_back():
+    curve = [9.0, 9.0, float("nan"), 5.0, float("nan"), 6.0, 7.0, 8.0, 9.0, 9.0]
+    assert choose_window(curve, 10) == [3, 4]
+    with pytest.warns(RuntimeWarning, match="default re-routing window"):
+        assert choose_window([float("nan")] * 10, 10) == default_window(10)
+
+
+def test_shipped_calibration_set_is_large_and_varied():
+    texts = load_calibration()
+    assert len(texts) >= 200
+    assert len(set(texts)) == len(texts)
+    assert not any(t.startswith("#") for t in texts)
+    lengths = [len(t.split()) for t in texts]
+    assert min(lengths) <= 6 and max(lengths) >= 18  # short questions to long sentences
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVEMBED_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _embedder(checkpoints, arch="llama", **kwargs):
+    return KVEmbedder.from_pretrained(str(checkpoints[arch]), method="kv", layers="default", **kwargs)
+
+
+def test_cache_miss_then_hit(checkpoints, cache_dir):
+    embedder = _embedder(checkpoints)
+    first = select_layers(embedder)
+    assert not first.cached and len(first.curve) == embedder.num_layers
+    files = list((cache_dir / "layers").glob("*.json"))
+    assert len(files) == 1
+    second = select_layers(embedder)
+    assert second.cached and second.layers == first.layers
+    np.testing.assert_allclose(second.curve, first.curve, atol=1e-4)
+
+
+def test_corrupted_cache_is_recomputed_with_a_warning(checkpoints, cache_dir):
+    embedder = _embedder(checkpoints)
+    first = select_layers(embedder)
+    (path,) = (cache_dir / "layers").glob("*.json")
+    path.write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        again = select_layers(embedder)
+    assert not again.cached and again.layers == first.layers
+    assert json.loads(path.read_text())["layers"] == first.layers  # rewritten
+
+
+def test_cache_key_changes_with_calibration_and_preprocessing(checkpoints, cache_dir):
+    embedder = _embedder(checkpoints)
+    select_layers(embedder)
+    select_layers(embedder, normalize=False)
+    select_layers(embedder, load_calibration()[:50])
+    assert len(list((cache_dir / "layers").glob("*.json"))) == 3
+
+
+def test_auto_layers_use_the_selection(checkpoints, cache_dir):
+    auto = KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="kv", layers="auto")
+    assert auto.layer_selection is not None
+    assert auto.layers == auto.layer_selection.layers
+    assert auto.describe()["layers"] == auto.layers
+    # other methods do not pay for a calibration pass
+    assert KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="mean").layer_selection is None
+
+
+def test_too_few_calibration_texts(checkpoints, cache_dir):
+    with pytest.raises(ValueError, match="at least 3"):
+        select_layers(_embedder(checkpoints), ["one", "two"])
+
+
+def test_select_layers_command(checkpoints, cache_dir, tmp_path, capsys):
+    model = str(checkpoints["qwen3"])
+    assert main(["select-layers", "--model", model, "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "re-routed layers:" in text and "layer   0" in text
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("\n".join(load_calibration()[:60]))
+    plot = tmp_path / "id.png"
+    assert (
+        main(
+            ["select-layers", "--model", model, "--calibration", str(calibration), "--plot", str(plot), "--json", "-q"]
+        )
+        == 0
+    )
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["n_texts"] == 60 and len(payload["curve"]) == 6 and payload["layers"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["select-layers", "--model", model, "--calibration", str(tmp_path / "none.txt")]) == 2
