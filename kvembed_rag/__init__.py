@@ -5,18 +5,21 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attention import ReroutingPlan
-from .embedder import KVEmbedder, TruncationWarning
+from .embedder import KVEmbedder, TruncationWarning, shared_embedder
 from .errors import (
     KVEmbedError,
     ModelLoadError,
     UnsupportedAttentionError,
     UnsupportedModelError,
 )
+from .index import EmbedderMismatchError, IndexCorruptError, VectorIndex
 from .methods import METHODS
 from .prompts import PromptTemplate
 
 __all__ = [
     "METHODS",
+    "EmbedderMismatchError",
+    "IndexCorruptError",
     "KVEmbedError",
     "KVEmbedder",
     "ModelLoadError",
@@ -25,5 +28,7 @@ __all__ = [
     "TruncationWarning",
     "UnsupportedAttentionError",
     "UnsupportedModelError",
+    "VectorIndex",
     "__version__",
+    "shared_embedder",
 ]

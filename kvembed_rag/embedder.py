@@ -432,6 +432,23 @@ class KVEmbedder:
                 handle.remove()
 
 
+_SHARED: dict[str, KVEmbedder] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_embedder(model: str | os.PathLike[str] = "default", **options: Any) -> KVEmbedder:
+    """One loaded :class:`KVEmbedder` per (model, options) per process, reused by every adapter instance.
+
+    Framework adapters are constructed often (per chain, per worker, after unpickling); loading a model
+    each time would cost seconds and memory. The embedder is thread-safe, so sharing it is too.
+    """
+    key = json.dumps({"model": os.fspath(model), **options}, sort_keys=True, default=repr)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = KVEmbedder.from_pretrained(model, **options)
+        return _SHARED[key]
+
+
 def _token_batches(order: list[int], lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
     """Consecutive runs of ``order`` (longest first) whose padded size ``rows x longest`` fits the budget."""
     batch: list[int] = []

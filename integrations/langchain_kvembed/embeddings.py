@@ -1,0 +1,81 @@
+"""``KVEmbeddings``: KV-Embedding as a LangChain ``Embeddings``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from kvembed_rag import KVEmbedder, shared_embedder
+
+
+class KVEmbeddings(BaseModel, Embeddings):
+    """Embed documents and queries with a frozen decoder-only LLM (KV-Embedding and its baselines).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_kvembed import KVEmbeddings
+
+            embeddings = KVEmbeddings()                      # Gemma-3-270M from PyPI, offline
+            embeddings = KVEmbeddings(model="Qwen/Qwen3-4B", method="kv", max_length=4096)
+            vectors = embeddings.embed_documents(["long document ..."])
+            query = embeddings.embed_query("a question")
+
+    Documents and queries use different prompts. Loaded models are shared per process, so building many
+    ``KVEmbeddings`` with the same arguments costs one load.
+    """
+
+    model: str = Field(default="default", description="'default', a hub id, a local directory or a .gguf file")
+    method: str = "kv"
+    layers: list[int] | str | None = "auto"
+    bias: float = 1.0
+    pooling: str | None = None
+    prompts: dict[str, str] | None = None
+    max_length: int | None = None
+    batch_tokens: int = 16_384
+    device: str | None = None
+    dtype: str | None = None
+    show_progress: bool = False
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    _embedder: KVEmbedder | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._embedder = shared_embedder(
+            self.model,
+            method=self.method,
+            layers=self.layers,
+            bias=self.bias,
+            pooling=self.pooling,
+            prompts=self.prompts,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    @property
+    def embedder(self) -> KVEmbedder:
+        """The core embedder behind this adapter."""
+        assert self._embedder is not None
+        return self._embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed passages; plain Python floats (``ndarray.tolist()``)."""
+        return self.embedder.encode_documents(texts, show_progress=self.show_progress).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one search query."""
+        return self.embedder.encode_queries(text).tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """As :meth:`embed_documents`, in a worker thread so the event loop keeps running."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """As :meth:`embed_query`, in a worker thread."""
+        return await asyncio.to_thread(self.embed_query, text)

@@ -1,0 +1,61 @@
+"""Split only what does not fit: documents longer than the embedder's window become overlapping chunks.
+
+KV-Embedding is meant for long inputs, so a document that fits in ``max_length`` tokens (prompt included)
+is embedded whole. A longer one is cut into windows of whole tokens that overlap by ``overlap`` tokens;
+each window starts with the document's title (when given) so that a chunk from the middle of a report
+still says what it belongs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Chunk:
+    text: str
+    index: int  # position of the chunk in its document
+    start: int  # character offsets of the window in the original text
+    end: int
+
+
+def prompt_overhead(embedder: Any, role: str = "document") -> int:
+    """Tokens the prompt (and BOS) take around an empty text."""
+    return len(embedder.tokenize([""], role)[0].ids)
+
+
+def chunk_text(
+    embedder: Any,
+    text: str,
+    *,
+    title: str | None = None,
+    max_tokens: int | None = None,
+    overlap: int = 64,
+    margin: int = 8,
+) -> list[Chunk]:
+    """The text itself if it fits, else overlapping windows of at most ``max_tokens`` tokens (each titled).
+
+    ``max_tokens`` defaults to the embedder's ``max_length`` minus the prompt; ``margin`` keeps a few tokens
+    spare because a window re-tokenised inside the prompt can merge differently at its edges.
+    """
+    budget = (max_tokens or embedder.max_length) - prompt_overhead(embedder) - margin
+    header = f"{title}\n\n" if title else ""
+    with embedder._lock:  # the tokenizer is shared and not thread-safe
+        encoding = embedder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        header_tokens = len(embedder.tokenizer(header, add_special_tokens=False)["input_ids"]) if header else 0
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    if len(offsets) + header_tokens <= budget:
+        return [Chunk(header + text if header and not text.startswith(title or "") else text, 0, 0, len(text))]
+    window = budget - header_tokens
+    if window < 16:
+        raise ValueError(f"max_tokens leaves only {window} tokens per chunk after the prompt and title")
+    step = max(1, window - min(overlap, window // 2))
+    chunks: list[Chunk] = []
+    for number, first in enumerate(range(0, len(offsets), step)):
+        last = min(first + window, len(offsets)) - 1
+        start, end = offsets[first][0], offsets[last][1]
+        chunks.append(Chunk(header + text[start:end], number, start, end))
+        if last == len(offsets) - 1:
+            break
+    return chunks

@@ -1,0 +1,422 @@
+"""A FAISS vector index with string ids, upsert, delete, metadata and pickle-free, atomic persistence.
+
+Similarity is cosine, computed as inner product on L2-normalised vectors (inputs are normalised on the
+way in), so higher scores mean more similar. The default index is exact (``IndexFlatIP``); any FAISS
+factory string works for large corpora, e.g. ``"HNSW32"`` or ``"IVF1024,Flat"`` (trained on the first
+batch added, which must then hold enough vectors).
+
+On disk an index is a directory::
+
+    manifest.json           format, dim, factory, counts, the embedder's describe(), file names, sha256s
+    index-<gen>.faiss       FAISS's own binary format
+    docstore-<gen>.json     ids, texts and metadata (JSON: nothing executes when it is read)
+
+A save writes a new generation of the two data files, then replaces ``manifest.json`` atomically (the
+commit point), then removes the old generation: a crash at any moment leaves the previous index or the
+new one, never a mix. Loading verifies the checksums, the counts and that file names stay inside the
+directory, and refuses an index built by another embedder when given the querying embedder's description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import KVEmbedError
+from .metadata_filter import Filter, compile_filter
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+#: describe() fields that must agree for vectors to be comparable (dtype and max_length only nudge them)
+COMPATIBILITY_KEYS = (
+    "architecture",
+    "num_layers",
+    "dim",
+    "method",
+    "layers",
+    "bias",
+    "pooling",
+    "prompts",
+    "token_prepending_layers",
+)
+_EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
+
+
+class IndexCorruptError(KVEmbedError):
+    """An index directory is missing files, fails its checksums or does not add up."""
+
+
+class EmbedderMismatchError(KVEmbedError, ValueError):
+    """The index was built by a different embedder than the one querying it."""
+
+
+@dataclass
+class Record:
+    id: str
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str | None
+    metadata: dict[str, Any]
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+def _model_identity(info: Mapping[str, Any]) -> Any:
+    model = info.get("model")
+    return model.get("identity") if isinstance(model, Mapping) else model
+
+
+def check_compatible(stored: Mapping[str, Any] | None, querying: Mapping[str, Any] | None) -> None:
+    """Raise :class:`EmbedderMismatchError` when two embedder descriptions would give incomparable vectors."""
+    if not stored or not querying:
+        return
+    differences = [key for key in COMPATIBILITY_KEYS if key in stored and stored.get(key) != querying.get(key)]
+    if _model_identity(stored) != _model_identity(querying):
+        differences.insert(0, "model")
+    if differences:
+        detail = ", ".join(f"{k}: index={stored.get(k)!r} vs query={querying.get(k)!r}" for k in differences[:4])
+        raise EmbedderMismatchError(
+            f"this index was built with a different embedder ({detail}); query it with the embedder that built "
+            "it, or re-index with the new one"
+        )
+
+
+class VectorIndex:
+    """FAISS-backed vectors with string ids, texts and metadata."""
+
+    def __init__(self, dim: int, *, factory: str = "Flat", embedder: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int; got {dim!r}")
+        faiss = _faiss()
+        self.dim = dim
+        self.factory = factory
+        self.embedder: dict[str, Any] | None = dict(embedder) if embedder else None
+        try:
+            base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid FAISS factory string {factory!r}: {exc}") from exc
+        ivf = faiss.try_extract_index_ivf(base)
+        if ivf is not None:
+            # IVF indexes take our ids natively; a hashtable direct map lets them remove and reconstruct by id.
+            # (Wrapping them in IndexIDMap would mislabel results after a removal: IVF does not renumber.)
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+            ivf.nprobe = min(ivf.nlist, max(8, ivf.nlist // 16))  # FAISS's default of 1 list loses much recall
+            self._faiss = base
+        else:
+            self._faiss = faiss.IndexIDMap2(base)
+        self._records: dict[int, Record] = {}
+        self._label_of: dict[str, int] = {}
+        self._tombstones: set[int] = set()  # labels deleted from indexes that cannot remove (HNSW)
+        self._next_label = 0
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._label_of
+
+    @property
+    def ids(self) -> list[str]:
+        return [record.id for record in self._records.values()]
+
+    # ------------------------------------------------------------------ writes
+    def upsert(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray | Sequence[Sequence[float]],
+        texts: Sequence[str | None] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Insert or replace records. Everything is validated before anything changes."""
+        matrix = self._check_vectors(vectors)
+        n = matrix.shape[0]
+        ids = list(ids)
+        if len(ids) != n:
+            raise ValueError(f"got {len(ids)} ids for {n} vectors")
+        texts = list(texts) if texts is not None else [None] * n
+        metadatas = list(metadatas) if metadatas is not None else [None] * n
+        if len(texts) != n or len(metadatas) != n:
+            raise ValueError(f"texts ({len(texts)}) and metadatas ({len(metadatas)}) must match the {n} vectors")
+        seen: dict[str, int] = {}
+        for position, item in enumerate(ids):
+            if not isinstance(item, str) or not item:
+                raise TypeError(f"ids[{position}] must be a non-empty string; got {item!r}")
+            if item in seen:
+                raise ValueError(f"ids[{position}] repeats ids[{seen[item]}] ({item!r}) in one call")
+            seen[item] = position
+        records = []
+        for position, (item, text, metadata) in enumerate(zip(ids, texts, metadatas, strict=True)):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"texts[{position}] must be a string or None; got {type(text).__name__}")
+            if metadata is not None and not isinstance(metadata, Mapping):
+                raise TypeError(f"metadatas[{position}] must be a dict or None; got {type(metadata).__name__}")
+            clean = dict(metadata or {})
+            try:
+                json.dumps(clean)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"metadatas[{position}] is not JSON-serialisable ({exc})") from exc
+            records.append(Record(item, text, clean))
+        if n == 0:
+            return []
+        self._train_if_needed(matrix)
+        self.delete([item for item in ids if item in self._label_of])
+        labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
+        self._faiss.add_with_ids(matrix, labels)
+        self._next_label += n
+        for label, record in zip(labels.tolist(), records, strict=True):
+            self._records[label] = record
+            self._label_of[record.id] = label
+        return ids
+
+    def delete(self, ids: Iterable[str]) -> int:
+        """Remove records by id; unknown ids are ignored. Returns how many were removed."""
+        labels = [self._label_of[item] for item in dict.fromkeys(ids) if item in self._label_of]
+        if not labels:
+            return 0
+        array = np.asarray(labels, dtype=np.int64)
+        try:
+            removed = self._faiss.remove_ids(array)
+            if removed != len(labels):
+                raise RuntimeError(f"FAISS removed {removed} of {len(labels)} vectors")
+        except RuntimeError:
+            if self._faiss.ntotal and "HNSW" not in self.factory.upper():
+                raise
+            self._tombstones.update(labels)  # HNSW cannot remove: hide them, compact() drops them
+        for label in labels:
+            record = self._records.pop(label)
+            del self._label_of[record.id]
+        return len(labels)
+
+    def compact(self) -> None:
+        """Rebuild the FAISS index without deleted vectors (only needed for HNSW)."""
+        if not self._tombstones:
+            return
+        live = sorted(self._records)
+        vectors = self._reconstruct(live)
+        fresh = VectorIndex(self.dim, factory=self.factory, embedder=self.embedder)
+        if live:
+            fresh._train_if_needed(vectors)
+            fresh._faiss.add_with_ids(vectors, np.asarray(live, dtype=np.int64))
+        self._faiss, self._tombstones = fresh._faiss, set()
+
+    # ------------------------------------------------------------------ reads
+    def get(self, ids: Iterable[str]) -> list[Record]:
+        """Records for the ids that exist, in the order asked."""
+        return [self._records[self._label_of[item]] for item in ids if item in self._label_of]
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Stored (normalised) vectors ``(n, dim)`` of existing ids, in order."""
+        return self._reconstruct([self._label_of[item] for item in ids if item in self._label_of])
+
+    def search(
+        self,
+        queries: np.ndarray | Sequence[float] | Sequence[Sequence[float]],
+        k: int = 4,
+        *,
+        filter: Filter | None = None,
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits per query row, highest cosine first. A 1-D query gives a one-row result."""
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int; got {k!r}")
+        matrix = self._check_vectors(queries, what="query")
+        if k == 0 or not self._records or matrix.shape[0] == 0:
+            return [[] for _ in range(matrix.shape[0])]
+        predicate = compile_filter(filter)
+        if predicate is None and not self._tombstones:
+            scores, labels = self._faiss.search(matrix, min(k, len(self._records)))
+            return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
+        allowed = [label for label, record in self._records.items() if predicate is None or predicate(record.metadata)]
+        if not allowed:
+            return [[] for _ in range(matrix.shape[0])]
+        if len(allowed) <= _EXACT_FILTER_LIMIT:  # exact over the candidates: no recall loss from graph search
+            candidates = self._reconstruct(allowed)  # (m, dim)
+            similarity = matrix @ candidates.T  # (q, m)
+            top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+            return [[self._hit(allowed[j], float(similarity[row, j])) for j in top[row]] for row in range(len(matrix))]
+        faiss = _faiss()
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
+        scores, labels = self._faiss.search(matrix, min(k, len(allowed)), params=params)
+        return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write atomically (see the module docstring). Returns the directory."""
+        faiss = _faiss()
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        # a generation number no file in the folder uses yet (even if the old manifest is damaged)
+        used = [int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"\w+-(\d+)\.\w+", p.name))]
+        generation = max(used, default=0) + 1
+        names = {"index": f"index-{generation}.faiss", "docstore": f"docstore-{generation}.json"}
+        docstore = {
+            "records": [
+                {"label": label, "id": r.id, "text": r.text, "metadata": r.metadata}
+                for label, r in self._records.items()
+            ],
+            "tombstones": sorted(self._tombstones),
+        }
+        _atomic_write(folder / names["docstore"], json.dumps(docstore, ensure_ascii=False).encode("utf-8"))
+        _atomic_write(folder / names["index"], faiss.serialize_index(self._faiss).tobytes())
+        manifest = {
+            "format": FORMAT_VERSION,
+            "generation": generation,
+            "dim": self.dim,
+            "factory": self.factory,
+            "metric": "inner_product",
+            "count": len(self._records),
+            "next_label": self._next_label,
+            "embedder": self.embedder,
+            "files": names,
+            "sha256": {key: _sha256(folder / name) for key, name in names.items()},
+        }
+        _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))  # the commit point
+        keep = set(names.values()) | {MANIFEST}
+        for stale in folder.iterdir():
+            if stale.name not in keep and re.fullmatch(r"(index|docstore)-\d+\.(faiss|json)", stale.name):
+                stale.unlink(missing_ok=True)
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], *, embedder: Mapping[str, Any] | None = None) -> VectorIndex:
+        """Read and verify an index; with ``embedder`` (a describe() dict) also check it built the index."""
+        faiss = _faiss()
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no index directory at {folder}")
+        manifest = _read_manifest(folder)
+        if manifest.get("format") != FORMAT_VERSION:
+            raise IndexCorruptError(f"{folder / MANIFEST}: unsupported format {manifest.get('format')!r}")
+        files = manifest.get("files")
+        if not isinstance(files, dict) or set(files) != {"index", "docstore"}:
+            raise IndexCorruptError(f"{folder / MANIFEST}: 'files' must name the index and the docstore")
+        for key, name in files.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+                raise IndexCorruptError(f"{folder / MANIFEST}: file name {name!r} would leave the index directory")
+            path = folder / name
+            if not path.is_file():
+                raise IndexCorruptError(f"{path} is missing (the {key} of this index)")
+            if _sha256(path) != manifest.get("sha256", {}).get(key):
+                raise IndexCorruptError(f"{path} does not match its checksum: truncated or modified")
+        check_compatible(manifest.get("embedder"), embedder)
+        try:
+            docstore = json.loads((folder / files["docstore"]).read_text(encoding="utf-8"))
+            raw = np.frombuffer((folder / files["index"]).read_bytes(), dtype=np.uint8)
+            index = faiss.deserialize_index(raw)
+        except (ValueError, RuntimeError) as exc:
+            raise IndexCorruptError(f"{folder}: unreadable index data ({exc})") from exc
+        self = cls(int(manifest["dim"]), factory=str(manifest["factory"]), embedder=manifest.get("embedder"))
+        if index.d != self.dim:
+            raise IndexCorruptError(f"{folder}: FAISS index has dim {index.d}, manifest says {self.dim}")
+        self._faiss = index
+        for entry in docstore.get("records", []):
+            record = Record(str(entry["id"]), entry.get("text"), dict(entry.get("metadata") or {}))
+            self._records[int(entry["label"])] = record
+            self._label_of[record.id] = int(entry["label"])
+        self._tombstones = {int(label) for label in docstore.get("tombstones", [])}
+        self._next_label = int(manifest.get("next_label", max(self._records, default=-1) + 1))
+        expected = len(self._records) + len(self._tombstones)
+        if index.ntotal != expected or len(self._records) != manifest.get("count"):
+            raise IndexCorruptError(
+                f"{folder}: the FAISS index holds {index.ntotal} vectors but the docstore accounts for {expected} "
+                f"(manifest count {manifest.get('count')}): the files do not belong together"
+            )
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def _check_vectors(self, vectors: Any, what: str = "vector") -> np.ndarray:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if matrix.ndim == 1:
+            matrix = matrix[None, :]
+        if matrix.ndim != 2 or (matrix.size and matrix.shape[1] != self.dim):
+            raise ValueError(f"{what}s must have shape (n, {self.dim}); got {matrix.shape}")
+        if matrix.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{what} rows {bad[:10].tolist()} contain NaN or infinity")
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        zero = np.flatnonzero(norms[:, 0] == 0)
+        if zero.size:
+            raise ValueError(f"{what} rows {zero[:10].tolist()} are all zeros (no direction for cosine)")
+        return np.ascontiguousarray(matrix / norms, dtype=np.float32)
+
+    def _train_if_needed(self, matrix: np.ndarray) -> None:
+        if self._faiss.is_trained:
+            return
+        try:
+            self._faiss.train(matrix)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the {self.factory!r} index must be trained and {len(matrix)} vectors are not enough for it "
+                f"({exc}); add a larger first batch or use factory='Flat'"
+            ) from exc
+
+    def _reconstruct(self, labels: Sequence[int]) -> np.ndarray:
+        if not labels:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._faiss.reconstruct(int(label)) for label in labels]).astype(np.float32)
+
+    def _hit(self, label: int, score: float) -> Hit:
+        record = self._records[label]
+        return Hit(record.id, score, record.text, dict(record.metadata))
+
+    def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[Hit]:
+        return [
+            self._hit(int(label), float(score))
+            for score, label in zip(scores, labels, strict=True)
+            if label >= 0 and int(label) in self._records
+        ]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise IndexCorruptError(f"{folder} has no {MANIFEST}: not a kvembed-rag index (or its save never finished)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IndexCorruptError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise IndexCorruptError(f"{path} must hold a JSON object")
+    return manifest

@@ -1,0 +1,100 @@
+"""Chunking only what does not fit, the offline corpora, and the examples run end to end on a tiny model."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from kvembed_rag import TruncationWarning
+from kvembed_rag.chunking import chunk_text
+from kvembed_rag.corpus import read_folder, stdlib_documents
+
+ROOT = Path(__file__).resolve().parents[1]
+LONG = " ".join(f"Sentence {i} talks about retrieval, vectors and long meeting transcripts." for i in range(120))
+
+
+def test_short_documents_stay_whole(make_embedder):
+    embedder = make_embedder(max_length=512)
+    chunks = chunk_text(embedder, "A short note.", title="Note")
+    assert len(chunks) == 1 and "A short note." in chunks[0].text
+
+
+def test_long_documents_become_titled_overlapping_windows_that_fit(make_embedder):
+    embedder = make_embedder(max_length=256)
+    chunks = chunk_text(embedder, LONG, title="Transcript 7", overlap=32)
+    assert len(chunks) > 3
+    assert all(c.text.startswith("Transcript 7\n\n") for c in chunks)
+    assert all(a.end > b.start for a, b in itertools.pairwise(chunks))  # windows overlap
+    assert chunks[0].start == 0 and chunks[-1].end == len(LONG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)  # every chunk fits: nothing is cut
+        embedder.encode_documents([c.text for c in chunks])
+
+
+def test_too_small_window_is_an_error(make_embedder):
+    with pytest.raises(ValueError, match="tokens per chunk"):
+        chunk_text(make_embedder(max_length=40), LONG, title="A very long title " * 3)
+
+
+def test_stdlib_corpus_is_long_and_offline():
+    documents = stdlib_documents(["json", "textwrap", "no_such_module_xyz"])
+    assert [d.id for d in documents] == ["stdlib:json", "stdlib:textwrap"]
+    assert all(len(d.text) > 2000 for d in documents)
+
+
+def test_read_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.md").write_text("# Title A\n\nbody")
+    (tmp_path / "sub" / "b.txt").write_bytes(b"first line\n\xff broken byte")
+    (tmp_path / "ignored.bin").write_bytes(b"\x00")
+    documents = read_folder(tmp_path)
+    assert [(d.id, d.title) for d in documents] == [("a.md", "Title A"), ("sub/b.txt", "first line")]
+    with pytest.raises(FileNotFoundError):
+        read_folder(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def docs_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("docs")
+    (folder / "json.md").write_text("# json\n\nParse a JSON string into Python objects with json.loads. " * 30)
+    (folder / "stats.txt").write_text("statistics\n\nmedian, mean and standard deviation of data. " * 10)
+    (folder / "shell.txt").write_text("subprocess\n\nrun a shell command and capture its output.")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["examples/faiss_retriever.py"],
+        ["examples/langchain_rag.py"],
+        ["examples/langchain_rag.py", "--generate"],
+        ["examples/llamaindex_rag.py"],
+    ],
+    ids=["faiss", "langchain", "langchain-generate", "llamaindex"],
+)
+def test_examples_run(argv, checkpoints, docs_folder, tmp_path):
+    command = [
+        sys.executable,
+        *argv,
+        "--model",
+        str(checkpoints["llama"]),
+        "--docs",
+        str(docs_folder),
+        "--max-length",
+        "128",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "KVEMBED_CACHE": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "json" in result.stdout

@@ -1,0 +1,242 @@
+"""The core FAISS index: ids, upsert, delete, filters, index types, atomic and verified persistence."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from kvembed_rag.index import EmbedderMismatchError, IndexCorruptError, VectorIndex, check_compatible
+
+DIM = 8
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+@pytest.fixture
+def index() -> VectorIndex:
+    idx = VectorIndex(DIM, embedder={"model": {"identity": "m1"}, "method": "kv", "layers": [3, 4]})
+    idx.upsert(
+        ["a", "b", "c"],
+        _vectors(3),
+        ["alpha", "beta", "gamma"],
+        [{"lang": "en", "year": 2020}, {"lang": "de", "year": 2022}, {"lang": "en", "year": 2024}],
+    )
+    return idx
+
+
+def test_search_is_cosine_highest_first(index):
+    vectors = _vectors(3)
+    hits = index.search(vectors[1] * 7.0, k=3)[0]  # scale does not matter: cosine
+    assert hits[0].id == "b" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert hits[0].score >= hits[1].score >= hits[2].score
+    assert hits[0].text == "beta" and hits[0].metadata == {"lang": "de", "year": 2022}
+    assert len(index.search(vectors[:2], k=10)) == 2  # one row per query, k capped at the size
+
+
+def test_upsert_replaces_and_delete_ignores_unknown(index):
+    index.upsert(["b"], _vectors(1, seed=9), ["beta v2"], [{"lang": "fr"}])
+    assert len(index) == 3 and index.get(["b"])[0].text == "beta v2"
+    assert index.delete(["a", "zzz"]) == 1
+    assert index.delete(["zzz"]) == 0
+    assert sorted(index.ids) == ["b", "c"]
+    assert [r.id for r in index.get(["c", "nope", "b"])] == ["c", "b"]
+
+
+def test_bad_input_changes_nothing(index):
+    before = (sorted(index.ids), index.search(_vectors(1), 3))
+    with pytest.raises(ValueError, match="repeats"):
+        index.upsert(["x", "x"], _vectors(2))
+    with pytest.raises(ValueError, match="NaN"):
+        index.upsert(["x", "y"], np.array([[np.nan] * DIM, [1.0] * DIM]))
+    with pytest.raises(ValueError, match="shape"):
+        index.upsert(["x"], np.ones((1, DIM + 1)))
+    with pytest.raises(TypeError, match=r"ids\[1\]"):
+        index.upsert(["x", 5], _vectors(2))  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"metadatas\[0\]"):
+        index.upsert(["x"], _vectors(1), metadatas=[{"f": object()}])
+    with pytest.raises(ValueError, match="zeros"):
+        index.upsert(["x"], np.zeros((1, DIM)))
+    assert (sorted(index.ids), index.search(_vectors(1), 3)) == before
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"lang": "en"}, {"a", "c"}),
+        ({"lang": ["de", "fr"]}, {"b"}),
+        ({"year": {"$gte": 2022}}, {"b", "c"}),
+        ({"$or": [{"lang": "de"}, {"year": 2024}]}, {"b", "c"}),
+        ({"$not": {"lang": "en"}}, {"b"}),
+        ({"lang": "en", "year": {"$lt": 2021}}, {"a"}),
+        ({"missing": {"$ne": 1}}, {"a", "b", "c"}),
+        (lambda m: m["year"] > 2021, {"b", "c"}),
+        ({"lang": "xx"}, set()),
+    ],
+)
+def test_metadata_filters(index, spec, expected):
+    hits = index.search(_vectors(1, seed=5), k=10, filter=spec)[0]
+    assert {h.id for h in hits} == expected
+
+
+def test_bad_filters_are_clear_errors(index):
+    with pytest.raises(ValueError, match=r"\$regex"):
+        index.search(_vectors(1), filter={"lang": {"$regex": "e"}})
+    with pytest.raises(ValueError, match=r"\$xor"):
+        index.search(_vectors(1), filter={"$xor": []})
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF4,Flat"])
+def test_index_types_agree_on_small_data(factory, tmp_path):
+    data = _vectors(300, seed=1)
+    ids = [f"d{i}" for i in range(300)]
+    exact = VectorIndex(DIM)
+    exact.upsert(ids, data)
+    approx = VectorIndex(DIM, factory=factory)
+    approx.upsert(ids, data)
+    approx.delete(ids[:10])
+    exact.delete(ids[:10])
+    queries = _vectors(5, seed=2)
+    for a, b in zip(exact.search(queries, 5), approx.search(queries, 5), strict=True):
+        assert len({h.id for h in a} & {h.id for h in b}) >= 3  # approximate, but close
+        assert not {h.id for h in b} & set(ids[:10])
+    approx.save(tmp_path / "i")
+    again = VectorIndex.load(tmp_path / "i")
+    assert sorted(again.ids) == sorted(approx.ids) and again.factory == factory
+
+
+def test_hnsw_delete_then_compact():
+    idx = VectorIndex(DIM, factory="HNSW32")
+    idx.upsert([f"d{i}" for i in range(50)], _vectors(50))
+    idx.delete(["d0", "d1"])
+    assert idx._tombstones
+    idx.compact()
+    assert not idx._tombstones and idx._faiss.ntotal == 48
+    assert idx.search(_vectors(50)[2], 1)[0][0].id == "d2"
+
+
+def test_ivf_needs_enough_training_vectors():
+    idx = VectorIndex(DIM, factory="IVF64,Flat")
+    with pytest.raises(ValueError, match="trained"):
+        idx.upsert(["a", "b"], _vectors(2))
+    assert len(idx) == 0
+
+
+def test_save_load_round_trip(index, tmp_path):
+    folder = index.save(tmp_path / "idx")
+    loaded = VectorIndex.load(folder)
+    assert sorted(loaded.ids) == ["a", "b", "c"] and loaded.embedder == index.embedder
+    q = _vectors(2, seed=3)
+    assert [[(h.id, round(h.score, 5)) for h in r] for r in loaded.search(q, 3)] == [
+        [(h.id, round(h.score, 5)) for h in r] for r in index.search(q, 3)
+    ]
+    loaded.upsert(["d"], _vectors(1, seed=4))  # labels continue after a reload
+    assert len(loaded) == 4
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["docstore-1.json", "index-1.faiss", "manifest.json"]
+    loaded.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["docstore-2.json", "index-2.faiss", "manifest.json"]
+
+
+def test_crash_during_save_keeps_the_previous_index(index, tmp_path, monkeypatch):
+    folder = index.save(tmp_path / "idx")
+    index.upsert(["new"], _vectors(1, seed=8))
+    import kvembed_rag.index as module
+
+    real = module._atomic_write
+
+    def dying(path, data):
+        if path.name == "manifest.json":
+            raise KeyboardInterrupt("killed mid-save")
+        real(path, data)
+
+    monkeypatch.setattr(module, "_atomic_write", dying)
+    with pytest.raises(KeyboardInterrupt):
+        index.save(folder)
+    monkeypatch.undo()
+    assert sorted(VectorIndex.load(folder).ids) == ["a", "b", "c"]  # the old generation, intact
+
+
+def _corrupt_cases(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    faiss_file = folder / manifest["files"]["index"]
+    docstore = folder / manifest["files"]["docstore"]
+    return manifest, faiss_file, docstore
+
+
+def test_truncated_or_modified_files_are_detected(index, tmp_path):
+    folder = index.save(tmp_path / "idx")
+    _, faiss_file, docstore = _corrupt_cases(folder)
+    data = faiss_file.read_bytes()
+    faiss_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        VectorIndex.load(folder)
+    faiss_file.write_bytes(data)
+    docstore.write_text(docstore.read_text().replace('"alpha"', '"ALPHA"'))
+    with pytest.raises(IndexCorruptError, match="checksum"):
+        VectorIndex.load(folder)
+
+
+def test_count_mismatch_is_detected(index, tmp_path):
+    folder = index.save(tmp_path / "idx")
+    manifest, _, docstore = _corrupt_cases(folder)
+    store = json.loads(docstore.read_text())
+    store["records"] = store["records"][:2]
+    docstore.write_text(json.dumps(store))
+    manifest["sha256"]["docstore"] = __import__("hashlib").sha256(docstore.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="do not belong together"):
+        VectorIndex.load(folder)
+
+
+def test_missing_manifest_or_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        VectorIndex.load(tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexCorruptError, match="manifest"):
+        VectorIndex.load(tmp_path / "empty")
+    (tmp_path / "empty" / "manifest.json").write_text("{oops")
+    with pytest.raises(IndexCorruptError, match="JSON"):
+        VectorIndex.load(tmp_path / "empty")
+
+
+def test_paths_cannot_escape_the_index_directory(index, tmp_path):
+    folder = index.save(tmp_path / "idx")
+    manifest, _, _ = _corrupt_cases(folder)
+    for name in ("../outside.faiss", "/etc/passwd", "sub/dir.faiss"):
+        manifest["files"]["index"] = name
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(IndexCorruptError, match="leave the index directory"):
+            VectorIndex.load(folder)
+
+
+def test_planted_pickle_is_never_read(index, tmp_path, monkeypatch):
+    folder = index.save(tmp_path / "idx")
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name in ("index.pkl", "docstore.pkl", "index.faiss.pkl"):
+        (folder / name).write_bytes(pickle.dumps(Exploit()))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load called"))
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("pickle.loads called"))
+    assert sorted(VectorIndex.load(folder).ids) == ["a", "b", "c"]
+    assert not marker.exists()
+
+
+def test_querying_with_another_embedder_is_refused(index, tmp_path):
+    folder = index.save(tmp_path / "idx")
+    same = {"model": {"identity": "m1"}, "method": "kv", "layers": [3, 4], "dtype": "bfloat16"}
+    assert VectorIndex.load(folder, embedder=same)
+    with pytest.raises(EmbedderMismatchError, match="method"):
+        VectorIndex.load(folder, embedder={**same, "method": "prompteol"})
+    with pytest.raises(EmbedderMismatchError, match="model"):
+        VectorIndex.load(folder, embedder={**same, "model": {"identity": "other"}})
+    check_compatible(None, same)  # indexes built from plain vectors carry no embedder: nothing to check
