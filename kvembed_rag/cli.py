@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,137 @@ def cmd_select_layers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress_bar(enabled: bool, total: int) -> tuple[Any, Callable[[int, int, int], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="doc", desc="indexing", disable=not enabled)
+    started = time.perf_counter()
+
+    def update(done: int, tokens: int, tokens_total: int) -> None:
+        bar.n = done
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix_str(f"~{tokens / elapsed:,.0f} tok/s", refresh=False)
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .corpus import read_sources
+    from .indexing import build_index
+
+    try:
+        documents = read_sources(
+            args.paths, text_field=args.text_field, id_field=args.id_field, title_field=args.title_field
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not documents:
+        raise UsageError(f"no documents found in {', '.join(args.paths)} (.txt, .md, .rst files or .jsonl)")
+    embedder = load_embedder(args, show_progress=False)
+    bar, update = _progress_bar(not args.quiet and not args.json, len(documents))
+    try:
+        report = build_index(embedder, documents, args.out, long_docs=args.long_docs, progress=update)
+    except KeyboardInterrupt:
+        bar.close()
+        print(
+            f"interrupted: finished documents are saved in {args.out}; run the same command to resume", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    bar.n = len(documents)
+    bar.close()
+    summary = {"out": str(args.out), **report.to_dict(), "embedder": embedder.describe()}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"indexed {report.embedded} documents ({report.chunks} chunks, {report.tokens:,} tokens) in "
+            f"{report.seconds:.1f} s; {report.skipped} unchanged skipped, {report.replaced} replaced -> {args.out}"
+        )
+    return EXIT_OK
+
+
+def _print_hits(query: str, hits: list[Any], seconds: float) -> None:
+    print(f"\nQ: {query}   ({seconds * 1000:.0f} ms)")
+    for rank, hit in enumerate(hits, start=1):
+        print(f"  {rank}. {hit.score:.3f}  {hit.document}  [{hit.title[:60]}]")
+        print(f"     {hit.snippet[:160]}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .index import IndexCorruptError
+    from .indexing import load_for_search, search_documents
+
+    try:
+        index, embedder = load_for_search(args.index, device=args.device, dtype=args.dtype)
+    except (FileNotFoundError, IndexCorruptError) as exc:
+        print(f"kvembed-rag search: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    results = []
+    for query in args.query:
+        start = time.perf_counter()
+        hits = search_documents(index, embedder.encode_queries(query), k=args.k)
+        results.append((query, hits, time.perf_counter() - start))
+    if args.json:
+        print(
+            json.dumps(
+                [{"query": q, "seconds": round(t, 4), "hits": [h.__dict__ for h in hits]} for q, hits, t in results]
+            )
+        )
+    else:
+        for query, hits, seconds in results:
+            _print_hits(query, hits, seconds)
+    return EXIT_OK
+
+
+DEMO_QUESTIONS = (
+    "How do I parse a JSON string into Python objects?",
+    "Which module computes the median and standard deviation of a list of numbers?",
+    "How can I run a shell command and capture its output?",
+    "How do I compress a folder into a zip archive?",
+    "How do I generate a random unique identifier?",
+    "Which module parses command-line options and prints help?",
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .corpus import DEMO_MODULES, stdlib_documents
+    from .indexing import build_index, search_documents
+    from .models import cache_root
+
+    out = Path(args.out) if args.out else cache_root() / "demo-index" / args.method
+    print("kvembed-rag demo: KV-Embedding over Python's own module documentation (pydoc), offline.")
+    start = time.perf_counter()
+    embedder = load_embedder(args, show_progress=False)
+    loaded = time.perf_counter() - start
+    documents = stdlib_documents(DEMO_MODULES)
+    print(
+        f"model: {embedder.source.spec} ({embedder.describe()['architecture']}, {embedder.num_layers} layers), "
+        f"method {embedder.method}, layers {embedder.layers}, loaded in {loaded:.1f} s"
+    )
+    print(f"corpus: {len(documents)} module pages, whole up to {embedder.max_length} tokens, chunked beyond")
+    bar, update = _progress_bar(not args.quiet, len(documents))
+    report = build_index(embedder, documents, out, progress=update)
+    bar.n = len(documents)
+    bar.close()
+    print(
+        f"index: {report.embedded} embedded, {report.skipped} reused from {out} "
+        f"({report.tokens:,} tokens in {report.seconds:.1f} s)"
+    )
+    from .index import VectorIndex
+
+    index = VectorIndex.load(out)
+    for question in args.question or DEMO_QUESTIONS:
+        t = time.perf_counter()
+        hits = search_documents(index, embedder.encode_queries(question), k=args.k)
+        _print_hits(question, hits, time.perf_counter() - t)
+    print(
+        f"\ntotal {time.perf_counter() - start:.1f} s. Next: kvembed-rag index YOUR_FOLDER --out my-index; "
+        'kvembed-rag search my-index "your question"'
+    )
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     info = embedder.describe()
@@ -168,6 +300,17 @@ EXAMPLES = {
   kvembed-rag embed --text "What is KV-Embedding?" --role query
   kvembed-rag embed --input docs.txt --out vectors.npy
   cat queries.jsonl | kvembed-rag embed --input - --role query --json""",
+    "index": """examples:
+  kvembed-rag index docs/ --out my-index                      # .txt/.md/.rst files, recursively
+  kvembed-rag index notes.jsonl --out my-index --text-field body --id-field key
+  kvembed-rag index docs/ --out my-index --long-docs truncate --max-length 2048
+Re-running the same command resumes an interrupted build and skips unchanged documents.""",
+    "search": """examples:
+  kvembed-rag search my-index "how do I rotate log files?"
+  kvembed-rag search my-index "query one" "query two" -k 3 --json""",
+    "demo": """examples:
+  kvembed-rag demo
+  kvembed-rag demo --question "How do I read a CSV file?" -k 5""",
     "select-layers": """examples:
   kvembed-rag select-layers
   kvembed-rag select-layers --model ./SmolLM2-135M-Instruct.Q4_1.gguf --plot id.png
@@ -205,6 +348,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["document", "query"], default="document")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _model_options(p)
+
+    p = command("index", cmd_index, "Embed folders, text files or JSONL into a searchable FAISS index.")
+    p.add_argument("paths", nargs="+", help="folders, .txt/.md files or .jsonl files")
+    p.add_argument("--out", required=True, help="index directory (created, or updated in place)")
+    p.add_argument(
+        "--long-docs",
+        choices=["chunk", "truncate"],
+        default="chunk",
+        help="documents over --max-length: overlapping titled chunks (default) or cut",
+    )
+    p.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
+    p.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")
+    p.add_argument("--title-field", default="title", help="JSONL field with the title (default: title)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _model_options(p)
+
+    p = command("search", cmd_search, "Search an index: ranked documents with scores, ids and snippets.")
+    p.add_argument("index", help="index directory written by 'index'")
+    p.add_argument("query", nargs="+")
+    p.add_argument("-k", type=int, default=5, help="documents to return (default 5)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+
+    p = command("demo", cmd_demo, "Index Python's module docs with the default model and answer questions.")
+    p.add_argument("--out", help="index directory (default: in the kvembed-rag cache; reused next time)")
+    p.add_argument("--question", action="append", help="ask your own question (repeatable)")
+    p.add_argument("-k", type=int, default=3)
+    p.add_argument("-q", "--quiet", action="store_true")
     _model_options(p)
 
     p = command("select-layers", cmd_select_layers, "Estimate each layer's intrinsic dimension and pick the window.")

@@ -101,3 +101,72 @@ def read_folder(path: str | Path, suffixes: tuple[str, ...] = (".txt", ".md", ".
         title = next((line.strip().lstrip("# ") for line in stream if line.strip()), file.stem)
         documents.append(SourceDocument(str(file.relative_to(root)), title[:200], text, str(file)))
     return documents
+
+
+#: a smaller default for the demo: about 130k tokens of documentation, 0.5k to 8k tokens per module
+DEMO_MODULES = (
+    "json",
+    "csv",
+    "shutil",
+    "datetime",
+    "zoneinfo",
+    "random",
+    "statistics",
+    "fractions",
+    "heapq",
+    "bisect",
+    "itertools",
+    "functools",
+    "re",
+    "textwrap",
+    "hashlib",
+    "secrets",
+    "base64",
+    "zipfile",
+    "gzip",
+    "argparse",
+    "queue",
+    "subprocess",
+    "xml.etree.ElementTree",
+    "tempfile",
+    "uuid",
+    "dataclasses",
+    "timeit",
+)
+
+
+def read_jsonl(
+    path: str | Path, *, text_field: str = "text", id_field: str = "id", title_field: str = "title"
+) -> list[SourceDocument]:
+    """One document per JSON line; missing ids become ``<file>:<line>``. Errors name the file and line."""
+    import json
+
+    file = Path(path)
+    documents = []
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from exc
+            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+                raise ValueError(f"{file}:{number}: expected an object with a string {text_field!r} field")
+            doc_id = str(row.get(id_field) or f"{file.name}:{number}")
+            documents.append(
+                SourceDocument(doc_id, str(row.get(title_field) or ""), row[text_field], f"{file}:{number}")
+            )
+    return documents
+
+
+def read_sources(paths: list[str] | list[Path], **jsonl_fields: str) -> list[SourceDocument]:
+    """Folders (``.txt .md .rst``, recursively), single text files and ``.jsonl`` files, in the order given."""
+    documents: list[SourceDocument] = []
+    for item in paths:
+        path = Path(item)
+        if path.suffix == ".jsonl" and path.is_file():
+            documents += read_jsonl(path, **jsonl_fields)
+        else:
+            documents += read_folder(path)
+    return documents

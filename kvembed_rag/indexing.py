@@ -1,0 +1,227 @@
+"""Build and query a document index: long documents whole or chunked, resumable, skipping unchanged files.
+
+Each indexed unit is a chunk (a whole document is one chunk) whose metadata names its document, the
+document's content hash, its title and source. ``build_index`` saves checkpoints as it goes, so an
+interrupted build resumes without re-embedding finished documents, and re-indexing skips documents whose
+content hash has not changed. ``search_documents`` ranks documents by their best chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chunking import chunk_text
+from .corpus import SourceDocument
+from .index import MANIFEST, VectorIndex
+
+logger = logging.getLogger(__name__)
+
+LONG_DOC_POLICIES = ("chunk", "truncate")
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@dataclass
+class BuildReport:
+    documents: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
+
+
+def embedder_options(embedder: Any) -> dict[str, Any]:
+    """Arguments that rebuild an equivalent embedder from an index's manifest (for ``search``)."""
+    info = embedder.describe()
+    return {
+        "model": info["model"]["spec"],
+        "method": info["method"],
+        "layers": info["layers"] or "default",
+        "bias": info["bias"] if info["bias"] is not None else 1.0,
+        "pooling": info["pooling"],
+        "prompts": info["prompts"],
+        "max_length": info["max_length"],
+    }
+
+
+def open_index(out_dir: Path, embedder: Any) -> VectorIndex:
+    """The existing index in ``out_dir`` (checked against ``embedder``) or a new empty one."""
+    info = {**embedder.describe(), "options": embedder_options(embedder)}
+    if (out_dir / MANIFEST).is_file():
+        return VectorIndex.load(out_dir, embedder=info)
+    return VectorIndex(embedder.dim, embedder=info)
+
+
+def _documents_in(index: VectorIndex) -> dict[str, tuple[str, list[str]]]:
+    """document id -> (content hash, chunk ids) as stored."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for record in index.get(index.ids):
+        meta = record.metadata
+        doc = str(meta.get("document", record.id))
+        digest, chunk_ids = found.get(doc, (str(meta.get("content_sha", "")), []))
+        chunk_ids.append(record.id)
+        found[doc] = (digest, chunk_ids)
+    return found
+
+
+def build_index(
+    embedder: Any,
+    documents: Sequence[SourceDocument],
+    out_dir: str | Path,
+    *,
+    long_docs: str = "chunk",
+    overlap: int = 64,
+    checkpoint_seconds: float = 30.0,
+    group_tokens: int = 32_768,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> BuildReport:
+    """Embed ``documents`` into the index at ``out_dir`` (created or updated). See the module docstring.
+
+    ``progress(documents_done, tokens_done, tokens_total)`` is called after each group.
+    """
+    if long_docs not in LONG_DOC_POLICIES:
+        raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
+    folder = Path(out_dir)
+    index = open_index(folder, embedder)
+    stored = _documents_in(index)
+    report = BuildReport(documents=len(documents))
+    seen: set[str] = set()
+    pending: list[tuple[SourceDocument, str]] = []
+    for document in documents:
+        if document.id in seen:
+            raise ValueError(f"document id {document.id!r} appears twice ({document.source}); ids must be unique")
+        seen.add(document.id)
+        digest = content_hash(document.text)
+        if document.id in stored and stored[document.id][0] == digest:
+            report.skipped += 1
+            continue
+        pending.append((document, digest))
+    # work units: (document, digest, chunk texts); chunking needs the tokenizer only
+    units = []
+    for document, digest in pending:
+        if long_docs == "chunk":
+            texts = [c.text for c in chunk_text(embedder, document.text, title=document.title, overlap=overlap)]
+        else:
+            texts = [f"{document.title}\n\n{document.text}" if document.title else document.text]
+        units.append((document, digest, texts))
+    total_tokens = sum(len(t) for _, _, texts in units for t in texts) // 4 + 1  # rough, for the bar only
+    start = last_save = time.perf_counter()
+    done_tokens = 0
+    group: list[tuple[SourceDocument, str, list[str]]] = []
+    group_size = 0
+
+    def flush() -> None:
+        nonlocal group, group_size, done_tokens, last_save
+        if not group:
+            return
+        texts = [text for _, _, chunk_texts in group for text in chunk_texts]
+        vectors = embedder.encode_documents(texts)
+        ids, metadatas = [], []
+        for document, digest, chunk_texts in group:
+            if document.id in stored:
+                index.delete(stored[document.id][1])
+                report.replaced += 1
+            for number in range(len(chunk_texts)):
+                ids.append(f"{document.id}#{number}" if len(chunk_texts) > 1 else document.id)
+                metadatas.append(
+                    {
+                        "document": document.id,
+                        "title": document.title,
+                        "source": document.source,
+                        "chunk": number,
+                        "chunks": len(chunk_texts),
+                        "content_sha": digest,
+                    }
+                )
+        index.upsert(ids, vectors, texts, metadatas)
+        report.embedded += len(group)
+        report.chunks += len(texts)
+        done_tokens += sum(len(t) for t in texts) // 4
+        report.tokens += sum(len(e.ids) for e in embedder.tokenize(texts))
+        if progress is not None:
+            progress(report.embedded + report.skipped, done_tokens, total_tokens)
+        if time.perf_counter() - last_save >= checkpoint_seconds:
+            index.save(folder)  # checkpoint: an interrupted build resumes from here
+            last_save = time.perf_counter()
+        group, group_size = [], 0
+
+    for unit in units:
+        group.append(unit)
+        group_size += sum(len(t) for t in unit[2]) // 4
+        if group_size >= group_tokens:
+            flush()
+    flush()
+    if units or not (folder / MANIFEST).is_file():
+        index.save(folder)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+@dataclass
+class DocumentHit:
+    document: str
+    score: float
+    title: str
+    source: str
+    chunk: int
+    snippet: str
+
+
+def search_documents(
+    index: VectorIndex, query_vector: Any, k: int = 5, *, snippet_chars: int = 240
+) -> list[DocumentHit]:
+    """Top ``k`` documents, each scored by its best-matching chunk."""
+    hits = index.search(query_vector, k=max(k * 8, 32))[0]
+    best: dict[str, DocumentHit] = {}
+    for hit in hits:
+        doc = str(hit.metadata.get("document", hit.id))
+        if doc in best:
+            continue
+        text = (hit.text or "").strip()
+        title = str(hit.metadata.get("title", ""))
+        if title and text.startswith(title):
+            text = text[len(title) :].strip()
+        best[doc] = DocumentHit(
+            doc,
+            hit.score,
+            title,
+            str(hit.metadata.get("source", "")),
+            int(hit.metadata.get("chunk", 0)),
+            " ".join(text[:snippet_chars].split()),
+        )
+        if len(best) == k:
+            break
+    return list(best.values())
+
+
+def load_for_search(out_dir: str | Path, **overrides: Any) -> tuple[VectorIndex, Any]:
+    """Open an index and rebuild the embedder that made it (from its manifest)."""
+    from .embedder import KVEmbedder
+
+    folder = Path(out_dir)
+    if not (folder / MANIFEST).is_file():
+        raise FileNotFoundError(f"{folder} is not a kvembed-rag index (no {MANIFEST}); build one with 'index'")
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    options = dict((manifest.get("embedder") or {}).get("options") or {})
+    if not options:
+        raise ValueError(f"{folder}: the index does not record the embedder that built it; pass --model")
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    model = options.pop("model")
+    embedder = KVEmbedder.from_pretrained(model, **options)
+    index = VectorIndex.load(folder, embedder={**embedder.describe(), "options": embedder_options(embedder)})
+    return index, embedder

@@ -1,0 +1,146 @@
+"""index / search / demo on a tiny model: resume, skip unchanged, long documents, broken inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvembed_rag.cli import main
+from kvembed_rag.corpus import SourceDocument
+from kvembed_rag.index import VectorIndex
+from kvembed_rag.indexing import build_index, search_documents
+
+LONG = " ".join(f"Paragraph {i}: the committee discussed the budget for remote controls." for i in range(60))
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "json.md").write_text("# json module\n\nParse JSON strings into Python objects with loads.")
+    (folder / "csv.txt").write_text("csv module\n\nRead and write comma separated files.")
+    (folder / "sub" / "meeting.txt").write_text("Product meeting\n\n" + LONG)
+    (folder / "notes.jsonl").write_text(
+        json.dumps({"key": "n1", "body": "Zip archives compress folders.", "title": "zipfile"}) + "\n"
+    )
+    return folder
+
+
+def _index(model, corpus, out, *extra):
+    return main(["index", str(corpus), str(corpus / "notes.jsonl"), "--out", str(out), "--model", model,
+                 "--id-field", "key", "--text-field", "body", "--max-length", "128", "--json", "-q", *extra])
+
+
+def test_index_then_search(checkpoints, corpus, tmp_path, capsys):
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus, out) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents"] == 4 and report["embedded"] == 4 and report["chunks"] > 4  # the meeting is chunked
+    assert main(["search", str(out), "JSON strings into Python objects", "-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    documents = [h["document"] for h in result["hits"]]
+    assert len(documents) == 3 and len(set(documents)) == 3  # documents, not chunks
+    assert all(h["score"] <= 1.0 and h["snippet"] for h in result["hits"])
+    assert main(["search", str(out), "budget of the committee", "-k", "2"]) == 0
+    assert "1. " in capsys.readouterr().out
+
+
+def test_reindex_skips_unchanged_and_replaces_changed(checkpoints, corpus, tmp_path, capsys):
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus, out) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert _index(model, corpus, out) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["skipped"] == 4 and second["embedded"] == 0
+    (corpus / "sub" / "meeting.txt").write_text("Product meeting\n\nA much shorter transcript now.")
+    assert _index(model, corpus, out) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert third["embedded"] == 1 and third["replaced"] == 1 and third["skipped"] == 3
+    index = VectorIndex.load(out)
+    assert first["chunks"] > len(index) == 4  # one chunk per document now
+    assert not [i for i in index.ids if i.startswith("sub/meeting.txt#")]
+
+
+def test_interrupted_build_resumes_without_re_embedding(make_embedder, tmp_path):
+    embedder = make_embedder(max_length=128)
+    documents = [SourceDocument(f"d{i}", f"title {i}", f"document number {i} " * 5, "test") for i in range(12)]
+    calls: list[int] = []
+    original = embedder.encode_documents
+
+    def flaky(texts, **kwargs):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("power cut")
+        return original(texts, **kwargs)
+
+    embedder.encode_documents = flaky
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build_index(embedder, documents, tmp_path / "idx", group_tokens=20, checkpoint_seconds=0)
+    finally:
+        del embedder.encode_documents
+    saved = VectorIndex.load(tmp_path / "idx")
+    assert 0 < len(saved) < 12  # the finished groups survived
+    report = build_index(embedder, documents, tmp_path / "idx")
+    assert report.skipped == len(saved) and report.embedded == 12 - len(saved)
+    assert sorted(VectorIndex.load(tmp_path / "idx").ids) == sorted(d.id for d in documents)
+
+
+def test_truncate_policy_embeds_one_vector_per_document(make_embedder, tmp_path):
+    embedder = make_embedder(max_length=64)
+    documents = [SourceDocument("long", "Long", LONG, "x"), SourceDocument("short", "Short", "tiny", "y")]
+    with pytest.warns(UserWarning, match="truncated"):
+        report = build_index(embedder, documents, tmp_path / "idx", long_docs="truncate")
+    assert report.chunks == 2
+    hits = search_documents(VectorIndex.load(tmp_path / "idx"), embedder.encode_queries("budget"), k=5)
+    assert {h.document for h in hits} == {"long", "short"}
+
+
+def test_duplicate_document_ids_are_refused(make_embedder, tmp_path):
+    documents = [SourceDocument("same", "", "a", "f1"), SourceDocument("same", "", "b", "f2")]
+    with pytest.raises(ValueError, match="appears twice"):
+        build_index(make_embedder(), documents, tmp_path / "idx")
+    assert not (tmp_path / "idx").exists()
+
+
+def test_search_errors(checkpoints, corpus, tmp_path, capsys):
+    assert main(["search", str(tmp_path / "nothing"), "q"]) == 1
+    assert "not a kvembed-rag index" in capsys.readouterr().err
+    out = tmp_path / "idx"
+    assert _index(str(checkpoints["llama"]), corpus, out) == 0
+    capsys.readouterr()
+    for faiss_file in out.glob("index-*.faiss"):
+        faiss_file.write_bytes(faiss_file.read_bytes()[:100])
+    assert main(["search", str(out), "q"]) == 1
+    assert "checksum" in capsys.readouterr().err
+
+
+def test_index_input_errors(checkpoints, tmp_path, capsys):
+    model = str(checkpoints["llama"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{broken\n')
+    assert main(["index", str(bad), "--out", str(tmp_path / "i"), "--model", model, "-q"]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "missing"), "--out", str(tmp_path / "i"), "--model", model]) == 2
+    assert "missing" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["index", str(tmp_path / "empty"), "--out", str(tmp_path / "i"), "--model", model]) == 2
+
+
+def test_index_refuses_another_embedder(checkpoints, corpus, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert _index(str(checkpoints["llama"]), corpus, out) == 0
+    assert _index(str(checkpoints["llama"]), corpus, out, "--method", "mean") == 1
+    assert "different embedder" in capsys.readouterr().err
+
+
+def test_demo_runs_offline(checkpoints, tmp_path, capsys):
+    argv = ["demo", "--model", str(checkpoints["gemma3"]), "--out", str(tmp_path / "demo"), "--max-length", "256",
+            "-q", "--question", "How do I parse JSON?"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Q: How do I parse JSON?" in text and "1. " in text and "stdlib:" in text
+    assert main(argv) == 0  # second run reuses the index
+    assert "0 embedded" in capsys.readouterr().out
