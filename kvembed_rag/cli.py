@@ -256,7 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     embedder = load_embedder(args, show_progress=False)
     loaded = time.perf_counter() - start
-    documents = stdlib_documents(DEMO_MODULES)
+    documents = stdlib_documents(DEMO_MODULES[: args.limit] if args.limit else DEMO_MODULES)
     print(
         f"model: {embedder.source.spec} ({embedder.describe()['architecture']}, {embedder.num_layers} layers), "
         f"method {embedder.method}, layers {embedder.layers}, loaded in {loaded:.1f} s"
@@ -281,6 +281,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\ntotal {time.perf_counter() - start:.1f} s. Next: kvembed-rag index YOUR_FOLDER --out my-index; "
         'kvembed-rag search my-index "your question"'
     )
+    return EXIT_OK
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import PAPER_SHAPES, placeholder_tokenizer, plot_rows, random_model, run_benchmark
+    from .embedder import KVEmbedder
+    from .models import pick_device, pick_dtype
+
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    except ValueError as exc:
+        raise UsageError(f"--lengths must be comma-separated integers; got {args.lengths!r}") from exc
+    methods = [m for m in args.methods.split(",") if m != "plain"]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.shape:
+        if args.shape not in PAPER_SHAPES:
+            raise UsageError(f"--shape must be one of {', '.join(PAPER_SHAPES)}")
+        device = pick_device(args.device)
+        model = random_model(args.shape, device=device, dtype=pick_dtype(args.dtype, device))
+        base = KVEmbedder(model, placeholder_tokenizer(), layers="default", max_length=max(lengths) * 2 + 8)
+        label = f"{args.shape} (random weights)"
+    else:
+        base = load_embedder(args, layers="default", max_length=max(lengths) * 2 + 8)
+        label = str(args.model)
+    embedders = {
+        m: KVEmbedder(
+            base.model, base.tokenizer, method=m, layers=base.layers, source=base.source, max_length=base.max_length
+        )
+        for m in methods
+    }
+    batch_tokens = args.batch_tokens or 16_384
+    rows = run_benchmark(embedders, lengths, batch_tokens=batch_tokens, repeats=args.repeats)
+    device_name = torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu"
+    meta = {
+        "model": label,
+        "device": device_name,
+        "dtype": str(base.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "batch_tokens": batch_tokens,
+        "kv_layers": base.layers,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": [r.to_dict() for r in rows]}, indent=1))
+    if args.plot:
+        plot_rows(rows, args.plot, f"{label} on {device_name}, {meta['dtype']}")
+    print(
+        f"{label} on {device_name} ({meta['dtype']}), {batch_tokens} padded tokens per batch, kv layers {base.layers}"
+    )
+    print(f"{'method':18s} {'length':>6s} {'batch':>5s} {'tokens/s':>10s} {'x plain':>8s} {'peak MB':>9s}")
+    for r in rows:
+        print(
+            f"{r.method:18s} {r.length:6d} {r.batch:5d} {r.tokens_per_s:10.0f} {r.ratio_to_plain or 0:8.3f} "
+            f"{r.peak_mb:9.1f}"
+        )
     return EXIT_OK
 
 
@@ -315,6 +373,10 @@ Re-running the same command resumes an interrupted build and skips unchanged doc
   kvembed-rag select-layers
   kvembed-rag select-layers --model ./SmolLM2-135M-Instruct.Q4_1.gguf --plot id.png
   kvembed-rag select-layers --calibration my_corpus.txt --json""",
+    "bench": """examples:
+  kvembed-rag bench                                   # default model, CPU: plain vs every method
+  kvembed-rag bench --lengths 512,4096 --methods kv,echo --json bench.json --plot bench.png
+  kvembed-rag bench --shape qwen3-4b --device cuda    # a paper backbone's shape, random weights, bf16""",
     "info": """examples:
   kvembed-rag info
   kvembed-rag info --model ./my-llama --method prompteol --json""",
@@ -377,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "Index Python's module docs with the default model and answer questions.")
     p.add_argument("--out", help="index directory (default: in the kvembed-rag cache; reused next time)")
     p.add_argument("--question", action="append", help="ask your own question (repeatable)")
+    p.add_argument("--limit", type=int, help="index only the first N of the 27 module pages")
     p.add_argument("-k", type=int, default=3)
     p.add_argument("-q", "--quiet", action="store_true")
     _model_options(p)
@@ -388,6 +451,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="recompute and do not write the cache")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
+    _model_options(p)
+
+    p = command("bench", cmd_bench, "Throughput and peak memory of each method against the bare forward pass.")
+    p.add_argument("--lengths", default="128,512,2048,4096", help="tokens per text (default 128,512,2048,4096)")
+    p.add_argument("--methods", default="kv,prompteol,mean,echo,bidirectional,token-prepending")
+    p.add_argument(
+        "--shape",
+        help=f"random weights of a paper backbone's shape: {', '.join(['qwen3-4b', 'mistral-7b', 'llama-3.1-8b'])}",
+    )
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", help="write the rows to this JSON file")
+    p.add_argument("--plot", help="draw tokens/s and memory against length to this PNG")
     _model_options(p)
 
     p = command("info", cmd_info, "Load a model and print what determines its vectors.")

@@ -133,6 +133,8 @@ class KVEmbedder:
         )
         self._decoder = _decoder_layers(model, self.num_layers)
         self._lock = threading.RLock()
+        for role in ("document", "query"):
+            self.tokenize([""], role)  # fail now, not mid-corpus, if the prompt alone exceeds max_length
         self.layers = default_window(self.num_layers)  # placeholder while "auto" runs its calibration pass
         self.layers = self._resolve_layers(layers)
 

@@ -29,8 +29,26 @@ def corpus(tmp_path) -> Path:
 
 
 def _index(model, corpus, out, *extra):
-    return main(["index", str(corpus), str(corpus / "notes.jsonl"), "--out", str(out), "--model", model,
-                 "--id-field", "key", "--text-field", "body", "--max-length", "128", "--json", "-q", *extra])
+    return main(
+        [
+            "index",
+            str(corpus),
+            str(corpus / "notes.jsonl"),
+            "--out",
+            str(out),
+            "--model",
+            model,
+            "--id-field",
+            "key",
+            "--text-field",
+            "body",
+            "--max-length",
+            "128",
+            "--json",
+            "-q",
+            *extra,
+        ]
+    )
 
 
 def test_index_then_search(checkpoints, corpus, tmp_path, capsys):
@@ -137,8 +155,20 @@ def test_index_refuses_another_embedder(checkpoints, corpus, tmp_path, capsys):
 
 
 def test_demo_runs_offline(checkpoints, tmp_path, capsys):
-    argv = ["demo", "--model", str(checkpoints["gemma3"]), "--out", str(tmp_path / "demo"), "--max-length", "256",
-            "-q", "--question", "How do I parse JSON?"]
+    argv = [
+        "demo",
+        "--model",
+        str(checkpoints["gemma3"]),
+        "--out",
+        str(tmp_path / "demo"),
+        "--max-length",
+        "256",
+        "--limit",
+        "4",
+        "-q",
+        "--question",
+        "How do I parse JSON?",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "Q: How do I parse JSON?" in text and "1. " in text and "stdlib:" in text
