@@ -41,10 +41,8 @@ def chunk_text(
     """
     budget = (max_tokens or embedder.max_length) - prompt_overhead(embedder) - margin
     header = f"{title}\n\n" if title else ""
-    with embedder._lock:  # the tokenizer is shared and not thread-safe
-        encoding = embedder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        header_tokens = len(embedder.tokenizer(header, add_special_tokens=False)["input_ids"]) if header else 0
-    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    offsets = embedder.token_offsets(text)
+    header_tokens = len(embedder.token_offsets(header)) if header else 0
     if len(offsets) + header_tokens <= budget:
         return [Chunk(header + text if header and not text.startswith(title or "") else text, 0, 0, len(text))]
     window = budget - header_tokens

@@ -328,6 +328,12 @@ class KVEmbedder:
                     out[layer, batch] = hidden[layer + 1][rows, plan.last_index].float().cpu().numpy()
         return out
 
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of ``text`` alone (no prompt, no special tokens)."""
+        with self._lock:
+            encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
+
     def _encode(self, texts: list[str], role: Role, batch_tokens: int, show_progress: bool | None) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
