@@ -5,7 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attention import ReroutingPlan
-from .embedder import KVEmbedder, TruncationWarning, shared_embedder
+from .embedder import EmbeddingMemoryError, KVEmbedder, TruncationWarning, shared_embedder
 from .errors import (
     KVEmbedError,
     ModelLoadError,
@@ -19,6 +19,7 @@ from .prompts import PromptTemplate
 __all__ = [
     "METHODS",
     "EmbedderMismatchError",
+    "EmbeddingMemoryError",
     "IndexCorruptError",
     "KVEmbedError",
     "KVEmbedder",

@@ -76,7 +76,10 @@ def _read_texts(path: str | None) -> list[str]:
         file = Path(path)
         if not file.is_file():
             raise UsageError(f"{file}: no such file")
-        lines = file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
         source = str(file)
     if source.endswith(".jsonl"):
         texts = []

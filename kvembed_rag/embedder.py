@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .attention import PLAN_KWARG, ReroutingPlan, build_plan, probe_dispatch, resolve_backend
+from .errors import KVEmbedError
 from .methods import (
     MethodSpec,
     default_window,
@@ -37,6 +38,24 @@ DEFAULT_MAX_LENGTH = 4096
 
 class TruncationWarning(UserWarning):
     """Some inputs were longer than ``max_length`` and lost their tail."""
+
+
+class EmbeddingMemoryError(KVEmbedError, MemoryError):
+    """A single text does not fit in memory even in a batch of one."""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    message = str(exc).lower()
+    return "out of memory" in message or "can't allocate memory" in message or "cannot allocate memory" in message
+
+
+def _release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 def _decoder_layers(model: torch.nn.Module, num_layers: int) -> torch.nn.ModuleList:
@@ -192,6 +211,7 @@ class KVEmbedder:
             dtype=torch_dtype,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            safetensors_only=source.kind in ("default", "gguf"),
         )
         probe_dispatch(backbone, int(getattr(backbone.config, "num_hidden_layers", 0)))
         return cls(
@@ -344,8 +364,7 @@ class KVEmbedder:
         out = np.empty((len(encoded), self.dim), dtype=np.float32)
         progress = self._progress(len(encoded), show_progress)
         for batch in _token_batches(order, [len(e.ids) for e in encoded], batch_tokens):
-            vectors = self._forward([encoded[i] for i in batch])
-            out[batch] = vectors
+            out[batch] = self._forward_splitting(batch, encoded)
             if progress is not None:
                 progress.update(len(batch))
         if progress is not None:
@@ -357,6 +376,25 @@ class KVEmbedder:
                 "try dtype='float32'"
             )
         return out
+
+    def _forward_splitting(self, batch: list[int], encoded: list[EncodedText]) -> np.ndarray:
+        """Forward a batch; on out-of-memory, halve it and retry, down to one text, then name that text."""
+        try:
+            return self._forward([encoded[i] for i in batch])
+        except (MemoryError, RuntimeError) as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            _release_memory(self.device)
+            if len(batch) == 1:
+                raise EmbeddingMemoryError(
+                    f"out of memory embedding texts[{batch[0]}] ({len(encoded[batch[0]].ids)} tokens) even on its own "
+                    f"on {self.device} in {self.dtype}; lower max_length, use dtype='bfloat16', or another device"
+                ) from exc
+            logger.warning("out of memory on a batch of %d texts; retrying it in halves", len(batch))
+            half = len(batch) // 2
+            return np.concatenate(
+                [self._forward_splitting(batch[:half], encoded), self._forward_splitting(batch[half:], encoded)]
+            )
 
     def _progress(self, total: int, show: bool | None) -> Any:
         if not (self.show_progress if show is None else show):

@@ -266,8 +266,12 @@ def load_model(
     dtype: torch.dtype,
     revision: str | None,
     trust_remote_code: bool,
+    safetensors_only: bool = False,
 ) -> torch.nn.Module:
-    """The base model (no LM head) with the given registered attention implementation, in eval mode."""
+    """The base model (no LM head) with the given registered attention implementation, in eval mode.
+
+    ``safetensors_only`` (our own caches) never reads pickle-based weight files, even if one was planted.
+    """
     from transformers import AutoModel
 
     try:
@@ -277,6 +281,7 @@ def load_model(
             dtype=dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
+            **({"use_safetensors": True} if safetensors_only else {}),
         )
     except OSError as exc:
         raise ModelLoadError(

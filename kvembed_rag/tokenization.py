@@ -56,6 +56,7 @@ def encode_text(
     text = _encodable(text)
     original_text = text
     rendered, spans = template.render(text, role)
+    original_count: int | None = None  # the text's own tokens before any cut (for the warning's numbers)
     for _ in range(8):  # re-tokenising a cut string can shift a boundary by a token: converge in a few rounds
         enc = tokenizer(rendered, add_special_tokens=True, return_offsets_mapping=True, truncation=False)
         ids: list[int] = list(enc["input_ids"])
@@ -64,6 +65,8 @@ def encode_text(
         if excess <= 0:
             break
         text_tokens = _tokens_in(offsets, *spans[0])
+        if original_count is None:
+            original_count = len(text_tokens)
         if not text_tokens or not text:
             raise PromptTooLongError(
                 f"the prompt alone takes {len(ids)} tokens, more than max_length={max_length}"
@@ -90,12 +93,9 @@ def encode_text(
         copy = _tokens_in(offsets, *spans[-1])
         if copy:
             pool_start, pool_end = copy[0], copy[-1] + 1
-    dropped = 0
+    truncated_by = 0
     if text != original_text:
-        dropped = len(tokenizer(original_text, add_special_tokens=False)["input_ids"]) - len(
-            tokenizer(text, add_special_tokens=False)["input_ids"]
-        )
-    truncated_by = max(dropped, 1) if text != original_text else 0
+        truncated_by = max(1, (original_count or 0) - len(first_text))
     return EncodedText(ids, pool_start, pool_end, text_start, truncated_by=truncated_by)
 
 
