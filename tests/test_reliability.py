@@ -115,7 +115,7 @@ def test_index_matches_a_dict_model(ops, factory):
             index.upsert(ids, vectors, texts)
             model.update(zip(ids, texts, strict=True))
         else:
-            index.delete(ids + ["never-added"])
+            index.delete([*ids, "never-added"])
             for item in ids:
                 model.pop(item, None)
     assert sorted(index.ids) == sorted(model)
@@ -180,7 +180,7 @@ def test_sixteen_threads_share_one_embedder(embedder):
             for _ in range(3):
                 results[worker] = embedder.encode(CONCURRENT_TEXTS[worker:] + CONCURRENT_TEXTS[:worker])
                 embedder.tokenize(CONCURRENT_TEXTS)  # tokenizer use from many threads ("Already borrowed")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(16)]
