@@ -184,9 +184,30 @@ def cmd_index(args: argparse.Namespace) -> int:
     if not documents:
         raise UsageError(f"no documents found in {', '.join(args.paths)} (.txt, .md, .rst files or .jsonl)")
     embedder = load_embedder(args, show_progress=False)
+    encode, group_tokens = None, 32_768
+    if args.engine == "ray":
+        import tempfile
+
+        from .distributed import ray_encoder
+        from .indexing import embedder_options
+
+        options = embedder_options(embedder)
+        model = options.pop("model")
+        encode = ray_encoder(
+            model, options, tempfile.mkdtemp(prefix="kvembed-ray-"), workers=args.workers, address=args.address
+        )
+        group_tokens = 1_000_000  # one cluster job per million tokens: checkpoints without per-job overhead
     bar, update = _progress_bar(not args.quiet and not args.json, len(documents))
     try:
-        report = build_index(embedder, documents, args.out, long_docs=args.long_docs, progress=update)
+        report = build_index(
+            embedder,
+            documents,
+            args.out,
+            long_docs=args.long_docs,
+            progress=update,
+            encode=encode,
+            group_tokens=group_tokens,
+        )
     except KeyboardInterrupt:
         bar.close()
         print(
@@ -365,6 +386,7 @@ EXAMPLES = {
   kvembed-rag index docs/ --out my-index                      # .txt/.md/.rst files, recursively
   kvembed-rag index notes.jsonl --out my-index --text-field body --id-field key
   kvembed-rag index docs/ --out my-index --long-docs truncate --max-length 2048
+  kvembed-rag index corpus.jsonl --out my-index --engine ray --address auto --workers 8
 Re-running the same command resumes an interrupted build and skips unchanged documents.""",
     "search": """examples:
   kvembed-rag search my-index "how do I rotate log files?"
@@ -427,6 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
     p.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")
     p.add_argument("--title-field", default="title", help="JSONL field with the title (default: title)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="embed in this process (default) or on a Ray cluster (pip install 'kvembed-rag[ray]')",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster: 'auto' or 'ray://head:10001' (default: local)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, one model each (default 2)")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     _model_options(p)

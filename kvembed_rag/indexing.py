@@ -89,11 +89,14 @@ def build_index(
     checkpoint_seconds: float = 30.0,
     group_tokens: int = 32_768,
     progress: Callable[[int, int, int], None] | None = None,
+    encode: Callable[[list[str]], Any] | None = None,
 ) -> BuildReport:
     """Embed ``documents`` into the index at ``out_dir`` (created or updated). See the module docstring.
 
-    ``progress(documents_done, tokens_done, tokens_total)`` is called after each group.
+    ``progress(documents_done, tokens_done, tokens_total)`` is called after each group. ``encode`` replaces
+    ``embedder.encode_documents`` (the Ray engine embeds each group on a cluster).
     """
+    encode = encode or embedder.encode_documents
     if long_docs not in LONG_DOC_POLICIES:
         raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
     folder = Path(out_dir)
@@ -130,7 +133,7 @@ def build_index(
         if not group:
             return
         texts = [text for _, _, chunk_texts in group for text in chunk_texts]
-        vectors = embedder.encode_documents(texts)
+        vectors = encode(texts)
         ids, metadatas = [], []
         for document, digest, chunk_texts in group:
             if document.id in stored:
