@@ -82,18 +82,12 @@ def _read_texts(path: str | None) -> list[str]:
             raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
         source = str(file)
     if source.endswith(".jsonl"):
-        texts = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{source}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise UsageError(f"{source}:{number}: expected an object with a string 'text' field")
-            texts.append(record["text"])
-        return texts
+        from .corpus import read_jsonl
+
+        try:
+            return [document.text for document in read_jsonl(source)]
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     return [line for line in lines if line.strip()]
 
 

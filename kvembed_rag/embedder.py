@@ -478,6 +478,9 @@ class KVEmbedder:
                 handle.remove()
 
 
+#: from_pretrained options the framework adapters expose as plain fields (besides the model itself)
+ADAPTER_OPTIONS = ("method", "layers", "bias", "pooling", "prompts", "max_length", "batch_tokens", "device", "dtype")
+
 _SHARED: dict[str, KVEmbedder] = {}
 _SHARED_LOCK = threading.Lock()
 

@@ -9,6 +9,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from kvembed_rag import KVEmbedder, shared_embedder
+from kvembed_rag.embedder import ADAPTER_OPTIONS
 
 
 class KVEmbeddings(BaseModel, Embeddings):
@@ -45,18 +46,7 @@ class KVEmbeddings(BaseModel, Embeddings):
     _embedder: KVEmbedder | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
-        self._embedder = shared_embedder(
-            self.model,
-            method=self.method,
-            layers=self.layers,
-            bias=self.bias,
-            pooling=self.pooling,
-            prompts=self.prompts,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        self._embedder = shared_embedder(self.model, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
 
     @property
     def embedder(self) -> KVEmbedder:

@@ -9,6 +9,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from kvembed_rag import KVEmbedder, shared_embedder
+from kvembed_rag.embedder import ADAPTER_OPTIONS
 
 DEFAULT_EMBED_BATCH_SIZE = 32
 
@@ -46,18 +47,7 @@ class KVEmbedding(BaseEmbedding):
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        self._embedder = shared_embedder(
-            self.model_name,
-            method=self.method,
-            layers=self.layers,
-            bias=self.bias,
-            pooling=self.pooling,
-            prompts=self.prompts,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        self._embedder = shared_embedder(self.model_name, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
 
     @classmethod
     def class_name(cls) -> str:
