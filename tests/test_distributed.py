@@ -136,3 +136,27 @@ def test_index_command_with_the_ray_engine(local_cluster, corpus, checkpoints, t
     index = VectorIndex.load(tmp_path / "idx")
     stored = index.vectors(["doc-3"])[0]
     assert np.abs(stored - local.encode_documents(rows[3]["text"])).max() <= 1e-5
+
+
+def test_llama_index_ray_ingestion(local_cluster, checkpoints):
+    ingestion = pytest.importorskip("llama_index.ingestion.ray", reason="llama-index-ingestion-ray not installed")
+    from llama_index.core import Document
+    from llama_index.embeddings.kvembed import KVEmbedding
+
+    model = str(checkpoints["llama"])
+    documents = [Document(text=f"meeting {i} about remote controls " * (1 + i % 3), doc_id=f"m{i}") for i in range(12)]
+    pipeline = ingestion.RayIngestionPipeline(
+        transformations=[
+            ingestion.RayTransformComponent(
+                KVEmbedding,
+                transform_kwargs={"model_name": model, "max_length": 128},
+                map_batches_kwargs={"batch_size": 4, "concurrency": 2, "num_cpus": 0.5},
+            )
+        ]
+    )
+    nodes = pipeline.run(documents=documents)
+    assert sorted(n.node_id for n in nodes) == sorted(d.doc_id for d in documents)
+    local = KVEmbedding(model_name=model, max_length=128)
+    for node in nodes[:3]:
+        expected = local.get_text_embedding(node.get_content(metadata_mode="embed"))
+        assert np.abs(np.asarray(node.embedding) - expected).max() <= 1e-5
