@@ -143,18 +143,27 @@ def id_curve(embedder: Any, texts: list[str], *, normalize: bool = True) -> list
 
 
 def _cache_key(embedder: Any, texts: list[str], normalize: bool) -> dict[str, Any]:
+    """What the selection depends on: the weights (by content hash, not by name), the prompt, the texts."""
     info = embedder.describe()
     return {
         "rule": RULE_VERSION,
-        "model": info["model"],
+        "model": info["model"]["identity"] or info["model"]["spec"],
         "architecture": info["architecture"],
         "num_layers": info["num_layers"],
         "dtype": info["dtype"],
         "prompt": info["prompts"]["document"],
-        "max_length": info["max_length"],
         "normalize": normalize,
         "calibration": hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16],
     }
+
+
+def _packaged(key: dict[str, Any]) -> dict[str, Any] | None:
+    """Selections shipped with the package for its offline models (the same computation, done once)."""
+    try:
+        shipped = json.loads(files("kvembed_rag").joinpath("data/layer_selections.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((entry for entry in shipped if entry.get("key") == key), None)
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
@@ -175,9 +184,10 @@ def select_layers(
         raise ValueError(f"layer selection needs at least 3 calibration texts; got {len(calibration)}")
     key = _cache_key(embedder, calibration, normalize)
     path = _cache_path(key)
-    if use_cache and path.is_file():
+    packaged = _packaged(key) if use_cache else None
+    if use_cache and (packaged is not None or path.is_file()):
         try:
-            stored = json.loads(path.read_text())
+            stored = packaged if packaged is not None else json.loads(path.read_text())
             if stored.get("key") != key:
                 raise ValueError("key mismatch")
             curve = [float("nan") if v is None else float(v) for v in stored["curve"]]

@@ -154,3 +154,14 @@ def test_select_layers_command(checkpoints, cache_dir, tmp_path, capsys):
     assert payload["n_texts"] == 60 and len(payload["curve"]) == 6 and payload["layers"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["select-layers", "--model", model, "--calibration", str(tmp_path / "none.txt")]) == 2
+
+
+def test_packaged_selections_are_well_formed():
+    from importlib.resources import files
+
+    shipped = json.loads(files("kvembed_rag").joinpath("data/layer_selections.json").read_text())
+    assert {entry["key"]["num_layers"] for entry in shipped} == {18, 30}  # Gemma-3-270M, SmolLM2-135M
+    for entry in shipped:
+        assert len(entry["curve"]) == entry["num_layers"] == entry["key"]["num_layers"]
+        assert entry["layers"] == choose_window(entry["curve"], entry["num_layers"])  # the rule, recomputed
+        assert len(entry["key"]["model"]) == 64  # keyed by the GGUF file's sha256, not by a name
