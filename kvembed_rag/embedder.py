@@ -151,7 +151,13 @@ class KVEmbedder:
             (v for v in (getattr(tokenizer, "unk_token_id", None), self.pad_id) if isinstance(v, int)), 0
         )
         self._decoder = _decoder_layers(model, self.num_layers)
-        self._lock = threading.RLock()
+        # one lock per model, not per embedder: embedders built over the same backbone (other methods, the
+        # benchmark) must not run forwards, token-prepending hooks or the tokenizer concurrently
+        lock = getattr(model, "_kvembed_lock", None)
+        if lock is None:
+            lock = threading.RLock()
+            self.model._kvembed_lock = lock
+        self._lock = lock
         for role in ("document", "query"):
             self.tokenize([""], role)  # fail now, not mid-corpus, if the prompt alone exceeds max_length
         self.layers = default_window(self.num_layers)  # placeholder while "auto" runs its calibration pass
