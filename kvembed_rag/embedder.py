@@ -156,7 +156,7 @@ class KVEmbedder:
         lock = getattr(model, "_kvembed_lock", None)
         if lock is None:
             lock = threading.RLock()
-            self.model._kvembed_lock = lock
+            vars(model)["_kvembed_lock"] = lock
         self._lock = lock
         for role in ("document", "query"):
             self.tokenize([""], role)  # fail now, not mid-corpus, if the prompt alone exceeds max_length
