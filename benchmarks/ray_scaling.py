@@ -42,8 +42,7 @@ def main() -> int:
         timings = {}
         for name, subset in (("startup", rows[:4]), ("full", rows)):  # a 4-document job measures the start-up
             start = time.perf_counter()
-            embed_dataset(subset, tempfile.mkdtemp(), model=args.model, options=options, workers=workers,
-                          batch_size=16)
+            embed_dataset(subset, tempfile.mkdtemp(), model=args.model, options=options, workers=workers, batch_size=16)
             timings[name] = time.perf_counter() - start
         results[f"ray_{workers}_workers_docs_per_s"] = len(rows) / timings["full"]
         results[f"ray_{workers}_workers_startup_s"] = timings["startup"]

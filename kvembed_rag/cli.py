@@ -272,7 +272,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cache_root() / "demo-index" / args.method
     print("kvembed-rag demo: KV-Embedding over Python's own module documentation (pydoc), offline.")
     start = time.perf_counter()
-    embedder = load_embedder(args, show_progress=False)
+    # 2,048 tokens keeps the demo within a few minutes on 2 CPU cores; pages beyond it are chunked
+    embedder = load_embedder(args, show_progress=False, max_length=args.max_length or 2048)
     loaded = time.perf_counter() - start
     documents = stdlib_documents(DEMO_MODULES[: args.limit] if args.limit else DEMO_MODULES)
     print(
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", cmd_demo, "Index Python's module docs with the default model and answer questions.")
     p.add_argument("--out", help="index directory (default: in the kvembed-rag cache; reused next time)")
     p.add_argument("--question", action="append", help="ask your own question (repeatable)")
-    p.add_argument("--limit", type=int, help="index only the first N of the 27 module pages")
+    p.add_argument("--limit", type=int, help="index only the first N of the 19 module pages")
     p.add_argument("-k", type=int, default=3)
     p.add_argument("-q", "--quiet", action="store_true")
     _model_options(p)
