@@ -2,7 +2,7 @@
 
     python examples/faiss_retriever.py [--docs FOLDER] [--model default] [--max-length 1024] [--out DIR]
 
-Without --docs the corpus is Python's own module documentation (pydoc), so it runs offline anywhere.
+Without --docs the corpus is six pages of Python's module documentation (pydoc), so it runs offline anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kvembed_rag import KVEmbedder, VectorIndex
 from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import read_folder, stdlib_documents
+from kvembed_rag.corpus import EXAMPLE_MODULES, read_folder, stdlib_documents
 
 QUESTIONS = [
     "How do I parse a JSON string into Python objects?",
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", help="save the index here (default: a temporary folder)")
     args = parser.parse_args()
 
-    documents = (read_folder(args.docs) if args.docs else stdlib_documents())[: args.limit]
+    documents = (read_folder(args.docs) if args.docs else stdlib_documents(EXAMPLE_MODULES))[: args.limit]
     embedder = KVEmbedder.from_pretrained(args.model, max_length=args.max_length, show_progress=True)
     chunks = [(doc, chunk) for doc in documents for chunk in chunk_text(embedder, doc.text, title=doc.title)]
     start = time.perf_counter()

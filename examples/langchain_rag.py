@@ -17,7 +17,7 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore
 
 from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import read_folder, stdlib_documents
+from kvembed_rag.corpus import EXAMPLE_MODULES, read_folder, stdlib_documents
 
 PROMPT = ChatPromptTemplate.from_template(
     "Answer the question using only the context.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
@@ -60,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     embeddings = KVEmbeddings(model=args.model, max_length=args.max_length, show_progress=True)
-    sources = (read_folder(args.docs) if args.docs else stdlib_documents())[: args.limit]
+    sources = (read_folder(args.docs) if args.docs else stdlib_documents(EXAMPLE_MODULES))[: args.limit]
     documents = [
         Document(page_content=chunk.text, metadata={"source": doc.id, "title": doc.title, "chunk": chunk.index})
         for doc in sources

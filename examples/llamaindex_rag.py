@@ -18,7 +18,7 @@ from llama_index.embeddings.kvembed import KVEmbedding
 from llama_index.vector_stores.faiss import FaissVectorStore
 
 from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import read_folder, stdlib_documents
+from kvembed_rag.corpus import EXAMPLE_MODULES, read_folder, stdlib_documents
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
 
     Settings.embed_model = KVEmbedding(model_name=args.model, max_length=args.max_length)
     embedder = Settings.embed_model.embedder
-    sources = (read_folder(args.docs) if args.docs else stdlib_documents())[: args.limit]
+    sources = (read_folder(args.docs) if args.docs else stdlib_documents(EXAMPLE_MODULES))[: args.limit]
     nodes = [
         TextNode(text=chunk.text, id_=f"{doc.id}#{chunk.index}", metadata={"source": doc.id})
         for doc in sources

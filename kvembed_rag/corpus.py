@@ -103,6 +103,9 @@ def read_folder(path: str | Path, suffixes: tuple[str, ...] = (".txt", ".md", ".
     return documents
 
 
+#: the examples' default corpus: six pages, about 33k Gemma tokens (a minute or two on 2 CPU cores)
+EXAMPLE_MODULES = ("json", "csv", "statistics", "subprocess", "shutil", "uuid")
+
 #: a smaller default for the demo: 19 pages, about 82k Gemma tokens, 0.9k to 7.7k tokens each
 DEMO_MODULES = (
     "json",
