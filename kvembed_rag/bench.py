@@ -9,6 +9,9 @@ resident set's peak (sampled) on CPUs, both above the level before the run.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import statistics
 import threading
@@ -18,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .errors import require_matplotlib
 from .tokenization import EncodedText
 
 #: shapes of the paper's backbones, for randomly initialised benchmark models (no download needed)
@@ -126,10 +130,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _release_freed_memory() -> None:
+    """Hand memory that the allocator keeps after ``free`` back to the OS (glibc ``malloc_trim``), so the next
+    measurement's resident-set baseline does not include the previous one's leftovers."""
+    gc.collect()
+    # not glibc (OSError/AttributeError): the baseline may then be high and the peak understated
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _measure(run: Any, device: torch.device, repeats: int) -> tuple[float, float]:
     """Median seconds of ``repeats`` runs after one warm-up, and the peak memory (MB) above the start."""
     run()
     _sync(device)
+    if device.type == "cpu":
+        _release_freed_memory()
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,9 +201,32 @@ def run_benchmark(
     return rows
 
 
-def plot_rows(rows: list[BenchRow], path: str, title: str) -> None:
-    import matplotlib
+def check_targets(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    """The issue's targets, reported (never asserted): kv >= 0.95x plain tokens/s at every length, echo <= 0.6x
+    kv, kv peak memory <= 1.2x plain at the longest length."""
+    by = {(r.method, r.length): r for r in rows}
+    lengths = sorted({r.length for r in rows})
+    checks: list[dict[str, Any]] = []
+    for length in lengths:
+        kv, plain, echo = by.get(("kv", length)), by.get(("plain", length)), by.get(("echo", length))
+        if kv and plain:
+            value = kv.tokens_per_s / plain.tokens_per_s
+            checks.append(
+                {"target": "kv >= 0.95x plain tokens/s", "length": length, "value": value, "ok": value >= 0.95}
+            )
+        if kv and echo:
+            value = echo.tokens_per_s / kv.tokens_per_s
+            checks.append({"target": "echo <= 0.6x kv tokens/s", "length": length, "value": value, "ok": value <= 0.6})
+    longest = lengths[-1] if lengths else None
+    kv, plain = by.get(("kv", longest or 0)), by.get(("plain", longest or 0))
+    if kv and plain and plain.peak_mb > 0:
+        value = kv.peak_mb / plain.peak_mb
+        checks.append({"target": "kv peak <= 1.2x plain", "length": longest, "value": value, "ok": value <= 1.2})
+    return checks
 
+
+def plot_rows(rows: list[BenchRow], path: str, title: str) -> None:
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -25,24 +25,29 @@ class UsageError(Exception):
     """Bad arguments or input files: exit code 2."""
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def _model_options(parser: argparse.ArgumentParser, *, eval_mode: bool = False) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", default="default", help="'default' (Gemma-3-270M, offline), a hub id, a directory or a .gguf file"
     )
-    group.add_argument("--method", default="kv", choices=list(METHODS), help="embedding method (default: kv)")
+    if not eval_mode:  # eval and tune take --methods and a list of --max-length values instead
+        group.add_argument("--method", default="kv", choices=list(METHODS), help="embedding method (default: kv)")
+        group.add_argument(
+            "--max-length", type=int, default=None, help="tokens per input (default: 4096 or the model's limit)"
+        )
     group.add_argument(
-        "--max-length", type=int, default=None, help="tokens per input (default: 4096 or the model's limit)"
+        "--layers", default=None, help="re-routed layers, e.g. '3,4'; 'auto' (tuned, else ID), 'id' or 'default'"
     )
-    group.add_argument("--layers", default=None, help="re-routed layers, e.g. '3,4' (default: the model's window)")
-    group.add_argument("--bias", type=float, default=1.0, help="logit bias on the re-routed slot (default: 1.0)")
+    group.add_argument(
+        "--bias", type=float, default=None, help="logit bias on the re-routed slot (default: tuned, else 1.0)"
+    )
     group.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     group.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
     group.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
 
 
 def _parse_layers(text: str | None) -> list[int] | str | None:
-    if text is None or text in ("auto", "default"):
+    if text is None or text in ("auto", "id", "default"):
         return text
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -54,10 +59,10 @@ def load_embedder(args: argparse.Namespace, **overrides: Any) -> Any:
     from .embedder import DEFAULT_BATCH_TOKENS, KVEmbedder
 
     options: dict[str, Any] = dict(
-        method=args.method,
+        method=getattr(args, "method", "kv"),
         layers=_parse_layers(args.layers),
         bias=args.bias,
-        max_length=args.max_length,
+        max_length=getattr(args, "max_length", None),
         batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS,
         device=args.device,
         dtype=args.dtype,
@@ -306,7 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import PAPER_SHAPES, placeholder_tokenizer, plot_rows, random_model, run_benchmark
+    from .bench import PAPER_SHAPES, check_targets, placeholder_tokenizer, plot_rows, random_model, run_benchmark
     from .embedder import KVEmbedder
     from .models import pick_device, pick_dtype
 
@@ -345,8 +350,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "batch_tokens": batch_tokens,
         "kv_layers": base.layers,
     }
+    targets = check_targets(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": [r.to_dict() for r in rows]}, indent=1))
+        payload = {"meta": meta, "rows": [r.to_dict() for r in rows], "targets": targets}
+        Path(args.json).write_text(json.dumps(payload, indent=1))
     if args.plot:
         plot_rows(rows, args.plot, f"{label} on {device_name}, {meta['dtype']}")
     print(
@@ -358,6 +365,152 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{r.method:18s} {r.length:6d} {r.batch:5d} {r.tokens_per_s:10.0f} {r.ratio_to_plain or 0:8.3f} "
             f"{r.peak_mb:9.1f}"
         )
+    for check in targets:
+        verdict = "met" if check["ok"] else "MISSED"
+        print(f"target {check['target']:28s} @{check['length']:<5d} {check['value']:6.3f}  {verdict}")
+    return EXIT_OK
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{flag} must be comma-separated integers; got {text!r}") from exc
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag} needs positive integers; got {text!r}")
+    return values
+
+
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip().lower().replace("_", "-") for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise UsageError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    return methods
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.cache import EmbeddingCache
+    from .eval.harness import EvalOptions, format_table, plot_length_sweep, run_evaluation
+
+    methods = _method_list(args.methods)
+    lengths = _int_list(args.max_length, "--max-length")
+    for path in args.paths:
+        if not Path(path).exists():
+            raise UsageError(f"{path}: no such file or folder")
+    options = EvalOptions(
+        limit=args.limit,
+        corpus_limit=args.corpus_limit,
+        documents=args.documents,
+        split=args.split,
+        long_docs=args.long_docs,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
+    base = load_embedder(args, method="kv", max_length=max(lengths) if lengths else None)
+    cache = EmbeddingCache(None if args.no_cache else (args.cache_dir or "default"))
+
+    def show(row: Any) -> None:
+        if not args.quiet:
+            print(
+                f"  {row.dataset} {row.method} @{row.max_length}: {row.metric} {row.score:.4f} "
+                f"({row.tokens} tokens, {row.seconds:.0f} s{', cached' if row.cached else ''})",
+                file=sys.stderr,
+            )
+
+    rows = run_evaluation(
+        base, args.task, args.paths, methods=methods, lengths=lengths, options=options, cache=cache, on_row=show
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in rows], indent=1) + "\n")
+    if args.plot:
+        plot_length_sweep(rows, args.plot)
+    print(format_table(rows))
+    return EXIT_OK
+
+
+def _windows(text: str | None) -> list[list[int]] | None:
+    if text is None:
+        return None
+    try:
+        windows = [[int(i) for i in part.split(",") if i.strip()] for part in text.split(";") if part.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--windows takes layer lists separated by ';', e.g. '4,5;8,9'; got {text!r}") from exc
+    if not windows or not all(windows):
+        raise UsageError(f"--windows needs at least one non-empty window; got {text!r}")
+    return windows
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .eval.cache import EmbeddingCache
+    from .eval.harness import EvalOptions
+    from .tuning import candidate_windows, tune, tuned_path
+
+    try:
+        biases = [float(b) for b in args.biases.split(",") if b.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--biases must be comma-separated numbers; got {args.biases!r}") from exc
+    windows = _windows(args.windows)
+    poolings = [x.strip() for x in args.poolings.split(",") if x.strip()]
+    if not poolings or set(poolings) - {"hybrid", "last", "mean"}:
+        raise UsageError(f"--poolings takes hybrid, last and/or mean; got {args.poolings!r}")
+    if not Path(args.path).exists():
+        raise UsageError(f"{args.path}: no such file or folder")
+    base = load_embedder(args, method="kv", layers=_parse_layers(args.layers) or "id")
+    if args.reset:
+        target = tuned_path(base)
+        target.unlink(missing_ok=True)
+        print(f"removed {target}; layers='auto' uses the intrinsic-dimension window again")
+        return EXIT_OK
+    if windows is None:
+        try:
+            windows = candidate_windows(base.num_layers, args.width or len(base.layers), args.stride)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    options = EvalOptions(limit=args.limit, corpus_limit=args.corpus_limit, split=args.split)
+    cache = EmbeddingCache(None if args.no_cache else "default")
+    total = (len(windows) + (list(base.layers) not in windows)) * len(biases) * len(poolings) + 1
+
+    def show(point: Any) -> None:
+        if not args.quiet:
+            print(f"  layers {point.layers} bias {point.bias:g} {point.pooling}: {point.score:.4f}", file=sys.stderr)
+
+    if not args.quiet:
+        print(f"tuning {total} configurations on {args.path} ...", file=sys.stderr)
+    result = tune(
+        base,
+        args.task,
+        args.path,
+        windows=windows,
+        biases=biases,
+        poolings=poolings,
+        options=options,
+        cache=cache,
+        save=not args.no_save,
+        on_point=show,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    biases_sorted = sorted({p.bias for p in result.grid})
+    print(f"{result.model} on {result.dataset} ({result.task}, {result.metric}); rows: window, columns: bias")
+    print(f"{'layers':14s}" + "".join(f"{b:>9g}" for b in biases_sorted))
+    for layers in dict.fromkeys(tuple(p.layers) for p in result.grid):
+        scores = {p.bias: p.score for p in result.grid if tuple(p.layers) == layers}
+        print(
+            f"{','.join(map(str, layers)):14s}" + "".join(f"{scores.get(b, float('nan')):9.4f}" for b in biases_sorted)
+        )
+    best, start, off = result.best, result.baseline, result.no_rerouting
+    print(f"best: layers {best.layers} bias {best.bias:g} -> {best.score:.4f}")
+    print(
+        f"start: layers {start.layers} bias {start.bias:g} -> {start.score:.4f} (gain {best.score - start.score:+.4f})"
+    )
+    print(f"no re-routing (same prompt and pooling): {off.score:.4f}")
+    if off.score >= best.score:
+        print("note: re-routing does not beat the prompt alone on this dev set")
+    if result.saved_to:
+        print(f"saved as this model's default (layers='auto', no --bias): {result.saved_to}")
     return EXIT_OK
 
 
@@ -397,6 +550,25 @@ Re-running the same command resumes an interrupted build and skips unchanged doc
   kvembed-rag bench                                   # default model, CPU: plain vs every method
   kvembed-rag bench --lengths 512,4096 --methods kv,echo --json bench.json --plot bench.png
   kvembed-rag bench --shape qwen3-4b --device cuda    # a paper backbone's shape, random weights, bf16""",
+    "eval": """tasks and formats:
+  sts             TSV with header sentence1<TAB>sentence2<TAB>score            -> Spearman
+  retrieval       BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)   -> nDCG@10, Recall@100, MRR@10
+  classification  folder with train/test .tsv (text<TAB>label) or .csv; a lone train file is split per label
+                                                                 -> accuracy, macro-F1 (logistic regression)
+  clustering      TSV text<TAB>label                                           -> V-measure (k-means, k = labels)
+  loco            BEIR folder of long documents, or LoCoV1 files (*queries*/*documents* .jsonl or .parquet)
+                                                                               -> nDCG@10 per dataset and length
+examples:
+  kvembed-rag eval sts ../shared/data/stsb/dev.tsv --methods kv,prompteol,mean
+  kvembed-rag eval retrieval ../shared/data/scifact --limit 100 --corpus-limit 1000 --json scifact.json
+  kvembed-rag eval classification ../shared/data/banking77 --limit 2000
+  kvembed-rag eval loco ../shared/data/qmsum --max-length 512,1024,2048,4096 --documents 20 --plot qmsum.png
+Vectors are cached per configuration (in the kvembed-rag cache), so adding a method recomputes only that one.""",
+    "tune": """examples:
+  kvembed-rag tune sts ../shared/data/stsb/dev.tsv --limit 500
+  kvembed-rag tune retrieval my-beir-dev --windows "4,5;8,9;14,15" --biases 0,1,2,4 --json grid.json
+  kvembed-rag tune sts dev.tsv --reset          # forget the tuned choice for this model
+The winner is saved as the model's default: embedders built with layers='auto' and no bias use it.""",
     "info": """examples:
   kvembed-rag info
   kvembed-rag info --model ./my-llama --method prompteol --json""",
@@ -492,6 +664,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--plot", help="draw tokens/s and memory against length to this PNG")
     _model_options(p)
+
+    p = command("eval", cmd_eval, "Evaluate methods side by side on STS, retrieval, classification, clustering, LoCo.")
+    p.add_argument("task", choices=["sts", "retrieval", "classification", "clustering", "loco"])
+    p.add_argument("paths", nargs="+", help="dataset file(s) or folder(s) in the task's format")
+    p.add_argument("--methods", default="kv,prompteol,mean", help=f"comma-separated: {','.join(METHODS)}")
+    p.add_argument("--max-length", default=None, help="tokens per input, or a list such as 512,1024,2048,4096")
+    p.add_argument("--limit", type=int, help="first N pairs / judged queries; a seeded sample of N texts (cls/clu)")
+    p.add_argument("--corpus-limit", type=int, help="retrieval: judged documents plus a seeded sample, N in all")
+    p.add_argument("--documents", type=int, help="loco: a seeded sample of N documents and the queries they answer")
+    p.add_argument("--split", default="dev", help="qrels split for retrieval and loco (default dev)")
+    p.add_argument("--long-docs", choices=["chunk", "truncate"], default="chunk", help="loco: over-long documents")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="classification: held-out share of a lone file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write one row per task x dataset x method x length to this file")
+    p.add_argument("--plot", help="draw score against --max-length to this PNG")
+    p.add_argument("--cache-dir", help="embedding cache (default: <kvembed-rag cache>/eval)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached vectors")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _model_options(p, eval_mode=True)
+
+    p = command("tune", cmd_tune, "Grid-search the re-routing window and bias on a dev set; save the winner.")
+    p.add_argument("task", choices=["sts", "retrieval"])
+    p.add_argument("path", help="an STS TSV or a BEIR folder (see 'kvembed-rag eval --help')")
+    p.add_argument("--windows", help="windows to try, e.g. '4,5;8,9' (default: sliding windows from 20%% depth)")
+    p.add_argument("--width", type=int, help="layers per default window (default: the ID window's width)")
+    p.add_argument("--stride", type=int, help="layers between default windows (default: about 8 windows)")
+    p.add_argument("--biases", default="0,1,2", help="biases to try (default 0,1,2)")
+    p.add_argument("--poolings", default="hybrid", help="poolings to try, e.g. hybrid,last (default hybrid)")
+    p.add_argument("--limit", type=int, help="first N pairs or judged queries")
+    p.add_argument("--corpus-limit", type=int, help="retrieval: judged documents plus a seeded sample, N in all")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--json", help="write the grid and the winner to this file")
+    p.add_argument("--no-save", action="store_true", help="print the grid without changing the model's default")
+    p.add_argument("--reset", action="store_true", help="delete this model's tuned default and exit")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write cached vectors")
+    p.add_argument("-q", "--quiet", action="store_true")
+    _model_options(p, eval_mode=True)
 
     p = command("info", cmd_info, "Load a model and print what determines its vectors.")
     p.add_argument("--json", action="store_true")

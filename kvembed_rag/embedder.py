@@ -32,6 +32,7 @@ from .tokenization import EncodedText, encode_text
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BIAS = 1.0  # logit bias on the re-routed slot unless given or tuned
 DEFAULT_BATCH_TOKENS = 16_384
 DEFAULT_MAX_LENGTH = 4096
 
@@ -98,7 +99,7 @@ class KVEmbedder:
         *,
         method: str = "kv",
         layers: Sequence[int] | str | None = "auto",
-        bias: float = 1.0,
+        bias: float | None = None,
         pooling: str | None = None,
         prompts: PromptTemplate | dict[str, str] | str | None = None,
         max_length: int | None = None,
@@ -114,7 +115,8 @@ class KVEmbedder:
         self.spec: MethodSpec = get_method(method)
         self.method = self.spec.name
         self.layer_selection: Any = None  # a LayerSelection when layers="auto" chose them
-        self.bias = float(bias)
+        self.bias = DEFAULT_BIAS if bias is None else float(bias)
+        self.tuned: dict[str, Any] | None = None  # the saved `kvembed-rag tune` winner, when layers="auto" used it
         self.pooling = pooling or self.spec.pooling
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}; got {self.pooling!r}")
@@ -162,20 +164,30 @@ class KVEmbedder:
             self.tokenize([""], role)  # fail now, not mid-corpus, if the prompt alone exceeds max_length
         self.layers = default_window(self.num_layers)  # placeholder while "auto" runs its calibration pass
         self.layers = self._resolve_layers(layers)
+        if self.tuned is not None and bias is None:
+            self.bias = float(self.tuned["bias"])
+        if self.tuned is not None and pooling is None and self.tuned.get("pooling") in POOLINGS:
+            self.pooling = str(self.tuned["pooling"])
 
     def _resolve_layers(self, layers: Sequence[int] | str | None) -> list[int]:
-        """'auto': ID-minimum window (cached); 'default': the 20%-depth window; or explicit, validated."""
-        if layers is None or layers == "auto":
+        """'auto': the tuned window if `kvembed-rag tune` saved one, else the ID-minimum window (cached);
+        'id': the ID-minimum window; 'default': the 20%-depth window; or an explicit, validated list."""
+        if layers is None or layers in ("auto", "id"):
             if not self.spec.reroute:  # only kv re-routes: do not spend a calibration pass on other methods
                 return default_window(self.num_layers)
             from .layer_selection import select_layers
+            from .tuning import load_tuned
+
+            self.tuned = load_tuned(self) if layers != "id" else None
+            if self.tuned is not None:  # `kvembed-rag tune` chose a window (and bias) for this model
+                return list(self.tuned["layers"])
 
             self.layer_selection = select_layers(self)
             return list(self.layer_selection.layers)
         if layers == "default":
             return default_window(self.num_layers)
         if isinstance(layers, str):
-            raise ValueError(f"layers must be 'auto', 'default' or a list of layer indices; got {layers!r}")
+            raise ValueError(f"layers must be 'auto', 'id', 'default' or a list of layer indices; got {layers!r}")
         return validate_layers(layers, self.num_layers)
 
     # ------------------------------------------------------------------ construction
@@ -186,7 +198,7 @@ class KVEmbedder:
         *,
         method: str = "kv",
         layers: Sequence[int] | str | None = "auto",
-        bias: float = 1.0,
+        bias: float | None = None,
         pooling: str | None = None,
         prompts: PromptTemplate | dict[str, str] | str | None = None,
         max_length: int | None = None,
@@ -234,6 +246,31 @@ class KVEmbedder:
             source=source,
             show_progress=show_progress,
         )
+
+    def variant(self, **changes: Any) -> KVEmbedder:
+        """A new embedder over the same loaded backbone with some options changed (no reload).
+
+        ``changes`` are constructor options (``method``, ``layers``, ``bias``, ``pooling``, ``prompts``,
+        ``max_length``, ``batch_tokens``, ``padding_side``, ``show_progress``). A method change resets the
+        pooling and prompts to that method's own unless they are given too; the re-routed layers carry over.
+        """
+        unknown = set(changes) - _VARIANT_OPTIONS
+        if unknown:
+            raise TypeError(f"variant() cannot change {sorted(unknown)}; it can change {sorted(_VARIANT_OPTIONS)}")
+        method_changed = "method" in changes and get_method(changes["method"]).name != self.method
+        options: dict[str, Any] = dict(
+            method=self.method,
+            layers=self.layers,
+            bias=self.bias,
+            pooling=None if method_changed else self.pooling,
+            prompts=None if method_changed else self.prompts,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            padding_side=self.padding_side,
+            show_progress=self.show_progress,
+        )
+        options.update(changes)
+        return KVEmbedder(self.model, self.tokenizer, source=self.source, **options)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -486,6 +523,8 @@ class KVEmbedder:
 
 #: from_pretrained options the framework adapters expose as plain fields (besides the model itself)
 ADAPTER_OPTIONS = ("method", "layers", "bias", "pooling", "prompts", "max_length", "batch_tokens", "device", "dtype")
+
+_VARIANT_OPTIONS = {*ADAPTER_OPTIONS, "padding_side", "show_progress"} - {"device", "dtype"}
 
 _SHARED: dict[str, KVEmbedder] = {}
 _SHARED_LOCK = threading.Lock()

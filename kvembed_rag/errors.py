@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KVEmbedError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -17,3 +19,12 @@ class UnsupportedAttentionError(KVEmbedError, ValueError):
 
 class ModelLoadError(KVEmbedError):
     """A model specification could not be resolved to weights and a tokenizer."""
+
+
+def require_matplotlib() -> Any:
+    """matplotlib, or a KVEmbedError that says how to get it (plots are optional)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise KVEmbedError("drawing a plot needs matplotlib: pip install matplotlib (or kvembed-rag[test])") from exc
+    return matplotlib

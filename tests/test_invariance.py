@@ -91,6 +91,33 @@ def test_sdpa_path_equals_eager_reference(checkpoints, make_embedder, arch, bidi
     assert (a[real] - b[real]).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lse_merge_path_equals_explicit_mask_path(checkpoints, make_embedder, arch, padded, monkeypatch):
+    """The fast path (stock kernel + merged slot) is taken on CPU and equals the (B, 1, Q, K+1) mask path,
+    with padding (fully masked query rows included) and without (transformers passes no mask at all)."""
+    from kvembed_rag import attention
+
+    ids, mask, positions = _batch(make_embedder, arch)
+    if not padded:
+        ids, mask, positions = ids[:, -4:], mask[:, -4:], positions[:, -4:] - positions[:, -4:-3]
+        mask = torch.ones_like(mask)
+    model = _load(checkpoints[arch], ATTN_SDPA)
+    plan = build_plan(mask, layers=[1, 2], bias=1.5)
+    calls = []
+    real_kernel = attention._CPU_FLASH_WITH_LSE
+    monkeypatch.setattr(attention, "_CPU_FLASH_WITH_LSE", lambda *a, **k: calls.append(1) or real_kernel(*a, **k))
+    with torch.inference_mode():
+        fast = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{PLAN_KWARG: plan})
+    assert len(calls) == 2  # both re-routed layers took the merge path
+    monkeypatch.setattr(attention, "_CPU_FLASH_WITH_LSE", None)
+    with torch.inference_mode():
+        slow = model(input_ids=ids, attention_mask=mask, position_ids=positions, **{PLAN_KWARG: plan})
+    real = mask.bool()
+    assert torch.isfinite(fast.last_hidden_state).all()
+    assert (fast.last_hidden_state[real] - slow.last_hidden_state[real]).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_embedder_sdpa_equals_eager(make_embedder, arch):
     sdpa = make_embedder(arch, attn_implementation="sdpa")

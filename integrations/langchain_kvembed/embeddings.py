@@ -32,7 +32,7 @@ class KVEmbeddings(BaseModel, Embeddings):
     model: str = Field(default="default", description="'default', a hub id, a local directory or a .gguf file")
     method: str = "kv"
     layers: list[int] | str | None = "auto"
-    bias: float = 1.0
+    bias: float | None = None
     pooling: str | None = None
     prompts: dict[str, str] | None = None
     max_length: int | None = None

@@ -1,15 +1,37 @@
-"""Run an embedder on an evaluation task and score it."""
+"""Score an encoder on one task. An encoder is anything with ``encode(texts, role) -> (n, dim)`` unit vectors:
+a :class:`KVEmbedder`, or a :class:`CachedEncoder` that reads and fills the on-disk cache."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .metrics import mrr_at_k, ndcg_at_k, recall_at_k, spearman
-from .tasks import BeirTask, StsPairs
+from ..chunking import chunk_text
+from .cache import EmbeddingCache, EncodeStats
+from .learners import fit_predict_logistic, kmeans
+from .metrics import accuracy, macro_f1, mrr_at_k, ndcg_at_k, recall_at_k, spearman, v_measure
+from .tasks import BeirTask, LabelledTexts, StsPairs
+
+
+class Encoder(Protocol):
+    def encode(self, texts: list[str], role: str) -> np.ndarray: ...
+
+
+class CachedEncoder:
+    """An embedder behind the evaluation cache, adding up what its encodes cost (tokens, seconds)."""
+
+    def __init__(self, embedder: Any, cache: EmbeddingCache | None = None) -> None:
+        self.embedder = embedder
+        self.cache = cache or EmbeddingCache(None)
+        self.stats = EncodeStats(cached=True)
+
+    def encode(self, texts: list[str], role: str) -> np.ndarray:
+        vectors, stats = self.cache.encode(self.embedder, list(texts), role)
+        self.stats.add(stats)
+        return vectors
 
 
 @dataclass
@@ -32,22 +54,32 @@ class Score:
         }
 
 
-def evaluate_sts(embedder: Any, pairs: StsPairs) -> Score:
+def evaluate_sts(encoder: Encoder, pairs: StsPairs) -> Score:
     """Spearman of cosine similarity against the gold scores (both sides embedded as documents)."""
     start = time.perf_counter()
-    first = embedder.encode_documents(pairs.first)
-    second = embedder.encode_documents(pairs.second)
+    first = encoder.encode(pairs.first, "document")
+    second = encoder.encode(pairs.second, "document")
     similarity = (first * second).sum(axis=1)
     return Score("sts", "spearman", spearman(similarity, pairs.scores), len(pairs.scores), time.perf_counter() - start)
 
 
 def rank_documents(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: list[str], k: int) -> list[list[str]]:
     """Exact top-k by cosine (vectors are unit-norm), computed in blocks to bound memory."""
+    return rank_by_best_chunk(query_vectors, doc_vectors, np.arange(len(doc_ids)), doc_ids, k)
+
+
+def rank_by_best_chunk(
+    query_vectors: np.ndarray, chunk_vectors: np.ndarray, owner: np.ndarray, doc_ids: list[str], k: int
+) -> list[list[str]]:
+    """Top-k documents per query, each scored by its best chunk. ``owner[i]`` is chunk i's document
+    position; chunks of one document are contiguous and every document has at least one."""
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])  # first chunk of each document
     ranked: list[list[str]] = []
     for start in range(0, len(query_vectors), 256):
-        scores = query_vectors[start : start + 256] @ doc_vectors.T  # (q, n)
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        ranked.extend([[doc_ids[j] for j in row] for row in top])
+        scores = query_vectors[start : start + 256] @ chunk_vectors.T  # (q, chunks)
+        per_doc = np.maximum.reduceat(scores, starts, axis=1)  # (q, docs)
+        top = np.argsort(-per_doc, axis=1, kind="stable")[:, :k]
+        ranked.extend([[doc_ids[owner[starts[j]]] for j in row] for row in top])
     return ranked
 
 
@@ -61,13 +93,66 @@ def score_rankings(
     }
 
 
-def evaluate_retrieval(embedder: Any, task: BeirTask, *, doc_vectors: np.ndarray | None = None) -> Score:
+def evaluate_retrieval(encoder: Encoder, task: BeirTask, *, doc_vectors: np.ndarray | None = None) -> Score:
     """nDCG@10 (headline), Recall@100 and MRR@10 over the task's judged queries."""
     start = time.perf_counter()
     doc_ids, texts = task.document_texts()
     if doc_vectors is None:
-        doc_vectors = embedder.encode_documents(texts)
+        doc_vectors = encoder.encode(texts, "document")
     query_ids = list(task.queries)
-    query_vectors = embedder.encode_queries([task.queries[q] for q in query_ids])
+    query_vectors = encoder.encode([task.queries[q] for q in query_ids], "query")
     metrics = score_rankings(rank_documents(query_vectors, doc_vectors, doc_ids, 100), query_ids, task.qrels)
     return Score("retrieval", "ndcg@10", metrics.pop("ndcg@10"), len(query_ids), time.perf_counter() - start, metrics)
+
+
+def evaluate_long_retrieval(encoder: Encoder, embedder: Any, task: BeirTask, *, long_docs: str = "chunk") -> Score:
+    """Retrieval over long documents at ``embedder.max_length``: documents that fit are embedded whole;
+    longer ones are cut into overlapping titled chunks and scored by their best chunk (``long_docs="chunk"``)
+    or truncated to their head (``"truncate"``)."""
+    if long_docs not in ("chunk", "truncate"):
+        raise ValueError(f"long_docs must be 'chunk' or 'truncate'; got {long_docs!r}")
+    if long_docs == "truncate":
+        score = evaluate_retrieval(encoder, task)
+        score.task = "loco"
+        return score
+    start = time.perf_counter()
+    doc_ids = list(task.corpus)
+    texts: list[str] = []
+    owner: list[int] = []
+    for position, (title, text) in enumerate(task.corpus.values()):
+        pieces = chunk_text(embedder, text, title=title or None)
+        texts.extend(piece.text for piece in pieces)
+        owner.extend([position] * len(pieces))
+    chunk_vectors = encoder.encode(texts, "document")
+    query_ids = list(task.queries)
+    query_vectors = encoder.encode([task.queries[q] for q in query_ids], "query")
+    ranked = rank_by_best_chunk(query_vectors, chunk_vectors, np.asarray(owner), doc_ids, 100)
+    metrics = score_rankings(ranked, query_ids, task.qrels)
+    metrics["chunks"] = float(len(texts))
+    return Score("loco", "ndcg@10", metrics.pop("ndcg@10"), len(query_ids), time.perf_counter() - start, metrics)
+
+
+def evaluate_classification(encoder: Encoder, train: LabelledTexts, test: LabelledTexts) -> Score:
+    """Accuracy (headline) and macro-F1 of a logistic regression fitted on the training embeddings."""
+    start = time.perf_counter()
+    train_x = encoder.encode(train.texts, "document")
+    test_x = encoder.encode(test.texts, "document")
+    predicted = fit_predict_logistic(train_x, train.labels, test_x)
+    return Score(
+        "classification",
+        "accuracy",
+        accuracy(predicted, test.labels),
+        len(test.labels),
+        time.perf_counter() - start,
+        {"macro_f1": macro_f1(predicted, test.labels)},
+    )
+
+
+def evaluate_clustering(encoder: Encoder, data: LabelledTexts, *, seed: int = 0) -> Score:
+    """V-measure of k-means with k = the number of distinct labels (fixed seed)."""
+    start = time.perf_counter()
+    vectors = encoder.encode(data.texts, "document")
+    clusters = kmeans(vectors, len(set(data.labels)), seed=seed)
+    return Score(
+        "clustering", "v_measure", v_measure(clusters, data.labels), len(data.labels), time.perf_counter() - start
+    )

@@ -34,7 +34,7 @@ class KVEmbedding(BaseEmbedding):
     model_name: str = Field(default="default", description="'default', a hub id, a local directory or a .gguf file")
     method: str = Field(default="kv", description="kv, prompteol, last, mean, echo, bidirectional, token-prepending")
     layers: list[int] | str | None = Field(default="auto", description="re-routed layers, 'auto' or 'default'")
-    bias: float = Field(default=1.0, description="logit bias on the re-routed slot")
+    bias: float | None = Field(default=None, description="logit bias on the re-routed slot (None: tuned or 1.0)")
     pooling: str | None = Field(default=None, description="hybrid, mean or last (default: the method's)")
     prompts: dict[str, str] | None = Field(default=None, description="document/query templates with {text}")
     max_length: int | None = Field(default=None, description="tokens per input (default 4096)")

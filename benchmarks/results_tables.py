@@ -1,0 +1,78 @@
+"""Markdown tables from the JSON rows that ``kvembed-rag eval --json`` and ``bench --json`` wrote.
+
+    python benchmarks/results_tables.py docs/results/stsb_gemma.json docs/results/stsb_smollm2.json ...
+
+Eval rows become one table per task and dataset (methods down, model x length across); bench files a
+table of tokens/s, ratio to plain and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def eval_tables(rows: list[dict]) -> str:
+    out = []
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], row["dataset"])].append(row)
+    for (task, dataset), mine in groups.items():
+        columns = list(dict.fromkeys((r["model"], r["max_length"]) for r in mine))
+        methods = list(dict.fromkeys(r["method"] for r in mine))
+        metric = mine[0]["metric"]
+        extra = "macro_f1" if task == "classification" else "recall@100" if "recall@100" in mine[0] else None
+        out.append(f"**{task} / {dataset}** ({metric}{', ' + extra if extra else ''}; n = {mine[0]['n']})\n")
+        header = " | ".join(f"{m} @{n}" if len({c[1] for c in columns}) > 1 else m for m, n in columns)
+        out.append(f"| method | {header} |")
+        out.append("|---" * (len(columns) + 1) + "|")
+        for method in methods:
+            cells = []
+            for model, length in columns:
+                hit = [r for r in mine if (r["model"], r["max_length"], r["method"]) == (model, length, method)]
+                if not hit:
+                    cells.append("")
+                    continue
+                r = hit[0]
+                cell = f"{r['score']:.4f}"
+                if extra and extra in r:
+                    cell += f" / {r[extra]:.4f}"
+                cells.append(cell)
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def bench_table(payload: dict) -> str:
+    meta = payload["meta"]
+    lines = [
+        f"{meta['model']} on {meta['device']} ({meta['dtype']}, {meta['threads']} threads, "
+        f"{meta['batch_tokens']} padded tokens per batch, kv layers {meta['kv_layers']})\n",
+        "| method | length | batch | tokens/s | x plain | peak MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in payload["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['length']} | {r['batch']} | {r['tokens_per_s']:.0f} | "
+            f"{r['ratio_to_plain']:.3f} | {r['peak_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    rows: list[dict] = []
+    for name in sys.argv[1:]:
+        payload = json.loads(Path(name).read_text())
+        if isinstance(payload, dict) and "meta" in payload:
+            print(bench_table(payload))
+        else:
+            rows.extend(payload)
+    if rows:
+        print(eval_tables(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

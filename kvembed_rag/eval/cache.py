@@ -1,0 +1,95 @@
+"""On-disk embedding cache for evaluations, keyed by what determines the vectors.
+
+A dataset's vectors are stored once per embedder configuration (:meth:`KVEmbedder.describe`, minus the
+package version), role and exact list of texts, so a report that adds one method recomputes only that one.
+Files are written to a temporary name and renamed, so an interrupted run never leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..embedder import TruncationWarning
+from ..models import cache_root
+
+
+@dataclass
+class EncodeStats:
+    """What one encode cost when it was computed (kept with the cached vectors)."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+    truncated: int = 0
+    cached: bool = False
+
+    def add(self, other: EncodeStats) -> None:
+        self.seconds += other.seconds
+        self.tokens += other.tokens
+        self.truncated += other.truncated
+        self.cached = self.cached and other.cached
+
+
+class EmbeddingCache:
+    """``root/<fingerprint>/<role>-<texts digest>.npy`` plus a ``.json`` with the cost; ``root=None`` disables."""
+
+    def __init__(self, root: str | Path | None = "default") -> None:
+        self.root = None if root is None else (cache_root() / "eval" if root == "default" else Path(root))
+
+    def _paths(self, embedder: Any, texts: list[str], role: str) -> tuple[Path, Path]:
+        digest = hashlib.sha256()
+        for text in texts:
+            digest.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+        assert self.root is not None
+        stem = self.root / embedder.fingerprint / f"{role}-{len(texts)}-{digest.hexdigest()[:24]}"
+        return stem.with_suffix(".npy"), stem.with_suffix(".json")
+
+    def encode(self, embedder: Any, texts: list[str], role: str) -> tuple[np.ndarray, EncodeStats]:
+        """Vectors ``(n, dim)`` for ``texts`` as ``role``, from the cache when present."""
+        if self.root is not None:
+            vectors_path, stats_path = self._paths(embedder, texts, role)
+            if vectors_path.is_file() and stats_path.is_file():
+                try:
+                    vectors = np.load(vectors_path)
+                    stats = EncodeStats(**json.loads(stats_path.read_text()), cached=True)
+                    if vectors.shape == (len(texts), embedder.dim):
+                        return vectors, stats
+                except (OSError, ValueError, TypeError):
+                    pass  # unreadable entry: recompute and overwrite it
+        encoded = embedder.tokenize(texts, role) if texts else []
+        tokens = sum(len(item.ids) for item in encoded)
+        truncated = sum(1 for item in encoded if item.truncated_by)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)  # counted in the stats instead
+            vectors = embedder.encode(texts, role) if texts else np.zeros((0, embedder.dim), np.float32)
+        stats = EncodeStats(time.perf_counter() - start, tokens, truncated)
+        if self.root is not None:
+            _atomic_save(vectors_path, stats_path, vectors, stats)
+        return vectors, stats
+
+
+def _atomic_save(vectors_path: Path, stats_path: Path, vectors: np.ndarray, stats: EncodeStats) -> None:
+    vectors_path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"seconds": stats.seconds, "tokens": stats.tokens, "truncated": stats.truncated}
+    for path, write in (
+        (vectors_path, lambda handle: np.save(handle, vectors)),
+        (stats_path, lambda handle: handle.write(json.dumps(payload).encode())),
+    ):
+        fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

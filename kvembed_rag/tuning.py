@@ -1,0 +1,177 @@
+"""Grid-search the re-routing window and bias on a user's dev set; the winner becomes the model's default.
+
+Beyond the paper, which picks the window by intrinsic dimension and fixes the bias. The saved choice lives
+in ``$KVEMBED_CACHE/tuned/`` keyed by the model's identity and the kv prompts; any embedder of that model
+built with ``layers="auto"`` then uses its window, and its bias and pooling unless those are given
+(``describe()`` shows the values, so indexes built before and after tuning are told apart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .methods import first_candidate_layer
+from .models import cache_root
+
+#: the bias that switches re-routing off (the slot's softmax weight underflows): the no-re-routing baseline
+OFF_BIAS = -1e4
+
+
+def candidate_windows(num_layers: int, width: int, stride: int | None = None) -> list[list[int]]:
+    """Contiguous windows of ``width`` layers starting at 20% depth or later, every ``stride`` layers
+    (default: about eight windows across the candidate range)."""
+    first = first_candidate_layer(num_layers)
+    last_start = num_layers - width
+    if width < 1 or last_start < first:
+        raise ValueError(f"a window of {width} layers does not fit between layer {first} and {num_layers - 1}")
+    stride = stride or max(1, -(-(last_start - first + 1) // 8))  # ceil: at most eight windows
+    return [list(range(s, s + width)) for s in range(first, last_start + 1, stride)]
+
+
+def tuned_path(embedder: Any) -> Path:
+    """Where the tuned configuration of ``embedder``'s model (with the kv prompts) is kept."""
+    from .methods import get_method
+
+    source = embedder.source
+    key = {
+        "model": source.identity or source.spec,
+        "num_layers": embedder.num_layers,
+        "prompts": get_method("kv").prompts.to_dict(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "tuned" / f"{digest}.json"
+
+
+def load_tuned(embedder: Any) -> dict[str, Any] | None:
+    """The saved winner for this model, or None (an unreadable file is ignored, with a warning)."""
+    path = tuned_path(embedder)
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text())
+        layers = [int(i) for i in payload["layers"]]
+        if not layers or max(layers) >= embedder.num_layers or min(layers) < 0:
+            raise ValueError(f"layers {layers} do not fit a {embedder.num_layers}-layer model")
+        pooling = payload.get("pooling")
+        return {**payload, "layers": layers, "bias": float(payload["bias"]), "pooling": pooling}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        import warnings
+
+        warnings.warn(f"ignoring the tuned configuration {path}: {exc}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+@dataclass
+class GridPoint:
+    layers: list[int]
+    bias: float
+    score: float
+    pooling: str = "hybrid"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": self.layers, "bias": self.bias, "pooling": self.pooling, "score": round(self.score, 4)}
+
+
+@dataclass
+class TuneResult:
+    task: str
+    dataset: str
+    metric: str
+    model: str
+    grid: list[GridPoint]
+    baseline: GridPoint  # the starting configuration (ID window, bias given or 1.0)
+    no_rerouting: GridPoint  # same prompt and pooling, re-routing off
+    saved_to: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> GridPoint:
+        return max(self.grid, key=lambda p: p.score)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "dataset": self.dataset,
+            "metric": self.metric,
+            "model": self.model,
+            "best": self.best.to_dict(),
+            "baseline": self.baseline.to_dict(),
+            "no_rerouting": self.no_rerouting.to_dict(),
+            "grid": [p.to_dict() for p in self.grid],
+            "saved_to": self.saved_to,
+            **self.extra,
+        }
+
+
+def tune(
+    base: Any,
+    task: str,
+    path: str | Path,
+    *,
+    windows: Sequence[Sequence[int]] | None = None,
+    biases: Sequence[float] = (0.0, 1.0, 2.0),
+    poolings: Sequence[str] | None = None,
+    options: Any = None,
+    cache: Any = None,
+    save: bool = True,
+    on_point: Any = None,
+) -> TuneResult:
+    """Score every (window, bias[, pooling]) with the kv method on ``task`` (``sts`` or ``retrieval``); keep the best.
+
+    ``poolings`` (default: the embedder's own) may add e.g. ``"last"``, which beat the paper's hybrid pooling
+    on STS-B with Gemma-3-270M.
+    """
+    from .eval.cache import EmbeddingCache
+    from .eval.harness import EvalOptions, load_task, model_label, score_task
+    from .eval.runner import CachedEncoder
+
+    if task not in ("sts", "retrieval"):
+        raise ValueError(f"tune works on an 'sts' or 'retrieval' dev set; got {task!r}")
+    options = options or EvalOptions()
+    cache = cache or EmbeddingCache()
+    base = base.variant(method="kv")
+    (dataset, data), *_ = load_task(task, path, options)
+    windows = [list(w) for w in windows] if windows else candidate_windows(base.num_layers, len(base.layers))
+    if list(base.layers) not in windows:
+        windows.append(list(base.layers))
+
+    poolings = list(poolings or [base.pooling])
+
+    def evaluate(layers: list[int], bias: float, pooling: str) -> GridPoint:
+        embedder = base.variant(layers=layers, bias=bias, pooling=pooling)
+        score = score_task(task, CachedEncoder(embedder, cache), embedder, data, options)
+        point = GridPoint(list(embedder.layers), bias, score.score, pooling)
+        if on_point is not None:
+            on_point(point)
+        return point
+
+    grid = [evaluate(w, float(b), pool) for pool in poolings for w in windows for b in biases]
+    lookup = {(tuple(p.layers), p.bias, p.pooling): p for p in grid}
+    start = (tuple(base.layers), base.bias, base.pooling)
+    baseline = lookup.get(start) or evaluate(list(base.layers), base.bias, base.pooling)
+    no_rerouting = evaluate(list(base.layers), OFF_BIAS, base.pooling)
+    metric = "spearman" if task == "sts" else "ndcg@10"
+    result = TuneResult(task, dataset, metric, model_label(base), grid, baseline, no_rerouting)
+    if save:
+        target = tuned_path(base)
+        payload = {
+            "layers": result.best.layers,
+            "bias": result.best.bias,
+            "pooling": result.best.pooling,
+            "model": base.source.to_dict(),
+            **{k: v for k, v in result.to_dict().items() if k not in ("saved_to", "model")},
+        }
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1)
+        os.replace(temporary, target)
+        result.saved_to = str(target)
+    return result

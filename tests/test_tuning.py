@@ -1,0 +1,95 @@
+"""kvembed-rag tune: the grid, the saved default and how embedders pick it up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvembed_rag import KVEmbedder
+from kvembed_rag.cli import main
+from kvembed_rag.tuning import OFF_BIAS, candidate_windows, load_tuned, tune, tuned_path
+
+PAIRS = [
+    ("The quick brown fox jumps.", "A fox jumps quickly.", 4.5),
+    ("Meeting transcripts are long.", "Transcripts of meetings run long.", 4.0),
+    ("Key and value states.", "The final token.", 1.0),
+    ("Scientific abstracts.", "Essays make a corpus.", 0.5),
+    ("Compress the context in one word.", "One word compresses the context.", 4.0),
+    ("Retrieval needs embeddings.", "The lazy dog sleeps.", 0.0),
+]
+
+
+@pytest.fixture
+def sts_file(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text("sentence1\tsentence2\tscore\n" + "".join(f"{a}\t{b}\t{s}\n" for a, b, s in PAIRS))
+    return path
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A private cache: a saved tuning must not leak into other tests' embedders of the same checkpoint."""
+    monkeypatch.setenv("KVEMBED_CACHE", str(tmp_path / "cache"))
+
+
+def test_candidate_windows():
+    assert candidate_windows(10, 2) == [[2, 3], [3, 4], [4, 5], [5, 6], [6, 7], [7, 8], [8, 9]]
+    assert candidate_windows(30, 1, stride=10) == [[6], [16], [26]]
+    assert len(candidate_windows(40, 3)) <= 8
+    with pytest.raises(ValueError, match="does not fit"):
+        candidate_windows(4, 4)
+
+
+def test_tune_scores_the_grid_saves_the_winner_and_auto_uses_it(checkpoints, sts_file, own_cache):
+    model = str(checkpoints["llama"])
+    base = KVEmbedder.from_pretrained(model, layers=[2])
+    result = tune(base, "sts", sts_file, windows=[[1], [2, 3], [4]], biases=[0.0, 2.0])
+    assert len(result.grid) == 3 * 2 + 2  # the starting window [2] joins the grid
+    assert result.best.score == max(p.score for p in result.grid)
+    assert result.baseline.layers == [2] and result.baseline.bias == 1.0
+    assert result.no_rerouting.bias == OFF_BIAS
+    # the grid is real: bias -1e4 equals the prompt without re-routing, so scores differ across the grid
+    assert len({round(p.score, 6) for p in result.grid}) > 1
+    saved = json.loads(Path(result.saved_to).read_text())
+    assert saved["layers"] == result.best.layers and saved["bias"] == result.best.bias
+    auto = KVEmbedder.from_pretrained(model)  # layers="auto", no bias: the tuned choice
+    assert (auto.layers, auto.bias) == (result.best.layers, result.best.bias) and auto.tuned is not None
+    assert auto.describe()["layers"] == result.best.layers
+    explicit = KVEmbedder.from_pretrained(model, bias=5.0)
+    assert explicit.bias == 5.0 and explicit.layers == result.best.layers
+    assert KVEmbedder.from_pretrained(model, layers="id").tuned is None
+    assert load_tuned(auto) is not None
+
+
+def test_corrupt_tuned_file_is_ignored_with_a_warning(checkpoints, own_cache):
+    model = str(checkpoints["qwen3"])
+    embedder = KVEmbedder.from_pretrained(model, layers=[2])
+    path = tuned_path(embedder)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"layers": [99], "bias": 1}')
+    with pytest.warns(RuntimeWarning, match="ignoring the tuned configuration"):
+        fresh = KVEmbedder.from_pretrained(model)
+    assert fresh.tuned is None and max(fresh.layers) < fresh.num_layers
+
+
+def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_cache, tmp_path, capsys):
+    model = str(checkpoints["mistral"])
+    out = tmp_path / "grid.json"
+    argv = ["tune", "sts", str(sts_file), "--model", model, "--windows", "1;2,3", "--biases", "0,1", "-q"]
+    assert main([*argv, "--poolings", "hybrid,last", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "best: layers" in printed and "no re-routing" in printed and "saved as this model's default" in printed
+    payload = json.loads(out.read_text())
+    assert len(payload["grid"]) >= 8 and payload["best"]["score"] == max(p["score"] for p in payload["grid"])
+    assert {p["pooling"] for p in payload["grid"]} == {"hybrid", "last"}
+    tuned = KVEmbedder.from_pretrained(model)
+    assert tuned.tuned is not None and tuned.pooling == payload["best"]["pooling"]
+    assert KVEmbedder.from_pretrained(model, pooling="mean").pooling == "mean"
+    assert main([*argv[:4], "--model", model, "--poolings", "max"]) == 2
+    assert main(["tune", "sts", str(sts_file), "--model", model, "--reset", "-q"]) == 0
+    assert KVEmbedder.from_pretrained(model).tuned is None
+    assert main([*argv[:4], "--model", model, "--windows", "1;x"]) == 2
+    assert main([*argv[:4], "--model", model, "--biases", "a"]) == 2
+    assert main(["tune", "sts", str(tmp_path / "missing.tsv"), "--model", model]) == 2
