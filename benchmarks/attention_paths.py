@@ -5,7 +5,8 @@ versus the stock causal kernel plus a merged slot (after, ``attention._rerouted_
 
 Same model, same synthetic batches (``batch_tokens`` padded tokens), same process; the order alternates
 so that drift in machine load does not favour either side. Prints tokens/s, peak RSS above the start and
-the after/before ratio; ``plain`` (the bare forward) is the reference for both.
+the after/before ratio; ``plain`` (the bare forward) is the reference for both. First, the same comparison
+for one attention call at Gemma-3-270M's shape (``--op-only`` stops there).
 """
 
 from __future__ import annotations
@@ -59,14 +60,17 @@ def main() -> int:
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--op-only", action="store_true", help="only time one attention call (seconds, no model)")
     args = parser.parse_args()
-    embedder = KVEmbedder.from_pretrained(args.model, max_length=8192)
-    fast_kernel = attention._CPU_FLASH_WITH_LSE
     for row in op_level([int(x) for x in args.lengths.split(",")]):
         print(
             f"one attention call @{row['length']}: before {row['before_s'] * 1e3:.1f} ms, after "
             f"{row['after_s'] * 1e3:.1f} ms ({row['before_s'] / row['after_s']:.2f}x), max diff {row['max_diff']:.1e}"
         )
+    if args.op_only:
+        return 0
+    embedder = KVEmbedder.from_pretrained(args.model, max_length=8192)
+    fast_kernel = attention._CPU_FLASH_WITH_LSE
     rows = []
     for length in (int(x) for x in args.lengths.split(",")):
         batch = max(1, args.batch_tokens // length)

@@ -1,6 +1,7 @@
 """Markdown tables from the JSON rows that ``kvembed-rag eval --json`` and ``bench --json`` wrote.
 
     python benchmarks/results_tables.py docs/results/stsb_gemma.json docs/results/stsb_smollm2.json ...
+    python benchmarks/results_tables.py docs/results/qmsum_gemma_*.json --plot docs/qmsum_gemma.png
 
 Eval rows become one table per task and dataset (methods down, model x length across); bench files a
 table of tokens/s, ratio to plain and peak memory.
@@ -61,9 +62,23 @@ def bench_table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """The length sweep of the given rows (as ``eval --plot`` draws it for one run)."""
+    from kvembed_rag.eval.harness import EvalRow, plot_length_sweep
+
+    fields = set(EvalRow.__dataclass_fields__) - {"extra"}
+    plot_length_sweep([EvalRow(**{k: v for k, v in r.items() if k in fields}) for r in rows], path)
+
+
 def main() -> int:
+    args = sys.argv[1:]
+    target = None
+    if "--plot" in args:
+        at = args.index("--plot")
+        target = args[at + 1]
+        del args[at : at + 2]
     rows: list[dict] = []
-    for name in sys.argv[1:]:
+    for name in args:
         payload = json.loads(Path(name).read_text())
         if isinstance(payload, dict) and "meta" in payload:
             print(bench_table(payload))
@@ -71,6 +86,8 @@ def main() -> int:
             rows.extend(payload)
     if rows:
         print(eval_tables(rows))
+        if target:
+            plot(rows, target)
     return 0
 
 

@@ -269,13 +269,13 @@ def _rerouted_by_lse_merge(
     k0, v0 = (t[:, :, :1] for t in _prepend_last_token(plan, key, value))  # (B, Hkv, 1, D) each
     groups = heads // key.shape[1]
     k0, v0 = repeat_kv(k0, groups), repeat_kv(v0, groups)  # (B, Hq, 1, D)
-    slot_logit = (query.float() @ k0.float().transpose(2, 3)).squeeze(-1) * scale + plan.bias  # (B, Hq, Q)
-    share = torch.sigmoid(slot_logit - lse.float())  # (B, Hq, Q): the slot's softmax weight
+    slot_logit = (query @ k0.transpose(2, 3)).squeeze(-1).float() * scale + plan.bias  # (B, Hq, Q)
+    share = torch.sigmoid(slot_logit - lse)  # (B, Hq, Q) float32: the slot's softmax weight
     if visible is not None:  # a row with no visible key puts all its weight on the slot (as the full softmax does)
         share = torch.where(visible, share, 1.0)
         main = torch.where(visible[..., None], main, 0.0)
-    out = main.float() + share[..., None] * (v0.float() - main.float())  # (B, Hq, Q, D)
-    return out.to(query.dtype).transpose(1, 2).contiguous()  # (B, Q, Hq, D)
+    out = torch.lerp(main, v0.expand_as(main), share[..., None].to(main.dtype))  # (B, Hq, Q, D): (1-w) O + w v0
+    return out.transpose(1, 2).contiguous()  # (B, Q, Hq, D)
 
 
 def kv_eager_attention_forward(
