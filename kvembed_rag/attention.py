@@ -124,16 +124,20 @@ def _additive_mask(allowed: torch.Tensor, bias: float | None, dtype: torch.dtype
     return torch.cat([prefix, mask], dim=-1)  # (B, 1, Q, 1 + K)
 
 
-def _prepend_last_token(
-    plan: ReroutingPlan, key: torch.Tensor, value: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Slot 0 = each row's final real key/value, per KV head, before any GQA repetition."""
+def _last_token_kv(plan: ReroutingPlan, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's final real key and value, per KV head, before any GQA repetition: ``(B, Hkv, 1, D)`` each."""
     if plan.last_index is None:
         raise ValueError("a re-routing plan needs last_index")
     rows = torch.arange(key.shape[0], device=key.device)
     last = plan.last_index.to(key.device)
-    k0 = key[rows, :, last, :].unsqueeze(2)  # (B, Hkv, 1, D)
-    v0 = value[rows, :, last, :].unsqueeze(2)  # (B, Hkv, 1, D)
+    return key[rows, :, last, :].unsqueeze(2), value[rows, :, last, :].unsqueeze(2)
+
+
+def _prepend_last_token(
+    plan: ReroutingPlan, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Slot 0 = each row's final real key/value."""
+    k0, v0 = _last_token_kv(plan, key, value)
     return torch.cat([k0, key], dim=2), torch.cat([v0, value], dim=2)  # (B, Hkv, 1 + T, D)
 
 
@@ -266,7 +270,7 @@ def _rerouted_by_lse_merge(
     main, lse = _CPU_FLASH_WITH_LSE(
         query, key, value, 0.0, mask is None, attn_mask=mask, scale=scale
     )  # (B, Hq, Q, D), (B, Hq, Q)
-    k0, v0 = (t[:, :, :1] for t in _prepend_last_token(plan, key, value))  # (B, Hkv, 1, D) each
+    k0, v0 = _last_token_kv(plan, key, value)  # (B, Hkv, 1, D) each
     groups = heads // key.shape[1]
     k0, v0 = repeat_kv(k0, groups), repeat_kv(v0, groups)  # (B, Hq, 1, D)
     slot_logit = (query @ k0.transpose(2, 3)).squeeze(-1).float() * scale + plan.bias  # (B, Hq, Q)
