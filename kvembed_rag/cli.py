@@ -315,14 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .embedder import KVEmbedder
     from .models import pick_device, pick_dtype
 
-    try:
-        lengths = [int(x) for x in args.lengths.split(",")]
-    except ValueError as exc:
-        raise UsageError(f"--lengths must be comma-separated integers; got {args.lengths!r}") from exc
-    methods = [m for m in args.methods.split(",") if m != "plain"]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise UsageError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    lengths = _int_list(args.lengths, "--lengths") or []
+    methods = _method_list(",".join(m for m in args.methods.split(",") if m.strip() != "plain"))
     if args.shape:
         if args.shape not in PAPER_SHAPES:
             raise UsageError(f"--shape must be one of {', '.join(PAPER_SHAPES)}")

@@ -204,11 +204,12 @@ def select_layers(
         curve, choose_window(curve, embedder.num_layers), embedder.num_layers, normalize, len(calibration), False, key
     )
     if use_cache:
-        _atomic_write_json(path, selection.to_dict())
+        write_json_atomically(path, selection.to_dict())
     return selection
 
 
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:

@@ -48,8 +48,10 @@ def _role(prompt_type: Any) -> Role:
     return "query" if value == "query" else "document"
 
 
-def _tensor(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+def _unit_rows(x: Any, dim: int) -> torch.Tensor:
+    """``(n, dim)`` float32 rows of unit length, from a numpy array or tensor of ``(n, dim)`` or ``(dim,)``."""
+    rows = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+    return torch.nn.functional.normalize(rows.float().reshape(-1, dim), dim=-1)
 
 
 class MTEBEncoder:
@@ -87,14 +89,11 @@ class MTEBEncoder:
 
     def similarity(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """Cosine similarity matrix ``(n1, n2)``."""
-        a = torch.nn.functional.normalize(_tensor(embeddings1).float().reshape(-1, self.embedder.dim), dim=-1)
-        b = torch.nn.functional.normalize(_tensor(embeddings2).float().reshape(-1, self.embedder.dim), dim=-1)
-        return a @ b.T
+        return _unit_rows(embeddings1, self.embedder.dim) @ _unit_rows(embeddings2, self.embedder.dim).T
 
     def similarity_pairwise(self, embeddings1: Any, embeddings2: Any) -> torch.Tensor:
         """Cosine similarity of corresponding rows ``(n,)``."""
-        a = torch.nn.functional.normalize(_tensor(embeddings1).float().reshape(-1, self.embedder.dim), dim=-1)
-        b = torch.nn.functional.normalize(_tensor(embeddings2).float().reshape(-1, self.embedder.dim), dim=-1)
+        a, b = _unit_rows(embeddings1, self.embedder.dim), _unit_rows(embeddings2, self.embedder.dim)
         return (a * b).sum(dim=-1)
 
     def meta_fields(self) -> dict[str, Any]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .layer_selection import write_json_atomically
 from .methods import first_candidate_layer
 from .models import cache_root
 
@@ -168,10 +167,6 @@ def tune(
             "model": base.source.to_dict(),
             **{k: v for k, v in result.to_dict().items() if k not in ("saved_to", "model")},
         }
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, suffix=".part")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1)
-        os.replace(temporary, target)
+        write_json_atomically(target, payload)
         result.saved_to = str(target)
     return result
