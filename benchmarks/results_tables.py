@@ -4,7 +4,8 @@
     python benchmarks/results_tables.py docs/results/qmsum_gemma_*.json --plot docs/qmsum_gemma.png
 
 Eval rows become one table per task and dataset (methods down, model x length across); bench files a
-table of tokens/s, ratio to plain and peak memory.
+table of tokens/s, ratio to plain and peak memory; ``tune --json`` files the grid (windows down, pooling x
+bias across).
 """
 
 from __future__ import annotations
@@ -62,6 +63,30 @@ def bench_table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tune_table(payload: dict) -> str:
+    grid = payload["grid"]
+    windows = list(dict.fromkeys(tuple(p["layers"]) for p in grid))
+    settings = list(dict.fromkeys((p["pooling"], p["bias"]) for p in grid))
+    best = payload["best"]
+    lines = [
+        f"{payload['model']}, tune {payload['task']} on {payload['dataset']} ({payload['metric']}); "
+        f"start {payload['baseline']['layers']} bias {payload['baseline']['bias']:g} "
+        f"{payload['baseline']['pooling']}: {payload['baseline']['score']:.4f}; "
+        f"no re-routing: {payload['no_rerouting']['score']:.4f}\n",
+        "| layers | " + " | ".join(f"{pool} b={bias:g}" for pool, bias in settings) + " |",
+        "|---" * (len(settings) + 1) + "|",
+    ]
+    for window in windows:
+        cells = []
+        for pool, bias in settings:
+            hit = [p for p in grid if (tuple(p["layers"]), p["pooling"], p["bias"]) == (window, pool, bias)]
+            point = hit[0] if hit else None
+            mark = point is not None and point == best
+            cells.append("" if point is None else f"**{point['score']:.4f}**" if mark else f"{point['score']:.4f}")
+        lines.append(f"| {list(window)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict], path: str) -> None:
     """The length sweep of the given rows (as ``eval --plot`` draws it for one run)."""
     from kvembed_rag.eval.harness import EvalRow, plot_length_sweep
@@ -82,6 +107,8 @@ def main() -> int:
         payload = json.loads(Path(name).read_text())
         if isinstance(payload, dict) and "meta" in payload:
             print(bench_table(payload))
+        elif isinstance(payload, dict) and "grid" in payload:
+            print(tune_table(payload))
         else:
             rows.extend(payload)
     if rows:

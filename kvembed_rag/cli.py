@@ -401,6 +401,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split=args.split,
         long_docs=args.long_docs,
         test_fraction=args.test_fraction,
+        standardize=args.standardize,
         seed=args.seed,
     )
     base = load_embedder(args, method="kv", max_length=max(lengths) if lengths else None)
@@ -440,7 +441,7 @@ def _windows(text: str | None) -> list[list[int]] | None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .eval.cache import EmbeddingCache
     from .eval.harness import EvalOptions
-    from .tuning import candidate_windows, tune, tuned_path
+    from .tuning import candidate_windows, format_grid, tune, tuned_path
 
     try:
         biases = [float(b) for b in args.biases.split(",") if b.strip()]
@@ -487,22 +488,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-    biases_sorted = sorted({p.bias for p in result.grid})
-    print(f"{result.model} on {result.dataset} ({result.task}, {result.metric}); rows: window, columns: bias")
-    print(f"{'layers':14s}" + "".join(f"{b:>9g}" for b in biases_sorted))
-    for layers in dict.fromkeys(tuple(p.layers) for p in result.grid):
-        scores = {p.bias: p.score for p in result.grid if tuple(p.layers) == layers}
-        print(
-            f"{','.join(map(str, layers)):14s}" + "".join(f"{scores.get(b, float('nan')):9.4f}" for b in biases_sorted)
-        )
-    best, start, off = result.best, result.baseline, result.no_rerouting
-    print(f"best: layers {best.layers} bias {best.bias:g} -> {best.score:.4f}")
-    print(
-        f"start: layers {start.layers} bias {start.bias:g} -> {start.score:.4f} (gain {best.score - start.score:+.4f})"
-    )
-    print(f"no re-routing (same prompt and pooling): {off.score:.4f}")
-    if off.score >= best.score:
-        print("note: re-routing does not beat the prompt alone on this dev set")
+    print(format_grid(result))
     if result.saved_to:
         print(f"saved as this model's default (layers='auto', no --bias): {result.saved_to}")
     return EXIT_OK
@@ -670,6 +656,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="dev", help="qrels split for retrieval and loco (default dev)")
     p.add_argument("--long-docs", choices=["chunk", "truncate"], default="chunk", help="loco: over-long documents")
     p.add_argument("--test-fraction", type=float, default=0.25, help="classification: held-out share of a lone file")
+    p.add_argument(
+        "--standardize",
+        action="store_true",
+        help="classification: z-score the vectors (training statistics) before the regression; MTEB does not",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write one row per task x dataset x method x length to this file")
     p.add_argument("--plot", help="draw score against --max-length to this PNG")
@@ -686,7 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="layers between default windows (default: about 8 windows)")
     p.add_argument("--biases", default="0,1,2", help="biases to try (default 0,1,2)")
     p.add_argument("--poolings", default="hybrid", help="poolings to try, e.g. hybrid,last (default hybrid)")
-    p.add_argument("--limit", type=int, help="first N pairs or judged queries")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="first N pairs or judged queries, in file order: a dev file sorted by genre (STS-B is) gives a "
+        "biased tuning set, so interleave or shuffle it first",
+    )
     p.add_argument("--corpus-limit", type=int, help="retrieval: judged documents plus a seeded sample, N in all")
     p.add_argument("--split", default="dev")
     p.add_argument("--json", help="write the grid and the winner to this file")

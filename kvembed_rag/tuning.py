@@ -86,7 +86,7 @@ class TuneResult:
     model: str
     grid: list[GridPoint]
     baseline: GridPoint  # the starting configuration (ID window, bias given or 1.0)
-    no_rerouting: GridPoint  # same prompt and pooling, re-routing off
+    no_rerouting: GridPoint  # same prompt, the best point's pooling, re-routing off
     saved_to: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +107,38 @@ class TuneResult:
             "saved_to": self.saved_to,
             **self.extra,
         }
+
+
+def format_grid(result: TuneResult) -> str:
+    """The grid as text: one row per window, one column per bias (per pooling and bias when several)."""
+    poolings = list(dict.fromkeys(p.pooling for p in result.grid))
+    biases = sorted({p.bias for p in result.grid})
+    columns = [(pool, b) for pool in poolings for b in biases]
+    scores = {(tuple(p.layers), p.pooling, p.bias): p.score for p in result.grid}
+
+    def label(pool: str, b: float) -> str:
+        return f"{pool} {b:g}" if len(poolings) > 1 else f"{b:g}"
+
+    width = max(9, *(len(label(*c)) + 2 for c in columns))
+    head = "pooling and bias" if len(poolings) > 1 else "bias"
+    lines = [
+        f"{result.model} on {result.dataset} ({result.task}, {result.metric}); rows: window, columns: {head}",
+        f"{'layers':14s}" + "".join(f"{label(*c):>{width}}" for c in columns),
+    ]
+    for layers in dict.fromkeys(tuple(p.layers) for p in result.grid):
+        cells = (scores.get((layers, pool, b), float("nan")) for pool, b in columns)
+        lines.append(f"{','.join(map(str, layers)):14s}" + "".join(f"{v:{width}.4f}" for v in cells))
+    best, start, off = result.best, result.baseline, result.no_rerouting
+    lines += [
+        f"best: layers {best.layers} bias {best.bias:g} {best.pooling} pooling -> {best.score:.4f}",
+        f"start: layers {start.layers} bias {start.bias:g} {start.pooling} pooling -> {start.score:.4f} "
+        f"(gain {best.score - start.score:+.4f})",
+        f"no re-routing ({off.pooling} pooling, same prompt): {off.score:.4f} "
+        f"(re-routing adds {best.score - off.score:+.4f})",
+    ]
+    if off.score >= best.score:
+        lines.append("note: re-routing does not beat the prompt alone on this dev set")
+    return "\n".join(lines)
 
 
 def tune(
@@ -155,9 +187,12 @@ def tune(
     lookup = {(tuple(p.layers), p.bias, p.pooling): p for p in grid}
     start = (tuple(base.layers), base.bias, base.pooling)
     baseline = lookup.get(start) or evaluate(list(base.layers), base.bias, base.pooling)
-    no_rerouting = evaluate(list(base.layers), OFF_BIAS, base.pooling)
+    best = max(grid, key=lambda p: p.score)
+    # re-routing off (same prompt), once per pooling tried: the winner is judged against its own pooling
+    off = {pool: evaluate(list(base.layers), OFF_BIAS, pool) for pool in poolings}
     metric = "spearman" if task == "sts" else "ndcg@10"
-    result = TuneResult(task, dataset, metric, model_label(base), grid, baseline, no_rerouting)
+    extra = {"no_rerouting_by_pooling": {pool: round(point.score, 4) for pool, point in off.items()}}
+    result = TuneResult(task, dataset, metric, model_label(base), grid, baseline, off[best.pooling], extra=extra)
     if save:
         target = tuned_path(base)
         payload = {

@@ -13,8 +13,8 @@ from kvembed_rag.eval.cache import EmbeddingCache
 from kvembed_rag.eval.harness import EvalOptions, format_table, run_evaluation
 from kvembed_rag.eval.learners import fit_predict_logistic, kmeans
 from kvembed_rag.eval.metrics import accuracy, macro_f1, v_measure
-from kvembed_rag.eval.runner import rank_by_best_chunk
-from kvembed_rag.eval.tasks import BeirTask, load_classification, load_clustering, load_loco
+from kvembed_rag.eval.runner import evaluate_classification, rank_by_best_chunk, standardize_features
+from kvembed_rag.eval.tasks import BeirTask, LabelledTexts, load_classification, load_clustering, load_loco
 
 WORDS = [
     "fox",
@@ -239,7 +239,11 @@ def test_cli_eval_every_task_writes_rows(checkpoints, tmp_path, capsys):
         for field in ("task", "dataset", "model", "method", "metric", "score", "n", "seconds", "tokens", "max_length"):
             assert all(field in r for r in rows), field
         if task == "classification":
-            assert all("macro_f1" in r for r in rows)
+            assert all("macro_f1" in r for r in rows) and not any("standardized" in r for r in rows)
+            again = tmp_path / "standardized.json"
+            assert main([*argv[:-3], "--json", str(again), "-q", "--standardize", "--layers", "2",
+                         "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+            assert all(r["standardized"] == 1 and r["cached"] for r in json.loads(again.read_text()))
         assert metric in capsys.readouterr().out
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "loco.json").read_text())) == 2 * 2 * 2  # datasets x lengths x methods
@@ -271,3 +275,30 @@ def test_variant_shares_the_backbone_and_resets_method_defaults(make_embedder):
     np.testing.assert_allclose(back.encode(["a fox"]), base.encode(["a fox"]), atol=1e-6)
     with pytest.raises(TypeError, match="cannot change"):
         base.variant(device="cpu")
+
+
+def test_standardize_features_uses_training_statistics_only():
+    train = np.array([[0.0, 10.0], [2.0, 30.0]])
+    test = np.array([[1.0, 20.0], [4.0, 50.0]])
+    z_train, z_test = standardize_features(train, test)
+    np.testing.assert_allclose(z_train, [[-1, -1], [1, 1]], atol=1e-5)
+    np.testing.assert_allclose(z_test, [[0, 0], [3, 3]], atol=1e-5)
+
+
+def test_standardized_classification_recovers_labels_hidden_by_anisotropy():
+    # 32 dimensions of large label-free variation and 8 tiny ones that carry the label: the regularised
+    # regression on raw vectors spends its weight budget on the large ones; z-scored features fix that.
+    rng = np.random.default_rng(0)
+    labels = [str(i % 4) for i in range(80)]
+    centres = rng.normal(size=(4, 8))
+    x = np.array([[*rng.normal(size=32), *(1e-2 * (centres[int(y)] + 0.3 * rng.normal(size=8)))] for y in labels])
+
+    class Fixed:
+        def encode(self, texts, role):
+            return x[[int(t) for t in texts]]
+
+    train = LabelledTexts([str(i) for i in range(40)], labels[:40])
+    test = LabelledTexts([str(i) for i in range(40, 80)], labels[40:])
+    raw = evaluate_classification(Fixed(), train, test)
+    standardized = evaluate_classification(Fixed(), train, test, standardize=True)
+    assert raw.score <= 0.5 and standardized.score >= 0.9 and standardized.extra["standardized"] == 1.0

@@ -9,7 +9,16 @@ import pytest
 
 from kvembed_rag import KVEmbedder
 from kvembed_rag.cli import main
-from kvembed_rag.tuning import OFF_BIAS, candidate_windows, load_tuned, tune, tuned_path
+from kvembed_rag.tuning import (
+    OFF_BIAS,
+    GridPoint,
+    TuneResult,
+    candidate_windows,
+    format_grid,
+    load_tuned,
+    tune,
+    tuned_path,
+)
 
 PAIRS = [
     ("The quick brown fox jumps.", "A fox jumps quickly.", 4.5),
@@ -82,6 +91,11 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     printed = capsys.readouterr().out
     assert "best: layers" in printed and "no re-routing" in printed and "saved as this model's default" in printed
     payload = json.loads(out.read_text())
+    header = next(line for line in printed.splitlines() if line.startswith("layers"))
+    assert header.split() == ["layers", "hybrid", "0", "hybrid", "1", "last", "0", "last", "1"]  # both poolings shown
+    assert f"{payload['best']['pooling']} pooling" in printed
+    assert set(payload["no_rerouting_by_pooling"]) == {"hybrid", "last"}
+    assert payload["no_rerouting"]["pooling"] == payload["best"]["pooling"]
     assert len(payload["grid"]) >= 8 and payload["best"]["score"] == max(p["score"] for p in payload["grid"])
     assert {p["pooling"] for p in payload["grid"]} == {"hybrid", "last"}
     tuned = KVEmbedder.from_pretrained(model)
@@ -93,3 +107,24 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     assert main([*argv[:4], "--model", model, "--windows", "1;x"]) == 2
     assert main([*argv[:4], "--model", model, "--biases", "a"]) == 2
     assert main(["tune", "sts", str(tmp_path / "missing.tsv"), "--model", model]) == 2
+
+
+def test_format_grid_shows_every_pooling_and_bias_and_the_rerouting_gain() -> None:
+    grid = [
+        GridPoint([4, 5], 1.0, 0.70, "hybrid"),
+        GridPoint([4, 5], 1.0, 0.80, "last"),
+        GridPoint([8, 9], 1.0, 0.75, "hybrid"),
+    ]
+    off = GridPoint([4, 5], OFF_BIAS, 0.78, "last")
+    text = format_grid(TuneResult("sts", "d", "spearman", "m", grid, grid[0], off))
+    lines = text.splitlines()
+    assert lines[1].split() == ["layers", "hybrid", "1", "last", "1"]
+    assert lines[2].split() == ["4,5", "0.7000", "0.8000"]
+    assert lines[3].split() == ["8,9", "0.7500", "nan"]  # a point not in the grid shows as nan
+    assert "best: layers [4, 5] bias 1 last pooling -> 0.8000" in text
+    assert "re-routing adds +0.0200" in text and "note:" not in text
+    single = format_grid(
+        TuneResult("sts", "d", "spearman", "m", grid[:1], grid[0], GridPoint([4, 5], OFF_BIAS, 0.9, "hybrid"))
+    )
+    assert single.splitlines()[1].split() == ["layers", "1"]
+    assert "note: re-routing does not beat the prompt alone" in single

@@ -56,6 +56,7 @@ class EvalOptions:
     split: str = "dev"
     long_docs: str = "chunk"
     test_fraction: float = 0.25
+    standardize: bool = False  # classification: z-score features with the training set's statistics first
     seed: int = 0
     dataset_names: dict[str, str] = field(default_factory=dict)
 
@@ -100,7 +101,7 @@ def score_task(task: str, encoder: CachedEncoder, embedder: Any, data: Any, opti
     if task == "retrieval":
         return evaluate_retrieval(encoder, data)
     if task == "classification":
-        return evaluate_classification(encoder, data[0], data[1])
+        return evaluate_classification(encoder, data[0], data[1], standardize=options.standardize)
     if task == "clustering":
         return evaluate_clustering(encoder, data, seed=options.seed)
     return evaluate_long_retrieval(encoder, embedder, data, long_docs=options.long_docs)

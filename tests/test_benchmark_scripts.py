@@ -1,0 +1,87 @@
+"""The pure helpers of the benchmark scripts that produce docs/RESULTS.md (the scripts are not a package)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tables() -> ModuleType:
+    return load_script("results_tables")
+
+
+@pytest.fixture(scope="module")
+def probe() -> ModuleType:
+    return load_script("classification_probe")
+
+
+def test_tune_table_puts_windows_down_settings_across_and_marks_the_best(tables: ModuleType) -> None:
+    def point(layers: list[int], bias: float, pooling: str, score: float) -> dict:
+        return {"layers": layers, "bias": bias, "pooling": pooling, "score": score}
+
+    grid = [point([4, 5], 0, "hybrid", 0.70), point([4, 5], 1, "hybrid", 0.72), point([8, 9], 0, "hybrid", 0.75)]
+    payload = {
+        "task": "sts",
+        "dataset": "stsb",
+        "metric": "spearman",
+        "model": "m",
+        "best": grid[2],
+        "baseline": grid[1],
+        "no_rerouting": point([], -1e4, "hybrid", 0.69),
+        "grid": grid,
+    }
+    text = tables.tune_table(payload)
+    lines = text.splitlines()
+    assert "no re-routing: 0.6900" in lines[0]
+    assert lines[2] == "| layers | hybrid b=0 | hybrid b=1 |"
+    assert lines[4] == "| [4, 5] | 0.7000 | 0.7200 |"
+    assert lines[5] == "| [8, 9] | **0.7500** |  |"  # the best is bold; a point not in the grid stays empty
+
+
+def test_eval_tables_group_by_task_and_show_the_secondary_metric(tables: ModuleType) -> None:
+    rows = [
+        {"task": "classification", "dataset": "b77", "model": "m", "max_length": 512, "method": method,
+         "metric": "accuracy", "score": score, "n": 10, "macro_f1": score / 2}
+        for method, score in (("kv", 0.5), ("mean", 0.25))
+    ]  # fmt: skip
+    text = tables.eval_tables(rows)
+    assert "**classification / b77** (accuracy, macro_f1; n = 10)" in text
+    assert "| kv | 0.5000 / 0.2500 |" in text and "| mean | 0.2500 / 0.1250 |" in text
+
+
+def test_main_reads_every_kind_of_results_file(tables: ModuleType, tmp_path: Path, monkeypatch, capsys) -> None:
+    bench = {"meta": {"model": "m", "device": "cpu", "dtype": "float32", "threads": 2, "batch_tokens": 64,
+                      "kv_layers": [1]},
+             "rows": [{"method": "plain", "length": 8, "batch": 8, "tokens_per_s": 100.0, "ratio_to_plain": 1.0,
+                       "peak_mb": 3.0}]}  # fmt: skip
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    monkeypatch.setattr(sys, "argv", ["results_tables.py", str(tmp_path / "bench.json")])
+    assert tables.main() == 0
+    assert "| plain | 8 | 8 | 100 | 1.000 | 3 |" in capsys.readouterr().out
+
+
+def test_probe_nearest_neighbour_and_anisotropy(probe: ModuleType) -> None:
+    # Two clusters sharing a large common offset: raw cosines are all near 1 (anisotropic), centring separates them.
+    offset = np.array([10.0, 10.0, 0.0])
+    train = np.array([[1.0, 0, 0], [0, 0, 1.0]]) + offset
+    test = np.array([[0.9, 0, 0.1], [0.1, 0, 0.8]]) + offset
+    assert probe.nearest_neighbour(train, ["a", "b"], test) == ["a", "b"]
+    assert probe.cross_label_cosine(test, ["a", "b"]) > 0.99
+    assert probe.cross_label_cosine(np.eye(2), ["a", "b"]) == pytest.approx(0.0)
