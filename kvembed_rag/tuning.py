@@ -78,6 +78,11 @@ class GridPoint:
         return {"layers": self.layers, "bias": self.bias, "pooling": self.pooling, "score": round(self.score, 4)}
 
 
+def best_point(grid: Sequence[GridPoint]) -> GridPoint:
+    """The highest-scoring point (the first of equals, i.e. the earliest in grid order)."""
+    return max(grid, key=lambda p: p.score)
+
+
 @dataclass
 class TuneResult:
     task: str
@@ -92,7 +97,7 @@ class TuneResult:
 
     @property
     def best(self) -> GridPoint:
-        return max(self.grid, key=lambda p: p.score)
+        return best_point(self.grid)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -187,7 +192,7 @@ def tune(
     lookup = {(tuple(p.layers), p.bias, p.pooling): p for p in grid}
     start = (tuple(base.layers), base.bias, base.pooling)
     baseline = lookup.get(start) or evaluate(list(base.layers), base.bias, base.pooling)
-    best = max(grid, key=lambda p: p.score)
+    best = best_point(grid)
     # re-routing off (same prompt), once per pooling tried: the winner is judged against its own pooling
     off = {pool: evaluate(list(base.layers), OFF_BIAS, pool) for pool in poolings}
     metric = "spearman" if task == "sts" else "ndcg@10"
