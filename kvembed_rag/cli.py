@@ -391,11 +391,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     methods = _method_list(args.methods)
     lengths = _int_list(args.max_length, "--max-length")
+    if args.sample and args.limit is None:
+        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
     for path in args.paths:
         if not Path(path).exists():
             raise UsageError(f"{path}: no such file or folder")
     options = EvalOptions(
         limit=args.limit,
+        sample=args.sample,
         corpus_limit=args.corpus_limit,
         documents=args.documents,
         split=args.split,
@@ -464,7 +467,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             windows = candidate_windows(base.num_layers, args.width or len(base.layers), args.stride)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    options = EvalOptions(limit=args.limit, corpus_limit=args.corpus_limit, split=args.split)
+    if args.sample and args.limit is None:
+        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
+    options = EvalOptions(
+        limit=args.limit, sample=args.sample, corpus_limit=args.corpus_limit, split=args.split, seed=args.seed
+    )
     cache = EmbeddingCache(None if args.no_cache else "default")
     total = (len(windows) + (list(base.layers) not in windows)) * len(biases) * len(poolings) + 1
 
@@ -545,7 +552,7 @@ examples:
   kvembed-rag eval loco ../shared/data/qmsum --max-length 512,1024,2048,4096 --documents 20 --plot qmsum.png
 Vectors are cached per configuration (in the kvembed-rag cache), so adding a method recomputes only that one.""",
     "tune": """examples:
-  kvembed-rag tune sts ../shared/data/stsb/dev.tsv --limit 500
+  kvembed-rag tune sts ../shared/data/stsb/dev.tsv --limit 300 --sample   # a random 300, all genres
   kvembed-rag tune retrieval my-beir-dev --windows "4,5;8,9;14,15" --biases 0,1,2,4 --json grid.json
   kvembed-rag tune sts dev.tsv --reset          # forget the tuned choice for this model
 The winner is saved as the model's default: embedders built with layers='auto' and no bias use it.""",
@@ -651,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="kv,prompteol,mean", help=f"comma-separated: {','.join(METHODS)}")
     p.add_argument("--max-length", default=None, help="tokens per input, or a list such as 512,1024,2048,4096")
     p.add_argument("--limit", type=int, help="first N pairs / judged queries; a seeded sample of N texts (cls/clu)")
+    p.add_argument(
+        "--sample", action="store_true", help="with --limit: a seeded random N pairs / queries, not the first N"
+    )
     p.add_argument("--corpus-limit", type=int, help="retrieval: judged documents plus a seeded sample, N in all")
     p.add_argument("--documents", type=int, help="loco: a seeded sample of N documents and the queries they answer")
     p.add_argument("--split", default="dev", help="qrels split for retrieval and loco (default dev)")
@@ -681,8 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit",
         type=int,
         help="first N pairs or judged queries, in file order: a dev file sorted by genre (STS-B is) gives a "
-        "biased tuning set, so interleave or shuffle it first",
+        "biased tuning set, so add --sample (or shuffle the file)",
     )
+    p.add_argument(
+        "--sample", action="store_true", help="with --limit: a seeded random N pairs / queries, not the first N"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample and --corpus-limit (default 0)")
     p.add_argument("--corpus-limit", type=int, help="retrieval: judged documents plus a seeded sample, N in all")
     p.add_argument("--split", default="dev")
     p.add_argument("--json", help="write the grid and the winner to this file")

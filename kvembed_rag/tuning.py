@@ -196,7 +196,11 @@ def tune(
     # re-routing off (same prompt), once per pooling tried: the winner is judged against its own pooling
     off = {pool: evaluate(list(base.layers), OFF_BIAS, pool) for pool in poolings}
     metric = "spearman" if task == "sts" else "ndcg@10"
-    extra = {"no_rerouting_by_pooling": {pool: round(point.score, 4) for pool, point in off.items()}}
+    extra = {
+        "no_rerouting_by_pooling": {pool: round(point.score, 4) for pool, point in off.items()},
+        # how the tuning set was drawn, so a saved default says what it was tuned on
+        "tuning_set": {"limit": options.limit, "sample": options.sample, "seed": options.seed},
+    }
     result = TuneResult(task, dataset, metric, model_label(base), grid, baseline, off[best.pooling], extra=extra)
     if save:
         target = tuned_path(base)

@@ -255,6 +255,7 @@ def test_cli_eval_every_task_writes_rows(checkpoints, tmp_path, capsys):
         (["--methods", "kv,nope"], "unknown methods"),
         (["--max-length", "512,x"], "--max-length"),
         (["--max-length", "0"], "--max-length"),
+        (["--sample"], "give --limit too"),
     ],
 )
 def test_cli_eval_usage_errors(checkpoints, tmp_path, capsys, extra, message):

@@ -59,3 +59,26 @@ def test_readers(tmp_path):
     assert "d1" in small.corpus and len(small.corpus) == 2  # judged documents always stay
     with pytest.raises(FileNotFoundError, match="test"):
         load_beir(beir, "test")
+
+
+def test_limit_takes_the_first_n_and_sample_a_seeded_random_n_in_file_order(tmp_path):
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\n" + "".join(f"a{i}\tb{i}\t{i}\n" for i in range(40)))
+    assert load_sts(sts, 5).first == [f"a{i}" for i in range(5)]
+    sampled = load_sts(sts, 5, sample=True, seed=0)
+    picked = [int(text[1:]) for text in sampled.first]
+    assert len(picked) == 5 and picked == sorted(picked) and picked != list(range(5))
+    assert sampled.second == [f"b{i}" for i in picked] and list(sampled.scores) == [float(i) for i in picked]
+    assert load_sts(sts, 5, sample=True, seed=0).first == sampled.first  # seeded: reproducible
+    assert load_sts(sts, 5, sample=True, seed=1).first != sampled.first
+    assert len(load_sts(sts, 100, sample=True).first) == 40  # a limit beyond the file keeps everything
+
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("".join(f'{{"_id": "d{i}", "text": "t{i}"}}\n' for i in range(40)))
+    (beir / "queries.jsonl").write_text("".join(f'{{"_id": "q{i}", "text": "find {i}"}}\n' for i in range(40)))
+    (beir / "qrels" / "dev.tsv").write_text("".join(f"q{i}\td{i}\t1\n" for i in range(40)))
+    assert list(load_beir(beir, query_limit=4).queries) == ["q0", "q1", "q2", "q3"]
+    task = load_beir(beir, query_limit=4, sample=True, corpus_limit=10)
+    assert len(task.queries) == 4 and list(task.queries) != ["q0", "q1", "q2", "q3"]
+    assert set(task.qrels) == set(task.queries) and {f"d{q[1:]}" for q in task.queries} <= set(task.corpus)

@@ -106,6 +106,11 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     assert KVEmbedder.from_pretrained(model).tuned is None
     assert main([*argv[:4], "--model", model, "--windows", "1;x"]) == 2
     assert main([*argv[:4], "--model", model, "--biases", "a"]) == 2
+    assert main([*argv[:4], "--model", model, "--sample"]) == 2  # --sample needs --limit
+    sampled = tmp_path / "sampled.json"
+    assert main([*argv, "--limit", "4", "--sample", "--seed", "3", "--no-save", "--json", str(sampled)]) == 0
+    assert json.loads(sampled.read_text())["tuning_set"] == {"limit": 4, "sample": True, "seed": 3}
+    assert KVEmbedder.from_pretrained(model).tuned is None  # --no-save
     assert main(["tune", "sts", str(tmp_path / "missing.tsv"), "--model", model]) == 2
 
 

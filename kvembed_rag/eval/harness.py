@@ -51,6 +51,7 @@ class EvalOptions:
     """How much of a dataset to use (say so when reporting reduced runs)."""
 
     limit: int | None = None  # sts pairs, judged queries, texts per classification side, clustering texts
+    sample: bool = False  # sts / retrieval / loco: a seeded random `limit` pairs or queries, not the first ones
     corpus_limit: int | None = None  # retrieval: judged documents plus a seeded sample of the rest
     documents: int | None = None  # loco: a seeded sample of documents and only the queries they answer
     split: str = "dev"
@@ -73,10 +74,15 @@ def load_task(task: str, path: str | Path, options: EvalOptions) -> list[tuple[s
     """(dataset name, loaded data) pairs; loco folders may hold several datasets."""
     name = dataset_name(path)
     if task == "sts":
-        return [(name, load_sts(path, options.limit))]
+        return [(name, load_sts(path, options.limit, sample=options.sample, seed=options.seed))]
     if task == "retrieval":
         beir = load_beir(
-            path, options.split, query_limit=options.limit, corpus_limit=options.corpus_limit, seed=options.seed
+            path,
+            options.split,
+            query_limit=options.limit,
+            corpus_limit=options.corpus_limit,
+            seed=options.seed,
+            sample=options.sample,
         )
         return [(name, beir)]
     if task == "classification":
@@ -89,7 +95,12 @@ def load_task(task: str, path: str | Path, options: EvalOptions) -> list[tuple[s
     if task == "loco":
         tasks = load_loco(path, split=options.split, seed=options.seed)
         return [
-            (key, beir.sample_documents(options.documents, options.seed).limited(options.limit, None, options.seed))
+            (
+                key,
+                beir.sample_documents(options.documents, options.seed).limited(
+                    options.limit, None, options.seed, sample=options.sample
+                ),
+            )
             for key, beir in tasks.items()
         ]
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

@@ -18,8 +18,18 @@ class StsPairs:
     scores: np.ndarray
 
 
-def load_sts(path: str | Path, limit: int | None = None) -> StsPairs:
-    """TSV with header ``sentence1<TAB>sentence2<TAB>score``."""
+def _pick(count: int, limit: int | None, sample: bool, seed: int) -> list[int]:
+    """Indices to keep: the first ``limit``, or with ``sample`` a seeded random ``limit`` in file order."""
+    if limit is None or limit >= count:
+        return list(range(count))
+    if sample:
+        return sorted(random.Random(seed).sample(range(count), limit))
+    return list(range(limit))
+
+
+def load_sts(path: str | Path, limit: int | None = None, *, sample: bool = False, seed: int = 0) -> StsPairs:
+    """TSV with header ``sentence1<TAB>sentence2<TAB>score``; ``limit`` keeps the first N pairs, or with
+    ``sample`` a seeded random N (dev files are often sorted by genre, so the first N can mislead)."""
     first: list[str] = []
     second: list[str] = []
     scores: list[float] = []
@@ -34,9 +44,10 @@ def load_sts(path: str | Path, limit: int | None = None) -> StsPairs:
             first.append(row[0])
             second.append(row[1])
             scores.append(float(row[2]))
-            if limit is not None and len(scores) >= limit:
+            if limit is not None and not sample and len(scores) >= limit:
                 break
-    return StsPairs(first, second, np.asarray(scores))
+    keep = _pick(len(scores), limit, sample, seed)
+    return StsPairs([first[i] for i in keep], [second[i] for i in keep], np.asarray([scores[i] for i in keep]))
 
 
 @dataclass
@@ -52,12 +63,14 @@ class BeirTask:
         ids = list(self.corpus)
         return ids, [f"{title}\n{text}".strip() if title else text for title, text in self.corpus.values()]
 
-    def limited(self, query_limit: int | None = None, corpus_limit: int | None = None, seed: int = 0) -> BeirTask:
-        """The first ``query_limit`` judged queries and, with ``corpus_limit``, every document they judge plus a
-        seeded random sample of the rest (a smaller, easier haystack: say so when reporting)."""
+    def limited(
+        self, query_limit: int | None = None, corpus_limit: int | None = None, seed: int = 0, *, sample: bool = False
+    ) -> BeirTask:
+        """The first ``query_limit`` judged queries (with ``sample``, a seeded random set of that many) and, with
+        ``corpus_limit``, every document they judge plus a seeded random sample of the rest (a smaller, easier
+        haystack: say so when reporting)."""
         judged = [qid for qid in self.queries if qid in self.qrels]
-        if query_limit is not None:
-            judged = judged[:query_limit]
+        judged = [judged[i] for i in _pick(len(judged), query_limit, sample, seed)]
         queries = {qid: self.queries[qid] for qid in judged}
         qrels = {qid: self.qrels[qid] for qid in judged}
         corpus = self.corpus
@@ -112,8 +125,10 @@ def load_beir(
     query_limit: int | None = None,
     corpus_limit: int | None = None,
     seed: int = 0,
+    sample: bool = False,
 ) -> BeirTask:
-    """Read a BEIR folder. Limits keep the first ``query_limit`` judged queries and, with ``corpus_limit``,
+    """Read a BEIR folder. Limits keep the first ``query_limit`` judged queries (``sample``: a seeded random
+    set of that many) and, with ``corpus_limit``,
     every document they judge plus a seeded random sample of the rest (a smaller, easier haystack: say so
     when reporting)."""
     root = Path(folder)
@@ -138,7 +153,7 @@ def load_beir(
         str(row["_id"]): (str(row.get("title") or ""), str(row.get("text") or ""))
         for row in _jsonl(root / "corpus.jsonl")
     }
-    return BeirTask(corpus, queries, qrels).limited(query_limit, corpus_limit, seed)
+    return BeirTask(corpus, queries, qrels).limited(query_limit, corpus_limit, seed, sample=sample)
 
 
 @dataclass
