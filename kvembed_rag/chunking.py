@@ -25,6 +25,12 @@ def prompt_overhead(embedder: Any, role: str = "document") -> int:
     return len(embedder.tokenize([""], role)[0].ids)
 
 
+def text_copies(embedder: Any, role: str = "document") -> int:
+    """How many times the prompt repeats the text (echo embeddings: twice), each copy costing its tokens."""
+    prompts = getattr(embedder, "prompts", None)
+    return max(1, len(prompts.render("", role)[1])) if prompts is not None else 1
+
+
 def chunk_text(
     embedder: Any,
     text: str,
@@ -36,10 +42,13 @@ def chunk_text(
 ) -> list[Chunk]:
     """The text itself if it fits, else overlapping windows of at most ``max_tokens`` tokens (each titled).
 
-    ``max_tokens`` defaults to the embedder's ``max_length`` minus the prompt; ``margin`` keeps a few tokens
-    spare because a window re-tokenised inside the prompt can merge differently at its edges.
+    ``max_tokens`` defaults to the embedder's ``max_length`` minus the prompt, shared between the text's copies
+    when the prompt repeats it (echo: half each, else the tokenizer would cut every chunk to its first half);
+    ``margin`` keeps a few tokens spare because a window re-tokenised inside the prompt can merge differently
+    at its edges.
     """
-    budget = (max_tokens or embedder.max_length) - prompt_overhead(embedder) - margin
+    total = (max_tokens or embedder.max_length) - prompt_overhead(embedder) - margin
+    budget = total // text_copies(embedder)
     header = f"{title}\n\n" if title else ""
     offsets = embedder.token_offsets(text)
     header_tokens = len(embedder.token_offsets(header)) if header else 0

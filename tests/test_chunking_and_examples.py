@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvembed_rag import TruncationWarning
-from kvembed_rag.chunking import chunk_text
+from kvembed_rag.chunking import chunk_text, text_copies
 from kvembed_rag.corpus import read_folder, stdlib_documents
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +34,19 @@ def test_long_documents_become_titled_overlapping_windows_that_fit(make_embedder
     with warnings.catch_warnings():
         warnings.simplefilter("error", TruncationWarning)  # every chunk fits: nothing is cut
         embedder.encode_documents([c.text for c in chunks])
+
+
+def test_chunks_fit_when_the_prompt_repeats_the_text(make_embedder):
+    # echo feeds each chunk twice: a chunk sized for one copy would be cut to its first half, silently
+    # dropping the rest of the document from the index
+    single, echo = make_embedder(max_length=256), make_embedder(max_length=256, method="echo")
+    assert text_copies(single) == 1 and text_copies(echo) == 2
+    chunks = chunk_text(echo, LONG, title="Transcript 7", overlap=32)
+    assert len(chunks) > 1.7 * len(chunk_text(single, LONG, title="Transcript 7", overlap=32))
+    assert chunks[0].start == 0 and chunks[-1].end == len(LONG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)
+        echo.encode_documents([c.text for c in chunks])
 
 
 def test_too_small_window_is_an_error(make_embedder):
