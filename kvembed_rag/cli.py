@@ -385,14 +385,18 @@ def _method_list(text: str) -> list[str]:
     return methods
 
 
+def _check_sample(args: argparse.Namespace) -> None:
+    if args.sample and args.limit is None:
+        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval.cache import EmbeddingCache
     from .eval.harness import EvalOptions, format_table, plot_length_sweep, run_evaluation
 
     methods = _method_list(args.methods)
     lengths = _int_list(args.max_length, "--max-length")
-    if args.sample and args.limit is None:
-        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
+    _check_sample(args)
     for path in args.paths:
         if not Path(path).exists():
             raise UsageError(f"{path}: no such file or folder")
@@ -467,8 +471,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             windows = candidate_windows(base.num_layers, args.width or len(base.layers), args.stride)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-    if args.sample and args.limit is None:
-        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
+    _check_sample(args)
     options = EvalOptions(
         limit=args.limit, sample=args.sample, corpus_limit=args.corpus_limit, split=args.split, seed=args.seed
     )
