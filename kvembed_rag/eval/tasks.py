@@ -198,7 +198,7 @@ def _labelled_file(folder: Path, stem: str) -> Path | None:
 def _sample(data: LabelledTexts, limit: int | None, seed: int) -> LabelledTexts:
     if limit is None or limit >= len(data.texts):
         return data
-    keep = sorted(random.Random(seed).sample(range(len(data.texts)), limit))
+    keep = _pick(len(data.texts), limit, True, seed)
     return LabelledTexts([data.texts[i] for i in keep], [data.labels[i] for i in keep])
 
 
