@@ -17,7 +17,7 @@ import json
 import torch
 
 from kvembed_rag import KVEmbedder, attention
-from kvembed_rag.bench import _measure, _synthetic
+from kvembed_rag.eval.throughput import _measure, _synthetic
 from kvembed_rag.tokenization import EncodedText
 
 
@@ -75,14 +75,14 @@ def main() -> int:
     for length in (int(x) for x in args.lengths.split(",")):
         batch = max(1, args.batch_tokens // length)
         items = [_synthetic(length, int(embedder.model.config.vocab_size), False, seed) for seed in range(batch)]
-        ids, mask, _ = embedder._pad(items)
+        ids, mask, _ = embedder.collate(items)
 
         def plain(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
             with torch.inference_mode():
                 embedder.model(input_ids=ids, attention_mask=mask)
 
         def kv(items: list[EncodedText] = items) -> None:
-            embedder._forward(items)
+            embedder.embed_encoded(items)
 
         results: dict[str, tuple[float, float]] = {}
         for name, kernel, run in (

@@ -27,7 +27,7 @@ from kvembed_rag import KVEmbedder
 from kvembed_rag.eval.cache import EmbeddingCache
 from kvembed_rag.eval.learners import fit_predict_logistic
 from kvembed_rag.eval.metrics import accuracy, macro_f1
-from kvembed_rag.eval.runner import CachedEncoder, standardize_features
+from kvembed_rag.eval.scoring import CachedEncoder, standardize_features
 from kvembed_rag.eval.tasks import load_classification
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"

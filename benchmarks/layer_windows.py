@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from kvembed_rag import KVEmbedder
-from kvembed_rag.eval.runner import evaluate_retrieval, evaluate_sts
+from kvembed_rag.eval.scoring import evaluate_retrieval, evaluate_sts
 from kvembed_rag.eval.tasks import load_beir, load_sts
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -17,9 +17,9 @@ import time
 import ray
 
 from kvembed_rag import KVEmbedder
-from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import stdlib_documents
-from kvembed_rag.distributed import embed_dataset
+from kvembed_rag.retrieval.chunking import chunk_text
+from kvembed_rag.retrieval.distributed import embed_dataset
+from kvembed_rag.retrieval.documents import stdlib_documents
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore
 
-from kvembed_rag.eval.runner import score_rankings
+from kvembed_rag.eval.scoring import score_rankings
 from kvembed_rag.eval.tasks import load_beir
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from kvembed_rag import KVEmbedder, VectorIndex
-from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import EXAMPLE_MODULES, read_folder, stdlib_documents
+from kvembed_rag.retrieval.chunking import chunk_text
+from kvembed_rag.retrieval.documents import EXAMPLE_MODULES, read_folder, stdlib_documents
 
 QUESTIONS = [
     "How do I parse a JSON string into Python objects?",

@@ -16,8 +16,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore
 
-from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import EXAMPLE_MODULES, read_folder, stdlib_documents
+from kvembed_rag.retrieval.chunking import chunk_text
+from kvembed_rag.retrieval.documents import EXAMPLE_MODULES, read_folder, stdlib_documents
 
 PROMPT = ChatPromptTemplate.from_template(
     "Answer the question using only the context.\n\nContext:\n{context}\n\nQuestion: {question}\nAnswer:"
@@ -33,7 +33,7 @@ def local_llm(model: str, max_new_tokens: int = 64) -> RunnableLambda:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kvembed_rag.models import resolve
+    from kvembed_rag.loading import resolve
 
     location, _ = resolve(model)
     embeddings_tokenizer = KVEmbeddings(model=model).embedder.tokenizer

@@ -17,8 +17,8 @@ from llama_index.core.schema import TextNode
 from llama_index.embeddings.kvembed import KVEmbedding
 from llama_index.vector_stores.faiss import FaissVectorStore
 
-from kvembed_rag.chunking import chunk_text
-from kvembed_rag.corpus import EXAMPLE_MODULES, read_folder, stdlib_documents
+from kvembed_rag.retrieval.chunking import chunk_text
+from kvembed_rag.retrieval.documents import EXAMPLE_MODULES, read_folder, stdlib_documents
 
 
 def main() -> None:

@@ -5,22 +5,30 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attention import ReroutingPlan
-from .embedder import EmbeddingMemoryError, KVEmbedder, TruncationWarning, shared_embedder
+from .config import KVEmbedConfig
+from .embedder import KVEmbedder, shared_embedder
 from .errors import (
+    ConfigError,
+    EmbedderMismatchError,
+    EmbeddingMemoryError,
+    IndexCorruptError,
     KVEmbedError,
     ModelLoadError,
+    TruncationWarning,
     UnsupportedAttentionError,
     UnsupportedModelError,
 )
-from .index import EmbedderMismatchError, IndexCorruptError, VectorIndex
 from .methods import METHODS
 from .prompts import PromptTemplate
+from .retrieval.vector_index import VectorIndex
 
 __all__ = [
     "METHODS",
+    "ConfigError",
     "EmbedderMismatchError",
     "EmbeddingMemoryError",
     "IndexCorruptError",
+    "KVEmbedConfig",
     "KVEmbedError",
     "KVEmbedder",
     "ModelLoadError",

@@ -16,7 +16,8 @@ from typing import Any
 
 from . import __version__
 from .errors import KVEmbedError
-from .methods import METHODS, first_candidate_layer
+from .layer_selection import first_candidate_layer
+from .methods import METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -25,51 +26,77 @@ class UsageError(Exception):
     """Bad arguments or input files: exit code 2."""
 
 
+#: how each config option becomes a flag: (argparse type, extra keywords); options missing here are not flags
+_FLAG_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
+    "model": (str, {}),
+    "revision": (str, {}),
+    "method": (str, {"choices": list(METHODS)}),
+    "layers": (str, {}),
+    "bias": (float, {}),
+    "pooling": (str, {"choices": ["hybrid", "mean", "last"]}),
+    "prompts": (str, {"metavar": "JSON|TEMPLATE"}),
+    "max_length": (int, {}),
+    "batch_tokens": (int, {}),
+    "padding_side": (str, {"choices": ["left", "right"]}),
+    "device": (str, {}),
+    "dtype": (str, {}),
+    "attn_implementation": (str, {"choices": ["sdpa", "eager"]}),
+    "trust_remote_code": (None, {"action": "store_true"}),
+}
+
+
 def _model_options(parser: argparse.ArgumentParser, *, eval_mode: bool = False) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", default="default", help="'default' (Gemma-3-270M, offline), a hub id, a directory or a .gguf file"
-    )
-    if not eval_mode:  # eval and tune take --methods and a list of --max-length values instead
-        group.add_argument("--method", default="kv", choices=list(METHODS), help="embedding method (default: kv)")
-        group.add_argument(
-            "--max-length", type=int, default=None, help="tokens per input (default: 4096 or the model's limit)"
-        )
-    group.add_argument(
-        "--layers", default=None, help="re-routed layers, e.g. '3,4'; 'auto' (tuned, else ID), 'id' or 'default'"
-    )
-    group.add_argument(
-        "--bias", type=float, default=None, help="logit bias on the re-routed slot (default: tuned, else 1.0)"
-    )
-    group.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    group.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
-    group.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
+    """One flag per KVEmbedConfig option (help texts from the config); unset flags keep the config's default."""
+    from .config import field_names, option_default, option_help
+
+    group = parser.add_argument_group("embedder (see KVEmbedConfig)")
+    skip = {"method", "max_length"} if eval_mode else set()  # eval and tune take --methods and a --max-length list
+    for name in field_names():
+        if name not in _FLAG_TYPES or name in skip:
+            continue
+        kind, extra = _FLAG_TYPES[name]
+        default = option_default(name)
+        suffix = f" (default: {default})" if default not in (None, False) and "default" not in option_help(name) else ""
+        keywords: dict[str, Any] = {"help": option_help(name) + suffix, "default": None, **extra}
+        if kind is not None:
+            keywords["type"] = kind
+        if "action" in extra:
+            keywords.pop("default")
+        group.add_argument("--" + name.replace("_", "-"), dest=name, **keywords)
 
 
-def _parse_layers(text: str | None) -> list[int] | str | None:
-    if text is None or text in ("auto", "id", "default"):
-        return text
+def _prompts(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise UsageError(f"--prompts is not valid JSON ({exc}); give a JSON object or one template") from exc
+    return text
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The KVEmbedConfig that the parsed flags ask for (flags left unset keep the config's defaults)."""
+    from .config import KVEmbedConfig, coerce_config
+
+    options: dict[str, Any] = {}
+    for name in _FLAG_TYPES:
+        value = getattr(args, name, None)
+        if value is not None and value is not False:
+            options[name] = _prompts(value) if name == "prompts" else value
+    options["show_progress"] = not getattr(args, "quiet", False)
+    options.update(overrides)
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return coerce_config(KVEmbedConfig(), **options)
     except ValueError as exc:
-        raise UsageError(f"--layers must be comma-separated integers, 'auto' or 'default'; got {text!r}") from exc
+        raise UsageError(str(exc)) from exc
 
 
 def load_embedder(args: argparse.Namespace, **overrides: Any) -> Any:
-    from .embedder import DEFAULT_BATCH_TOKENS, KVEmbedder
+    from .embedder import KVEmbedder
 
-    options: dict[str, Any] = dict(
-        method=getattr(args, "method", "kv"),
-        layers=_parse_layers(args.layers),
-        bias=args.bias,
-        max_length=getattr(args, "max_length", None),
-        batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS,
-        device=args.device,
-        dtype=args.dtype,
-        show_progress=not getattr(args, "quiet", False),
-    )
-    options.update(overrides)
-    return KVEmbedder.from_pretrained(args.model, **options)
+    return KVEmbedder.from_pretrained(config_from_args(args, **overrides))
 
 
 def _read_texts(path: str | None) -> list[str]:
@@ -87,7 +114,7 @@ def _read_texts(path: str | None) -> list[str]:
             raise UsageError(f"{file}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
         source = str(file)
     if source.endswith(".jsonl"):
-        from .corpus import read_jsonl
+        from .retrieval.documents import read_jsonl
 
         try:
             return [document.text for document in read_jsonl(source)]
@@ -171,8 +198,8 @@ def _progress_bar(enabled: bool, total: int) -> tuple[Any, Callable[[int, int, i
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .corpus import read_sources
-    from .indexing import build_index
+    from .retrieval.documents import read_sources
+    from .retrieval.pipeline import build_index
 
     try:
         documents = read_sources(
@@ -187,13 +214,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         import tempfile
 
-        from .distributed import ray_encoder
-        from .indexing import embedder_options
+        from .retrieval.distributed import ray_encoder
 
-        options = embedder_options(embedder)
-        model = options.pop("model")
         encode = ray_encoder(
-            model, options, tempfile.mkdtemp(prefix="kvembed-ray-"), workers=args.workers, address=args.address
+            embedder.config.portable(),
+            tempfile.mkdtemp(prefix="kvembed-ray-"),
+            workers=args.workers,
+            address=args.address,
         )
         group_tokens = 1_000_000  # one cluster job per million tokens: checkpoints without per-job overhead
     bar, update = _progress_bar(not args.quiet and not args.json, len(documents))
@@ -234,8 +261,8 @@ def _print_hits(query: str, hits: list[Any], seconds: float) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import IndexCorruptError
-    from .indexing import load_for_search, search_documents
+    from .errors import IndexCorruptError
+    from .retrieval.pipeline import load_for_search, search_documents
 
     try:
         index, embedder = load_for_search(args.index, device=args.device, dtype=args.dtype)
@@ -270,9 +297,9 @@ DEMO_QUESTIONS = (
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .corpus import DEMO_MODULES, stdlib_documents
-    from .indexing import build_index, search_documents
-    from .models import cache_root
+    from ._io import cache_root
+    from .retrieval.documents import DEMO_MODULES, stdlib_documents
+    from .retrieval.pipeline import build_index, search_documents
 
     out = Path(args.out) if args.out else cache_root() / "demo-index" / args.method
     print("kvembed-rag demo: KV-Embedding over Python's own module documentation (pydoc), offline.")
@@ -294,7 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"index: {report.embedded} embedded, {report.skipped} reused from {out} "
         f"({report.tokens:,} tokens in {report.seconds:.1f} s)"
     )
-    from .index import VectorIndex
+    from .retrieval.vector_index import VectorIndex
 
     index = VectorIndex.load(out)
     for question in args.question or DEMO_QUESTIONS:
@@ -311,9 +338,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import PAPER_SHAPES, check_targets, placeholder_tokenizer, plot_rows, random_model, run_benchmark
     from .embedder import KVEmbedder
-    from .models import pick_device, pick_dtype
+    from .eval.throughput import (
+        PAPER_SHAPES,
+        check_targets,
+        placeholder_tokenizer,
+        plot_rows,
+        random_model,
+        run_benchmark,
+    )
+    from .loading import pick_device, pick_dtype
 
     lengths = _int_list(args.lengths, "--lengths") or []
     methods = _method_list(",".join(m for m in args.methods.split(",") if m.strip() != "plain"))
@@ -326,14 +360,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         label = f"{args.shape} (random weights)"
     else:
         base = load_embedder(args, layers="default", max_length=max(lengths) * 2 + 8)
-        label = str(args.model)
-    embedders = {
-        m: KVEmbedder(
-            base.model, base.tokenizer, method=m, layers=base.layers, source=base.source, max_length=base.max_length
-        )
-        for m in methods
-    }
-    batch_tokens = args.batch_tokens or 16_384
+        label = base.source.spec
+    embedders = {m: base.variant(method=m) for m in methods}
+    batch_tokens = base.batch_tokens
     rows = run_benchmark(embedders, lengths, batch_tokens=batch_tokens, repeats=args.repeats)
     device_name = torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu"
     meta = {
@@ -448,7 +477,8 @@ def _windows(text: str | None) -> list[list[int]] | None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .eval.cache import EmbeddingCache
     from .eval.harness import EvalOptions
-    from .tuning import candidate_windows, format_grid, tune, tuned_path
+    from .eval.tuning import candidate_windows, format_grid, tune
+    from .tuned import forget_tuned
 
     try:
         biases = [float(b) for b in args.biases.split(",") if b.strip()]
@@ -460,11 +490,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UsageError(f"--poolings takes hybrid, last and/or mean; got {args.poolings!r}")
     if not Path(args.path).exists():
         raise UsageError(f"{args.path}: no such file or folder")
-    base = load_embedder(args, method="kv", layers=_parse_layers(args.layers) or "id")
+    base = load_embedder(args, method="kv")
     if args.reset:
-        target = tuned_path(base)
-        target.unlink(missing_ok=True)
-        print(f"removed {target}; layers='auto' uses the intrinsic-dimension window again")
+        target = forget_tuned(base.source, base.num_layers)
+        print(f"removed {target}; layers='tuned' has nothing to use until the next 'kvembed-rag tune'")
         return EXIT_OK
     if windows is None:
         try:
@@ -500,7 +529,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     print(format_grid(result))
     if result.saved_to:
-        print(f"saved as this model's default (layers='auto', no --bias): {result.saved_to}")
+        print(f"saved as this model's tuned default: use it with --layers tuned (layers='tuned'): {result.saved_to}")
     return EXIT_OK
 
 
@@ -558,7 +587,8 @@ Vectors are cached per configuration (in the kvembed-rag cache), so adding a met
   kvembed-rag tune sts ../shared/data/stsb/dev.tsv --limit 300 --sample   # a random 300, all genres
   kvembed-rag tune retrieval my-beir-dev --windows "4,5;8,9;14,15" --biases 0,1,2,4 --json grid.json
   kvembed-rag tune sts dev.tsv --reset          # forget the tuned choice for this model
-The winner is saved as the model's default: embedders built with layers='auto' and no bias use it.""",
+The winner is saved in the store of tuned defaults: embedders built with layers='tuned' use its window (and its
+bias and pooling unless given); layers='auto' stays the intrinsic-dimension window on every machine.""",
     "info": """examples:
   kvembed-rag info
   kvembed-rag info --model ./my-llama --method prompteol --json""",

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,32 +17,25 @@ import torch
 
 from . import __version__
 from .attention import PLAN_KWARG, ReroutingPlan, build_plan, probe_dispatch, resolve_backend
-from .errors import KVEmbedError
-from .methods import (
-    MethodSpec,
-    default_window,
-    get_method,
-    token_prepending_layers,
-    validate_layers,
+from .config import (
+    DEFAULT_BIAS,
+    DEFAULT_MAX_LENGTH,
+    LOAD,
+    RUNTIME,
+    VECTORS,
+    KVEmbedConfig,
+    coerce_config,
+    field_names,
 )
-from .models import ModelSource, load_model, load_tokenizer, pick_device, pick_dtype, resolve
+from .errors import ConfigError, EmbeddingMemoryError, TruncationWarning
+from .layer_selection import default_window, validate_layers
+from .loading import ModelSource, load_model, load_tokenizer, pick_device, pick_dtype, resolve
+from .methods import MethodSpec, get_method, token_prepending_layers
 from .pooling import POOLINGS, pool
 from .prompts import PromptTemplate, Role
 from .tokenization import EncodedText, encode_text
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BIAS = 1.0  # logit bias on the re-routed slot unless given or tuned
-DEFAULT_BATCH_TOKENS = 16_384
-DEFAULT_MAX_LENGTH = 4096
-
-
-class TruncationWarning(UserWarning):
-    """Some inputs were longer than ``max_length`` and lost their tail."""
-
-
-class EmbeddingMemoryError(KVEmbedError, MemoryError):
-    """A single text does not fit in memory even in a batch of one."""
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -83,9 +76,10 @@ def _check_texts(texts: object) -> list[str]:
 class KVEmbedder:
     """Turn a frozen decoder-only LLM into a text embedder (KV-Embedding and its baselines).
 
-    Build one with :meth:`from_pretrained`. ``encode*`` return L2-normalised float32 arrays; a single string
-    gives shape ``(dim,)``, a list ``(n, dim)``. Calls from many threads are safe (one lock guards the
-    tokenizer and the model).
+    Build one with :meth:`from_pretrained` (options: :class:`~kvembed_rag.config.KVEmbedConfig`), or over an
+    already loaded transformers model with ``KVEmbedder(model, tokenizer, config)``. ``encode*`` return
+    L2-normalised float32 arrays; a single string gives shape ``(dim,)``, a list ``(n, dim)``. Calls from many
+    threads are safe (one lock per backbone guards the tokenizer and the model).
 
     Empty or whitespace-only strings are embedded like any other text: the prompt with nothing in its
     ``{text}`` slot. With a method that has no prompt (``last``, ``mean``) and a tokenizer that adds no
@@ -96,181 +90,143 @@ class KVEmbedder:
         self,
         model: torch.nn.Module,
         tokenizer: Any,
+        config: KVEmbedConfig | Mapping[str, Any] | None = None,
         *,
-        method: str = "kv",
-        layers: Sequence[int] | str | None = "auto",
-        bias: float | None = None,
-        pooling: str | None = None,
-        prompts: PromptTemplate | dict[str, str] | str | None = None,
-        max_length: int | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        padding_side: str | None = None,
         source: ModelSource | None = None,
-        show_progress: bool = False,
+        **options: Any,
     ) -> None:
+        """``config`` (or keyword options) is resolved against ``model`` first, then the embedder is built.
+
+        Resolution is complete before any attribute is set: ``layers="auto"`` runs its calibration pass on a
+        separate, fully built embedder with the default window (see :func:`resolve_config`).
+        """
+        model_config: Any = getattr(model, "config", None)
+        source = source or ModelSource(getattr(model_config, "_name_or_path", "") or type(model).__name__, "object", "")
+        if config is None and "model" not in options:
+            options["model"] = source.spec or "object"
+        requested = coerce_config(config, **options)
+        if requested.is_resolved:
+            resolved, provenance, selection = check_resolved(model, tokenizer, requested), None, None
+        else:
+            resolved, provenance, selection = resolve_config(model, tokenizer, requested, source=source)
         self.model: Any = model  # a transformers PreTrainedModel (typed loosely: its config is dynamic)
         self.tokenizer = tokenizer
-        config: Any = getattr(model, "config", None)
-        self.num_layers = int(config.num_hidden_layers)
-        self.spec: MethodSpec = get_method(method)
-        self.method = self.spec.name
-        self.layer_selection: Any = None  # a LayerSelection when layers="auto" chose them
-        self.bias = DEFAULT_BIAS if bias is None else float(bias)
-        self.tuned: dict[str, Any] | None = None  # the saved `kvembed-rag tune` winner, when layers="auto" used it
-        self.pooling = pooling or self.spec.pooling
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}; got {self.pooling!r}")
-        self.prompts = PromptTemplate.coerce(prompts, self.spec.prompts)
-        model_max = getattr(config, "max_position_embeddings", None)
-        if max_length is None:
-            max_length = min(DEFAULT_MAX_LENGTH, model_max) if isinstance(model_max, int) else DEFAULT_MAX_LENGTH
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_length must be a positive int; got {max_length!r}")
-        if isinstance(model_max, int) and max_length > model_max:
-            raise ValueError(
-                f"max_length={max_length} exceeds the model's max_position_embeddings={model_max}; "
-                f"pass max_length<={model_max}"
-            )
-        self.max_length = max_length
-        if not isinstance(batch_tokens, int) or batch_tokens < 1:
-            raise ValueError(f"batch_tokens must be a positive int; got {batch_tokens!r}")
-        self.batch_tokens = batch_tokens
-        self.padding_side = padding_side or getattr(tokenizer, "padding_side", "right") or "right"
-        if self.padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right'; got {self.padding_side!r}")
-        self.source = source or ModelSource(getattr(config, "_name_or_path", "") or type(model).__name__, "object", "")
-        self.show_progress = show_progress
-        self.pad_id = next(
-            (
-                v
-                for v in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
-                if isinstance(v, int)
-            ),
-            0,
-        )
+        self.source = source
+        self.config: KVEmbedConfig = resolved
+        self.num_layers = int(model_config.num_hidden_layers)
+        self.spec: MethodSpec = get_method(resolved.method)
+        #: how each resolved option was chosen ("given", "method", "model", "intrinsic-dimension", "tuned" ...)
+        self.provenance: dict[str, str] = provenance or {name: "given" for name in ("layers", "bias", "pooling")}
+        self.layer_selection: Any = selection  # the LayerSelection when layers="auto" chose the window
+        self.pad_id = _pad_id(tokenizer)
         self._tp_layers = token_prepending_layers(self.num_layers) if self.spec.token_prepending else []
         self._placeholder_id = next(
             (v for v in (getattr(tokenizer, "unk_token_id", None), self.pad_id) if isinstance(v, int)), 0
         )
         self._decoder = _decoder_layers(model, self.num_layers)
-        # one lock per model, not per embedder: embedders built over the same backbone (other methods, the
-        # benchmark) must not run forwards, token-prepending hooks or the tokenizer concurrently
-        lock = getattr(model, "_kvembed_lock", None)
-        if lock is None:
-            lock = threading.RLock()
-            vars(model)["_kvembed_lock"] = lock
-        self._lock = lock
+        self._lock = backbone_lock(model)
         for role in ("document", "query"):
             self.tokenize([""], role)  # fail now, not mid-corpus, if the prompt alone exceeds max_length
-        self.layers = default_window(self.num_layers)  # placeholder while "auto" runs its calibration pass
-        self.layers = self._resolve_layers(layers)
-        if self.tuned is not None and bias is None:
-            self.bias = float(self.tuned["bias"])
-        if self.tuned is not None and pooling is None and self.tuned.get("pooling") in POOLINGS:
-            self.pooling = str(self.tuned["pooling"])
 
-    def _resolve_layers(self, layers: Sequence[int] | str | None) -> list[int]:
-        """'auto': the tuned window if `kvembed-rag tune` saved one, else the ID-minimum window (cached);
-        'id': the ID-minimum window; 'default': the 20%-depth window; or an explicit, validated list."""
-        if layers is None or layers in ("auto", "id"):
-            if not self.spec.reroute:  # only kv re-routes: do not spend a calibration pass on other methods
-                return default_window(self.num_layers)
-            from .layer_selection import select_layers
-            from .tuning import load_tuned
+    # ------------------------------------------------------------------ resolved options (read-only views)
+    @property
+    def method(self) -> str:
+        return self.config.method
 
-            self.tuned = load_tuned(self) if layers != "id" else None
-            if self.tuned is not None:  # `kvembed-rag tune` chose a window (and bias) for this model
-                return list(self.tuned["layers"])
+    @property
+    def layers(self) -> list[int]:
+        """The re-routed layers (for methods that do not re-route: the window they would carry to ``kv``)."""
+        assert isinstance(self.config.layers, tuple)
+        return list(self.config.layers)
 
-            self.layer_selection = select_layers(self)
-            return list(self.layer_selection.layers)
-        if layers == "default":
-            return default_window(self.num_layers)
-        if isinstance(layers, str):
-            raise ValueError(f"layers must be 'auto', 'id', 'default' or a list of layer indices; got {layers!r}")
-        return validate_layers(layers, self.num_layers)
+    @property
+    def bias(self) -> float:
+        assert self.config.bias is not None
+        return self.config.bias
+
+    @property
+    def pooling(self) -> str:
+        assert self.config.pooling is not None
+        return self.config.pooling
+
+    @property
+    def prompts(self) -> PromptTemplate:
+        assert self.config.prompts is not None
+        return self.config.prompts
+
+    @property
+    def max_length(self) -> int:
+        assert self.config.max_length is not None
+        return self.config.max_length
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.config.batch_tokens
+
+    @property
+    def padding_side(self) -> str:
+        assert self.config.padding_side is not None
+        return self.config.padding_side
+
+    @property
+    def show_progress(self) -> bool:
+        return self.config.show_progress
+
+    @property
+    def tuned(self) -> bool:
+        """True when the window came from the store of tuned defaults (``layers="tuned"``)."""
+        return self.provenance.get("layers") == "tuned"
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str | os.PathLike[str] = "default",
-        *,
-        method: str = "kv",
-        layers: Sequence[int] | str | None = "auto",
-        bias: float | None = None,
-        pooling: str | None = None,
-        prompts: PromptTemplate | dict[str, str] | str | None = None,
-        max_length: int | None = None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        attn_implementation: str = "sdpa",
-        padding_side: str | None = None,
-        revision: str | None = None,
-        trust_remote_code: bool = False,
-        show_progress: bool = False,
-    ) -> KVEmbedder:
+    def from_pretrained(cls, model: str | os.PathLike[str] | KVEmbedConfig = "default", **options: Any) -> KVEmbedder:
         """Load ``model`` (``"default"``, a hub id, a local directory or a ``.gguf`` file) as an embedder.
 
-        ``attn_implementation`` is ``"sdpa"`` (fast) or ``"eager"`` (reference); flash and flex kernels are
-        refused because they have no place for the prefix slot's bias. ``trust_remote_code`` stays off
-        unless you turn it on.
+        ``options`` are the fields of :class:`~kvembed_rag.config.KVEmbedConfig` (``method``, ``layers``,
+        ``bias``, ``pooling``, ``prompts``, ``max_length``, ``device``, ``dtype``, ...); ``model`` may also be a
+        whole ``KVEmbedConfig``. ``attn_implementation`` is ``"sdpa"`` (fast) or ``"eager"`` (reference); flash
+        and flex kernels are refused because they have no place for the prefix slot's bias.
         """
-        backend = resolve_backend(attn_implementation)
-        location, source = resolve(model, revision=revision, trust_remote_code=trust_remote_code)
-        torch_device = pick_device(device)
-        torch_dtype = pick_dtype(dtype, torch_device)
-        tokenizer = load_tokenizer(location, revision=revision, trust_remote_code=trust_remote_code)
+        if isinstance(model, KVEmbedConfig):
+            config = coerce_config(model, **options)
+        else:
+            config = coerce_config(None, model=os.fspath(model), **options)
+        backend = resolve_backend(config.attn_implementation)
+        location, source = resolve(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
+        torch_device = pick_device(config.device)
+        torch_dtype = pick_dtype(config.dtype, torch_device)
+        tokenizer = load_tokenizer(location, revision=config.revision, trust_remote_code=config.trust_remote_code)
         backbone = load_model(
             location,
             attn_implementation=backend,
             device=torch_device,
             dtype=torch_dtype,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
             safetensors_only=source.kind in ("default", "gguf"),
         )
         probe_dispatch(backbone, int(getattr(backbone.config, "num_hidden_layers", 0)))
-        return cls(
-            backbone,
-            tokenizer,
-            method=method,
-            layers=layers,
-            bias=bias,
-            pooling=pooling,
-            prompts=prompts,
-            max_length=max_length,
-            batch_tokens=batch_tokens,
-            padding_side=padding_side,
-            source=source,
-            show_progress=show_progress,
-        )
+        return cls(backbone, tokenizer, config, source=source)
 
     def variant(self, **changes: Any) -> KVEmbedder:
         """A new embedder over the same loaded backbone with some options changed (no reload).
 
-        ``changes`` are constructor options (``method``, ``layers``, ``bias``, ``pooling``, ``prompts``,
-        ``max_length``, ``batch_tokens``, ``padding_side``, ``show_progress``). A method change resets the
-        pooling and prompts to that method's own unless they are given too; the re-routed layers carry over.
+        ``changes`` are options of the ``vectors`` and ``runtime`` groups of the config. A method change resets
+        the pooling and prompts to that method's own unless they are given too; the layer window carries over.
         """
-        unknown = set(changes) - _VARIANT_OPTIONS
+        fixed = set(changes) & set(field_names(LOAD))
+        if fixed:
+            raise TypeError(
+                f"variant() cannot change {sorted(fixed)} (they load the backbone): use from_pretrained; it can "
+                f"change {sorted(field_names(VECTORS) + field_names(RUNTIME))}"
+            )
+        unknown = set(changes) - set(field_names())
         if unknown:
-            raise TypeError(f"variant() cannot change {sorted(unknown)}; it can change {sorted(_VARIANT_OPTIONS)}")
-        method_changed = "method" in changes and get_method(changes["method"]).name != self.method
-        options: dict[str, Any] = dict(
-            method=self.method,
-            layers=self.layers,
-            bias=self.bias,
-            pooling=None if method_changed else self.pooling,
-            prompts=None if method_changed else self.prompts,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            padding_side=self.padding_side,
-            show_progress=self.show_progress,
-        )
-        options.update(changes)
-        return KVEmbedder(self.model, self.tokenizer, source=self.source, **options)
+            raise TypeError(f"variant() got unknown options {sorted(unknown)}; options are {', '.join(field_names())}")
+        base = self.config
+        if "method" in changes and get_method(changes["method"]).name != self.method:
+            base = base.replace(pooling=None, prompts=None)
+        return KVEmbedder(self.model, self.tokenizer, base.replace(**changes), source=self.source)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -287,7 +243,11 @@ class KVEmbedder:
         return next(self.model.parameters()).dtype
 
     def describe(self) -> dict[str, Any]:
-        """Everything that determines the vectors, JSON-serialisable (recorded in indexes and caches)."""
+        """Everything that determines the vectors, JSON-serialisable (recorded in indexes and caches).
+
+        ``provenance`` says how each resolved option was chosen; ``config`` is the resolved configuration
+        (``KVEmbedConfig.from_dict(describe()["config"])`` rebuilds the same embedder on any machine).
+        """
         config: Any = self.model.config
         return {
             "package": "kvembed-rag",
@@ -305,14 +265,17 @@ class KVEmbedder:
             "pooling": self.pooling,
             "prompts": self.prompts.to_dict(),
             "max_length": self.max_length,
+            "provenance": dict(self.provenance),
+            "config": self.config.portable().to_dict(),
         }
 
     to_dict = describe
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of :meth:`describe` minus the package version: equal fingerprints, comparable vectors."""
-        payload = {k: v for k, v in self.describe().items() if k != "version"}
+        """A short hash of what determines the vectors (:meth:`describe` without the package version, the
+        provenance and the runtime settings): equal fingerprints, comparable vectors."""
+        payload = {k: v for k, v in self.describe().items() if k not in _NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -361,7 +324,14 @@ class KVEmbedder:
                 )
                 for text in texts
             ]
-        if reserve:
+        return self.insert_placeholder(encoded) if reserve else encoded
+
+    def insert_placeholder(self, encoded: list[EncodedText]) -> list[EncodedText]:
+        """Token-prepending: put the placeholder token before each text (in place; other methods: unchanged).
+
+        :meth:`tokenize` already does this; call it for ``EncodedText`` built another way (benchmarks).
+        """
+        if self.spec.token_prepending:
             for item in encoded:
                 item.ids.insert(item.text_start, self._placeholder_id)
                 item.pool_end += 1
@@ -374,7 +344,7 @@ class KVEmbedder:
         out = np.empty((self.num_layers, len(items), self.dim), dtype=np.float32)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
         for batch in _token_batches(order, [len(e.ids) for e in encoded], self.batch_tokens):
-            ids, mask, _ = self._pad([encoded[i] for i in batch])
+            ids, mask, _ = self.collate([encoded[i] for i in batch])
             ids, mask = ids.to(self.device), mask.to(self.device)
             plan = build_plan(mask, layers=(), bias=self.bias)
             assert plan.last_index is not None
@@ -423,7 +393,7 @@ class KVEmbedder:
     def _forward_splitting(self, batch: list[int], encoded: list[EncodedText]) -> np.ndarray:
         """Forward a batch; on out-of-memory, halve it and retry, down to one text, then name that text."""
         try:
-            return self._forward([encoded[i] for i in batch])
+            return self.embed_encoded([encoded[i] for i in batch])
         except (MemoryError, RuntimeError) as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -457,7 +427,7 @@ class KVEmbedder:
             logger.warning(message)
             warnings.warn(message, TruncationWarning, stacklevel=4)
 
-    def _pad(self, batch: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def collate(self, batch: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, T)`` ids, ``(B, T)`` padding mask and ``(B, T)`` pooling mask, padded on ``padding_side``."""
         width = max(len(e.ids) for e in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -470,8 +440,12 @@ class KVEmbedder:
             pool_mask[row, offset + item.pool_start : offset + item.pool_end] = True
         return ids, mask, pool_mask
 
-    def _forward(self, batch: list[EncodedText]) -> np.ndarray:
-        ids, mask, pool_mask = self._pad(batch)
+    def embed_encoded(self, batch: list[EncodedText]) -> np.ndarray:
+        """One forward pass over already tokenized inputs (from :meth:`tokenize`): ``(B, dim)`` unit vectors.
+
+        No batching, sorting or out-of-memory splitting: :meth:`encode` does that; benchmarks time this.
+        """
+        ids, mask, pool_mask = self.collate(batch)
         device = self.device
         ids, mask, pool_mask = ids.to(device), mask.to(device), pool_mask.to(device)
         # positions count real tokens only, so a left-padded row sees the same RoPE phases as alone
@@ -521,26 +495,143 @@ class KVEmbedder:
                 handle.remove()
 
 
-#: from_pretrained options the framework adapters expose as plain fields (besides the model itself)
-ADAPTER_OPTIONS = ("method", "layers", "bias", "pooling", "prompts", "max_length", "batch_tokens", "device", "dtype")
+#: describe() keys left out of the fingerprint: they do not change the vectors
+_NOT_FINGERPRINTED = ("version", "provenance", "config")
 
-_VARIANT_OPTIONS = {*ADAPTER_OPTIONS, "padding_side", "show_progress"} - {"device", "dtype"}
+#: the config options the framework adapters expose as plain fields (besides the model itself)
+ADAPTER_OPTIONS: tuple[str, ...] = tuple(
+    name for name in field_names() if name not in ("model", "revision", "trust_remote_code", "attn_implementation")
+)
 
 _SHARED: dict[str, KVEmbedder] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_embedder(model: str | os.PathLike[str] = "default", **options: Any) -> KVEmbedder:
-    """One loaded :class:`KVEmbedder` per (model, options) per process, reused by every adapter instance.
+def shared_embedder(model: str | os.PathLike[str] | KVEmbedConfig = "default", **options: Any) -> KVEmbedder:
+    """One loaded :class:`KVEmbedder` per configuration per process, reused by every adapter instance.
 
     Framework adapters are constructed often (per chain, per worker, after unpickling); loading a model
     each time would cost seconds and memory. The embedder is thread-safe, so sharing it is too.
     """
-    key = json.dumps({"model": os.fspath(model), **options}, sort_keys=True, default=repr)
+    if isinstance(model, KVEmbedConfig):
+        config = coerce_config(model, **options)
+    else:
+        config = coerce_config(None, model=os.fspath(model), **options)
+    key = json.dumps(config.to_dict(), sort_keys=True)
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = KVEmbedder.from_pretrained(model, **options)
+            _SHARED[key] = KVEmbedder.from_pretrained(config)
         return _SHARED[key]
+
+
+def backbone_lock(model: torch.nn.Module) -> threading.RLock:
+    """The one lock of a loaded backbone, shared by every embedder built over it.
+
+    Embedders over the same model (other methods, the benchmark) must not run forwards, token-prepending
+    hooks or the (not thread-safe) fast tokenizer concurrently.
+    """
+    lock = getattr(model, "_kvembed_lock", None)
+    if lock is None:
+        lock = threading.RLock()
+        vars(model)["_kvembed_lock"] = lock
+    return lock
+
+
+def _pad_id(tokenizer: Any) -> int:
+    candidates = (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
+    return next((v for v in candidates if isinstance(v, int)), 0)
+
+
+def check_resolved(model: torch.nn.Module, tokenizer: Any, config: KVEmbedConfig) -> KVEmbedConfig:
+    """Validate a resolved config against the model (layer indices, max_length); returns it normalised."""
+    model_config: Any = getattr(model, "config", None)
+    num_layers = int(model_config.num_hidden_layers)
+    assert isinstance(config.layers, tuple)
+    layers = validate_layers(list(config.layers), num_layers) if config.layers else []
+    _check_max_length(config.max_length, model_config)
+    return config.replace(layers=tuple(layers))
+
+
+def _check_max_length(max_length: int | None, model_config: Any) -> None:
+    model_max = getattr(model_config, "max_position_embeddings", None)
+    if isinstance(model_max, int) and max_length is not None and max_length > model_max:
+        raise ConfigError(
+            f"max_length={max_length} exceeds the model's max_position_embeddings={model_max}; "
+            f"pass max_length<={model_max}"
+        )
+
+
+def resolve_config(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: KVEmbedConfig,
+    *,
+    source: ModelSource,
+) -> tuple[KVEmbedConfig, dict[str, str], Any]:
+    """Resolve every ``None`` / rule option of ``config`` against a loaded model, before an embedder exists.
+
+    Returns the resolved config, how each of ``layers``, ``bias`` and ``pooling`` was chosen, and the
+    ``LayerSelection`` when the intrinsic-dimension rule ran. ``layers="auto"`` runs the shipped calibration
+    texts through a separate embedder with the default window (or reads the cached / shipped selection);
+    ``layers="tuned"`` reads the store of tuned defaults and fails if ``kvembed-rag tune`` saved nothing.
+    """
+    model_config: Any = getattr(model, "config", None)
+    num_layers = int(model_config.num_hidden_layers)
+    spec = get_method(config.method)
+    provenance = {"layers": "given", "bias": "given", "pooling": "given"}
+    model_max = getattr(model_config, "max_position_embeddings", None)
+    max_length = config.max_length
+    if max_length is None:
+        max_length = min(DEFAULT_MAX_LENGTH, model_max) if isinstance(model_max, int) else DEFAULT_MAX_LENGTH
+    _check_max_length(max_length, model_config)
+    padding_side = config.padding_side or getattr(tokenizer, "padding_side", "right") or "right"
+    cheap = config.replace(
+        max_length=max_length,
+        padding_side=padding_side,
+        pooling=config.pooling or spec.pooling,
+        prompts=config.prompts or spec.prompts,
+        bias=DEFAULT_BIAS if config.bias is None else config.bias,
+    )
+    if config.pooling is None:
+        provenance["pooling"] = "method"
+    if config.bias is None:
+        provenance["bias"] = "default"
+    selection: Any = None
+    layers = config.layers
+    if layers == "default" or (layers == "auto" and not spec.reroute):
+        # only kv re-routes: do not spend a calibration pass on a window other methods never use
+        window = default_window(num_layers)
+        provenance["layers"] = "default-window"
+    elif layers == "auto":
+        from .layer_selection import select_layers
+
+        calibrating = KVEmbedder(
+            model, tokenizer, cheap.replace(layers=tuple(default_window(num_layers))), source=source
+        )
+        selection = select_layers(calibrating)
+        window = list(selection.layers)
+        provenance["layers"] = "intrinsic-dimension"
+    elif layers == "tuned":
+        from .tuned import load_tuned, tuned_path
+
+        tuned = load_tuned(source, num_layers)
+        if tuned is None:
+            raise ConfigError(
+                f"layers='tuned' but no tuned configuration is saved for {source.spec!r} at "
+                f"{tuned_path(source, num_layers)}; run 'kvembed-rag tune' first, or use layers='auto'"
+            )
+        window = list(tuned["layers"])
+        provenance["layers"] = "tuned"
+        if config.bias is None:
+            cheap = cheap.replace(bias=float(tuned["bias"]))
+            provenance["bias"] = "tuned"
+        if config.pooling is None and tuned.get("pooling") in POOLINGS:
+            cheap = cheap.replace(pooling=str(tuned["pooling"]))
+            provenance["pooling"] = "tuned"
+    else:
+        assert isinstance(layers, tuple)
+        window = validate_layers(list(layers), num_layers)
+    return cheap.replace(layers=tuple(window)), provenance, selection
 
 
 def _token_batches(order: list[int], lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
@@ -558,4 +649,4 @@ def _token_batches(order: list[int], lengths: list[int], batch_tokens: int) -> I
         yield batch
 
 
-__all__ = ["KVEmbedder", "ReroutingPlan", "TruncationWarning"]
+__all__ = ["KVEmbedder", "ReroutingPlan", "TruncationWarning", "resolve_config", "shared_embedder"]

@@ -1,8 +1,6 @@
-"""Exceptions raised by kvembed-rag. Each message says what was wrong and what to do."""
+"""Every exception and warning kvembed-rag raises on purpose. Each message says what was wrong and what to do."""
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class KVEmbedError(Exception):
@@ -21,10 +19,25 @@ class ModelLoadError(KVEmbedError):
     """A model specification could not be resolved to weights and a tokenizer."""
 
 
-def require_matplotlib() -> Any:
-    """matplotlib, or a KVEmbedError that says how to get it (plots are optional)."""
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise KVEmbedError("drawing a plot needs matplotlib: pip install matplotlib (or kvembed-rag[test])") from exc
-    return matplotlib
+class ConfigError(KVEmbedError, ValueError):
+    """An option of :class:`~kvembed_rag.config.KVEmbedConfig` is invalid (the message names it)."""
+
+
+class EmbeddingMemoryError(KVEmbedError, MemoryError):
+    """A single text does not fit in memory even in a batch of one."""
+
+
+class IndexCorruptError(KVEmbedError):
+    """An index directory is missing files, fails its checksums or does not add up."""
+
+
+class EmbedderMismatchError(KVEmbedError, ValueError):
+    """The index (or a statistics file) was made by a different embedder than the one using it."""
+
+
+class TruncationWarning(UserWarning):
+    """Some inputs were longer than ``max_length`` and lost their tail."""
+
+
+class KVEmbedDeprecationWarning(DeprecationWarning):
+    """A name or module path that still works but will be removed; the message names its replacement."""

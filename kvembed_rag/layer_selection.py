@@ -6,7 +6,7 @@ The first 20% of the layers are skipped, the layer of minimum ID is found, and r
 and in the next floor(0.1 L) layers (clipped at the last layer).
 
 Determinism: IDs are compared after rounding to 1e-6 relative, and ties go to the earliest layer, so a
-flat curve selects the first candidate layer (the same window as ``methods.default_window``). Layers
+flat curve selects the first candidate layer (the same window as :func:`default_window`). Layers
 whose ID cannot be estimated (NaN: too few distinct points) are never chosen; if none can be, the default
 window is used with a warning.
 """
@@ -17,8 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -27,13 +25,47 @@ from typing import Any
 
 import numpy as np
 
-from .methods import default_window, first_candidate_layer
-from .models import cache_root
+from ._io import cache_root, write_json_atomically
+from .errors import ConfigError
+from .plotting import require_matplotlib
 
 logger = logging.getLogger(__name__)
 
 #: bump when the estimator, the rule or the preprocessing change, so cached selections are recomputed
 RULE_VERSION = 1
+
+
+def first_candidate_layer(num_layers: int) -> int:
+    """The first layer at or past 20% of the depth (the first 20% are never re-routed)."""
+    if num_layers < 1:
+        raise ValueError(f"a model needs at least one layer; got {num_layers}")
+    return min(math.ceil(0.2 * num_layers), num_layers - 1)
+
+
+def default_window(num_layers: int) -> list[int]:
+    """The fallback re-routing window: starts at 20% of the depth, floor(0.1 L) + 1 layers long."""
+    start = first_candidate_layer(num_layers)
+    length = num_layers // 10 + 1
+    return list(range(start, min(start + length, num_layers)))
+
+
+def validate_layers(layers: object, num_layers: int) -> list[int]:
+    """Explicit layers: a list of distinct ints in ``[0, num_layers)``, sorted."""
+    if isinstance(layers, int):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple, range, set, frozenset)):
+        raise TypeError(f"layers must be 'auto', 'default' or a list of layer indices; got {type(layers).__name__}")
+    result: list[int] = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer indices must be ints; got {layer!r}")
+        index = layer + num_layers if layer < 0 else layer
+        if not 0 <= index < num_layers:
+            raise ConfigError(
+                f"layer {layer} is out of range for a model with {num_layers} layers (0..{num_layers - 1})"
+            )
+        result.append(index)
+    return sorted(set(result))
 
 
 def twonn(points: np.ndarray, discard_fraction: float = 0.1) -> float:
@@ -208,28 +240,11 @@ def select_layers(
     return selection
 
 
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def plot_curve(selection: LayerSelection, path: str | Path, title: str = "") -> None:
     """Draw the ID curve with the skipped layers greyed and the chosen window highlighted."""
-    try:
-        import matplotlib
+    require_matplotlib()
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - optional
-        raise ImportError("plotting needs matplotlib: pip install matplotlib") from exc
     layers = list(range(selection.num_layers))
     values = [v if math.isfinite(v) else np.nan for v in selection.curve]
     fig, ax = plt.subplots(figsize=(7, 3.6))

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .prompts import ECHO_PROMPTS, KV_PROMPTS, PLAIN, PROMPTEOL, PromptTemplate
@@ -58,39 +57,6 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[key]
 
 
-def first_candidate_layer(num_layers: int) -> int:
-    """The first layer at or past 20% of the depth (the first 20% are never re-routed)."""
-    if num_layers < 1:
-        raise ValueError(f"a model needs at least one layer; got {num_layers}")
-    return min(math.ceil(0.2 * num_layers), num_layers - 1)
-
-
-def default_window(num_layers: int) -> list[int]:
-    """The fallback re-routing window: starts at 20% of the depth, floor(0.1 L) + 1 layers long."""
-    start = first_candidate_layer(num_layers)
-    length = num_layers // 10 + 1
-    return list(range(start, min(start + length, num_layers)))
-
-
 def token_prepending_layers(num_layers: int) -> list[int]:
     """Layers at whose input the placeholder is overwritten: 1 .. floor(L/4) (the paper's early layers)."""
     return list(range(1, max(2, num_layers // 4 + 1)))
-
-
-def validate_layers(layers: object, num_layers: int) -> list[int]:
-    """Explicit layers: a list of distinct ints in ``[0, num_layers)``, sorted."""
-    if isinstance(layers, int):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple, range, set, frozenset)):
-        raise TypeError(f"layers must be 'auto', 'default' or a list of layer indices; got {type(layers).__name__}")
-    result: list[int] = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int):
-            raise TypeError(f"layer indices must be ints; got {layer!r}")
-        index = layer + num_layers if layer < 0 else layer
-        if not 0 <= index < num_layers:
-            raise ValueError(
-                f"layer {layer} is out of range for a model with {num_layers} layers (0..{num_layers - 1})"
-            )
-        result.append(index)
-    return sorted(set(result))

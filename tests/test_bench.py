@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kvembed_rag.bench import BenchRow, check_targets
 from kvembed_rag.cli import main
+from kvembed_rag.eval.throughput import BenchRow, check_targets
 
 
 def test_bench_writes_rows_targets_and_plot(checkpoints, tmp_path, capsys):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from kvembed_rag import TruncationWarning
-from kvembed_rag.chunking import chunk_text, text_copies
-from kvembed_rag.corpus import read_folder, stdlib_documents
+from kvembed_rag.retrieval.chunking import chunk_text, text_copies
+from kvembed_rag.retrieval.documents import read_folder, stdlib_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = " ".join(f"Sentence {i} talks about retrieval, vectors and long meeting transcripts." for i in range(120))

@@ -38,7 +38,7 @@ def test_embed_jsonl_roundtrip(checkpoints, tmp_path):
     ("argv", "code", "message"),
     [
         (["embed", "--input", "/nonexistent/file.txt"], 2, "no such file"),
-        (["embed", "--text", "x", "--layers", "a,b"], 2, "--layers"),
+        (["embed", "--text", "x", "--layers", "a,b"], 2, "layers must be"),
         (["embed", "--text", "x", "--out", "v.csv"], 2, ".npy or .jsonl"),
         (["frobnicate"], 2, ""),
     ],

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kvembed_rag.cli import main
-from kvembed_rag.corpus import SourceDocument
-from kvembed_rag.index import VectorIndex
-from kvembed_rag.indexing import build_index, search_documents
+from kvembed_rag.retrieval.documents import SourceDocument
+from kvembed_rag.retrieval.pipeline import build_index, search_documents
+from kvembed_rag.retrieval.vector_index import VectorIndex
 
 LONG = " ".join(f"Paragraph {i}: the committee discussed the budget for remote controls." for i in range(60))
 

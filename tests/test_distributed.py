@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 from kvembed_rag import KVEmbedder  # noqa: E402
-from kvembed_rag.distributed import embed_dataset, index_from_shards, read_shards  # noqa: E402
+from kvembed_rag.retrieval.distributed import embed_dataset, index_from_shards, read_shards  # noqa: E402
 
 pytestmark = pytest.mark.enable_socket  # Ray's processes talk over 127.0.0.1 only
 
@@ -110,7 +110,7 @@ def test_rows_need_id_and_text(local_cluster, tmp_path, checkpoints):
 
 def test_index_command_with_the_ray_engine(local_cluster, corpus, checkpoints, tmp_path, capsys):
     from kvembed_rag.cli import main
-    from kvembed_rag.index import VectorIndex
+    from kvembed_rag.retrieval.vector_index import VectorIndex
 
     path, rows = corpus
     argv = [

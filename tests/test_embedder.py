@@ -10,7 +10,7 @@ import pytest
 
 from kvembed_rag import KVEmbedder, TruncationWarning, UnsupportedAttentionError, UnsupportedModelError
 from kvembed_rag.attention import resolve_backend
-from kvembed_rag.methods import default_window, validate_layers
+from kvembed_rag.layer_selection import default_window, validate_layers
 
 
 def test_shapes_dtype_and_norm(make_embedder):

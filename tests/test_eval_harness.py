@@ -13,7 +13,7 @@ from kvembed_rag.eval.cache import EmbeddingCache
 from kvembed_rag.eval.harness import EvalOptions, format_table, run_evaluation
 from kvembed_rag.eval.learners import fit_predict_logistic, kmeans
 from kvembed_rag.eval.metrics import accuracy, macro_f1, v_measure
-from kvembed_rag.eval.runner import evaluate_classification, rank_by_best_chunk, standardize_features
+from kvembed_rag.eval.scoring import evaluate_classification, rank_by_best_chunk, standardize_features
 from kvembed_rag.eval.tasks import BeirTask, LabelledTexts, load_classification, load_clustering, load_loco
 
 WORDS = [

@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from kvembed_rag.index import EmbedderMismatchError, IndexCorruptError, VectorIndex, check_compatible
+from kvembed_rag.retrieval.vector_index import EmbedderMismatchError, IndexCorruptError, VectorIndex, check_compatible
 
 DIM = 8
 
@@ -146,16 +146,16 @@ def test_save_load_round_trip(index, tmp_path):
 def test_crash_during_save_keeps_the_previous_index(index, tmp_path, monkeypatch):
     folder = index.save(tmp_path / "idx")
     index.upsert(["new"], _vectors(1, seed=8))
-    import kvembed_rag.index as module
+    import kvembed_rag.retrieval.vector_index as module
 
-    real = module._atomic_write
+    real = module.write_bytes_atomically
 
-    def dying(path, data):
+    def dying(path, data, **kwargs):
         if path.name == "manifest.json":
             raise KeyboardInterrupt("killed mid-save")
-        real(path, data)
+        real(path, data, **kwargs)
 
-    monkeypatch.setattr(module, "_atomic_write", dying)
+    monkeypatch.setattr(module, "write_bytes_atomically", dying)
     with pytest.raises(KeyboardInterrupt):
         index.save(folder)
     monkeypatch.undo()

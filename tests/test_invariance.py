@@ -59,7 +59,7 @@ def _load(path, attn):
 def _batch(make_embedder, arch):
     embedder = make_embedder(arch, padding_side="left")
     encoded = embedder.tokenize(TEXTS)
-    ids, mask, _ = embedder._pad(encoded)
+    ids, mask, _ = embedder.collate(encoded)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     return ids, mask, positions
 

@@ -12,11 +12,11 @@ from kvembed_rag import KVEmbedder
 from kvembed_rag.cli import main
 from kvembed_rag.layer_selection import (
     choose_window,
+    default_window,
     load_calibration,
     select_layers,
     twonn,
 )
-from kvembed_rag.methods import default_window
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kvembed_rag import ModelLoadError
-from kvembed_rag.models import MARKER, directory_identity, materialise, pick_dtype, resolve
+from kvembed_rag.loading import MARKER, directory_identity, materialise, pick_dtype, resolve
 
 
 def _slow_build(folder: Path) -> None:

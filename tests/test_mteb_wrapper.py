@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kvembed_rag.mteb import MTEBEncoder
+from kvembed_rag.eval.mteb import MTEBEncoder
 
 TEXTS = ["The quick brown fox.", "Meeting transcripts are long.", "Key and value states.", "A query"]
 

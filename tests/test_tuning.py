@@ -7,18 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from kvembed_rag import KVEmbedder
+from kvembed_rag import ConfigError, KVEmbedder
 from kvembed_rag.cli import main
-from kvembed_rag.tuning import (
+from kvembed_rag.eval.tuning import (
     OFF_BIAS,
     GridPoint,
     TuneResult,
     candidate_windows,
     format_grid,
-    load_tuned,
     tune,
-    tuned_path,
 )
+from kvembed_rag.tuned import load_tuned, tuned_path
 
 PAIRS = [
     ("The quick brown fox jumps.", "A fox jumps quickly.", 4.5),
@@ -51,7 +50,7 @@ def test_candidate_windows():
         candidate_windows(4, 4)
 
 
-def test_tune_scores_the_grid_saves_the_winner_and_auto_uses_it(checkpoints, sts_file, own_cache):
+def test_tune_scores_the_grid_saves_the_winner_and_tuned_uses_it(checkpoints, sts_file, own_cache):
     model = str(checkpoints["llama"])
     base = KVEmbedder.from_pretrained(model, layers=[2])
     result = tune(base, "sts", sts_file, windows=[[1], [2, 3], [4]], biases=[0.0, 2.0])
@@ -63,24 +62,32 @@ def test_tune_scores_the_grid_saves_the_winner_and_auto_uses_it(checkpoints, sts
     assert len({round(p.score, 6) for p in result.grid}) > 1
     saved = json.loads(Path(result.saved_to).read_text())
     assert saved["layers"] == result.best.layers and saved["bias"] == result.best.bias
-    auto = KVEmbedder.from_pretrained(model)  # layers="auto", no bias: the tuned choice
-    assert (auto.layers, auto.bias) == (result.best.layers, result.best.bias) and auto.tuned is not None
-    assert auto.describe()["layers"] == result.best.layers
-    explicit = KVEmbedder.from_pretrained(model, bias=5.0)
+    tuned = KVEmbedder.from_pretrained(model, layers="tuned")  # no bias given: the tuned one
+    assert (tuned.layers, tuned.bias) == (result.best.layers, result.best.bias) and tuned.tuned
+    assert tuned.describe()["layers"] == result.best.layers
+    assert tuned.describe()["provenance"] == {"layers": "tuned", "bias": "tuned", "pooling": "tuned"}
+    explicit = KVEmbedder.from_pretrained(model, layers="tuned", bias=5.0)
     assert explicit.bias == 5.0 and explicit.layers == result.best.layers
-    assert KVEmbedder.from_pretrained(model, layers="id").tuned is None
-    assert load_tuned(auto) is not None
+    assert explicit.describe()["provenance"]["bias"] == "given"
+    # "auto" is the intrinsic-dimension window whatever this machine has tuned: the same vectors everywhere
+    auto = KVEmbedder.from_pretrained(model)
+    assert not auto.tuned and auto.describe()["provenance"]["layers"] == "intrinsic-dimension"
+    assert auto.layers == KVEmbedder.from_pretrained(model, layers="id").layers  # "id" is an old name of "auto"
+    assert load_tuned(tuned.source, tuned.num_layers) is not None
 
 
-def test_corrupt_tuned_file_is_ignored_with_a_warning(checkpoints, own_cache):
+def test_tuned_without_a_saved_tuning_fails_and_a_corrupt_file_is_ignored(checkpoints, own_cache):
     model = str(checkpoints["qwen3"])
+    with pytest.raises(ConfigError, match="run 'kvembed-rag tune' first"):
+        KVEmbedder.from_pretrained(model, layers="tuned")
     embedder = KVEmbedder.from_pretrained(model, layers=[2])
-    path = tuned_path(embedder)
+    path = tuned_path(embedder.source, embedder.num_layers)
     path.parent.mkdir(parents=True)
     path.write_text('{"layers": [99], "bias": 1}')
-    with pytest.warns(RuntimeWarning, match="ignoring the tuned configuration"):
-        fresh = KVEmbedder.from_pretrained(model)
-    assert fresh.tuned is None and max(fresh.layers) < fresh.num_layers
+    with pytest.warns(RuntimeWarning, match="ignoring the tuned configuration"), pytest.raises(ConfigError):
+        KVEmbedder.from_pretrained(model, layers="tuned")
+    fresh = KVEmbedder.from_pretrained(model)  # "auto" never reads the store
+    assert not fresh.tuned and max(fresh.layers) < fresh.num_layers
 
 
 def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_cache, tmp_path, capsys):
@@ -89,7 +96,7 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     argv = ["tune", "sts", str(sts_file), "--model", model, "--windows", "1;2,3", "--biases", "0,1", "-q"]
     assert main([*argv, "--poolings", "hybrid,last", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "best: layers" in printed and "no re-routing" in printed and "saved as this model's default" in printed
+    assert "best: layers" in printed and "no re-routing" in printed and "--layers tuned" in printed
     payload = json.loads(out.read_text())
     header = next(line for line in printed.splitlines() if line.startswith("layers"))
     assert header.split() == ["layers", "hybrid", "0", "hybrid", "1", "last", "0", "last", "1"]  # both poolings shown
@@ -98,19 +105,19 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     assert payload["no_rerouting"]["pooling"] == payload["best"]["pooling"]
     assert len(payload["grid"]) >= 8 and payload["best"]["score"] == max(p["score"] for p in payload["grid"])
     assert {p["pooling"] for p in payload["grid"]} == {"hybrid", "last"}
-    tuned = KVEmbedder.from_pretrained(model)
-    assert tuned.tuned is not None and tuned.pooling == payload["best"]["pooling"]
-    assert KVEmbedder.from_pretrained(model, pooling="mean").pooling == "mean"
+    tuned = KVEmbedder.from_pretrained(model, layers="tuned")
+    assert tuned.tuned and tuned.pooling == payload["best"]["pooling"]
+    assert KVEmbedder.from_pretrained(model, layers="tuned", pooling="mean").pooling == "mean"
     assert main([*argv[:4], "--model", model, "--poolings", "max"]) == 2
     assert main(["tune", "sts", str(sts_file), "--model", model, "--reset", "-q"]) == 0
-    assert KVEmbedder.from_pretrained(model).tuned is None
+    assert load_tuned(tuned.source, tuned.num_layers) is None
     assert main([*argv[:4], "--model", model, "--windows", "1;x"]) == 2
     assert main([*argv[:4], "--model", model, "--biases", "a"]) == 2
     assert main([*argv[:4], "--model", model, "--sample"]) == 2  # --sample needs --limit
     sampled = tmp_path / "sampled.json"
     assert main([*argv, "--limit", "4", "--sample", "--seed", "3", "--no-save", "--json", str(sampled)]) == 0
     assert json.loads(sampled.read_text())["tuning_set"] == {"limit": 4, "sample": True, "seed": 3}
-    assert KVEmbedder.from_pretrained(model).tuned is None  # --no-save
+    assert load_tuned(tuned.source, tuned.num_layers) is None  # --no-save
     assert main(["tune", "sts", str(tmp_path / "missing.tsv"), "--model", model]) == 2
 
 

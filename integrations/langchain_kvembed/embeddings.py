@@ -8,8 +8,14 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from kvembed_rag import KVEmbedder, shared_embedder
+from kvembed_rag import KVEmbedConfig, KVEmbedder, shared_embedder
+from kvembed_rag.config import option_default, option_help
 from kvembed_rag.embedder import ADAPTER_OPTIONS
+
+
+def _field(name: str) -> Any:
+    """A pydantic field with the config's own default and help text (one definition of each option)."""
+    return Field(default=option_default(name), description=option_help(name))
 
 
 class KVEmbeddings(BaseModel, Embeddings):
@@ -29,24 +35,30 @@ class KVEmbeddings(BaseModel, Embeddings):
     ``KVEmbeddings`` with the same arguments costs one load.
     """
 
-    model: str = Field(default="default", description="'default', a hub id, a local directory or a .gguf file")
-    method: str = "kv"
-    layers: list[int] | str | None = "auto"
-    bias: float | None = None
-    pooling: str | None = None
-    prompts: dict[str, str] | None = None
-    max_length: int | None = None
-    batch_tokens: int = 16_384
-    device: str | None = None
-    dtype: str | None = None
-    show_progress: bool = False
+    model: str = _field("model")
+    method: str = _field("method")
+    layers: list[int] | str | None = _field("layers")
+    bias: float | None = _field("bias")
+    pooling: str | None = _field("pooling")
+    prompts: dict[str, str] | str | None = _field("prompts")
+    max_length: int | None = _field("max_length")
+    batch_tokens: int = _field("batch_tokens")
+    padding_side: str | None = _field("padding_side")
+    device: str | None = _field("device")
+    dtype: str | None = _field("dtype")
+    show_progress: bool = _field("show_progress")
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     _embedder: KVEmbedder | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
-        self._embedder = shared_embedder(self.model, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
+        self._embedder = shared_embedder(self.config)
+
+    @property
+    def config(self) -> KVEmbedConfig:
+        """The embedder configuration these fields ask for."""
+        return KVEmbedConfig(model=self.model, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
 
     @property
     def embedder(self) -> KVEmbedder:

@@ -22,8 +22,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
-from kvembed_rag.index import Hit, VectorIndex
-from kvembed_rag.metadata_filter import Filter
+from kvembed_rag.retrieval.filters import Filter
+from kvembed_rag.retrieval.vector_index import Hit, VectorIndex
 from langchain_kvembed.retrievers import KVFaissRetriever
 
 

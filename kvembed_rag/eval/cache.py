@@ -8,9 +8,8 @@ Files are written to a temporary name and renamed, so an interrupted run never l
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..embedder import TruncationWarning
-from ..models import cache_root
+from .._io import cache_root, write_bytes_atomically, write_json_atomically
+from ..errors import TruncationWarning
 
 
 @dataclass
@@ -79,17 +78,7 @@ class EmbeddingCache:
 
 
 def _atomic_save(vectors_path: Path, stats_path: Path, vectors: np.ndarray, stats: EncodeStats) -> None:
-    vectors_path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"seconds": stats.seconds, "tokens": stats.tokens, "truncated": stats.truncated}
-    for path, write in (
-        (vectors_path, lambda handle: np.save(handle, vectors)),
-        (stats_path, lambda handle: handle.write(json.dumps(payload).encode())),
-    ):
-        fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    write_bytes_atomically(vectors_path, buffer.getvalue())
+    write_json_atomically(stats_path, {"seconds": stats.seconds, "tokens": stats.tokens, "truncated": stats.truncated})

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import require_matplotlib
+from ..plotting import require_matplotlib
 from .cache import EmbeddingCache
-from .runner import (
+from .scoring import (
     CachedEncoder,
     Score,
     evaluate_classification,
@@ -188,8 +188,7 @@ def format_table(rows: Sequence[EvalRow]) -> str:
 
 def plot_length_sweep(rows: Sequence[EvalRow], path: str | Path, title: str = "") -> None:
     """Score against max_length, one line per dataset and method."""
-    matplotlib = require_matplotlib()
-    matplotlib.use("Agg")
+    require_matplotlib()
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(7, 4.5))

@@ -8,7 +8,8 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from kvembed_rag import KVEmbedder, shared_embedder
+from kvembed_rag import KVEmbedConfig, KVEmbedder, shared_embedder
+from kvembed_rag.config import option_default, option_help
 from kvembed_rag.embedder import ADAPTER_OPTIONS
 
 DEFAULT_EMBED_BATCH_SIZE = 32
@@ -31,23 +32,31 @@ class KVEmbedding(BaseEmbedding):
     from these fields, once per process.
     """
 
-    model_name: str = Field(default="default", description="'default', a hub id, a local directory or a .gguf file")
-    method: str = Field(default="kv", description="kv, prompteol, last, mean, echo, bidirectional, token-prepending")
-    layers: list[int] | str | None = Field(default="auto", description="re-routed layers, 'auto' or 'default'")
-    bias: float | None = Field(default=None, description="logit bias on the re-routed slot (None: tuned or 1.0)")
-    pooling: str | None = Field(default=None, description="hybrid, mean or last (default: the method's)")
-    prompts: dict[str, str] | None = Field(default=None, description="document/query templates with {text}")
-    max_length: int | None = Field(default=None, description="tokens per input (default 4096)")
-    batch_tokens: int = Field(default=16_384, description="padded tokens per forward pass")
-    device: str | None = Field(default=None, description="cpu, cuda or mps (default: best available)")
-    dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
+    # the embedder's options, with the config's own defaults and help texts (one definition of each)
+    model_name: str = Field(default=option_default("model"), description=option_help("model"))
+    method: str = Field(default=option_default("method"), description=option_help("method"))
+    layers: list[int] | str | None = Field(default=option_default("layers"), description=option_help("layers"))
+    bias: float | None = Field(default=option_default("bias"), description=option_help("bias"))
+    pooling: str | None = Field(default=option_default("pooling"), description=option_help("pooling"))
+    prompts: dict[str, str] | str | None = Field(default=option_default("prompts"), description=option_help("prompts"))
+    max_length: int | None = Field(default=option_default("max_length"), description=option_help("max_length"))
+    batch_tokens: int = Field(default=option_default("batch_tokens"), description=option_help("batch_tokens"))
+    padding_side: str | None = Field(default=option_default("padding_side"), description=option_help("padding_side"))
+    device: str | None = Field(default=option_default("device"), description=option_help("device"))
+    dtype: str | None = Field(default=option_default("dtype"), description=option_help("dtype"))
+    show_progress: bool = Field(default=option_default("show_progress"), description=option_help("show_progress"))
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="texts per call to the model")
 
     _embedder: KVEmbedder | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
-        self._embedder = shared_embedder(self.model_name, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
+        self._embedder = shared_embedder(self.config)
+
+    @property
+    def config(self) -> KVEmbedConfig:
+        """The embedder configuration these fields ask for."""
+        return KVEmbedConfig(model=self.model_name, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
 
     @classmethod
     def class_name(cls) -> str:

@@ -19,11 +19,9 @@ directory, and refuses an index built by another embedder when given the queryin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import KVEmbedError
-from .metadata_filter import Filter, compile_filter
+from .._io import file_sha256, write_bytes_atomically
+from ..errors import EmbedderMismatchError, IndexCorruptError
+from .filters import Filter, compile_filter
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -49,14 +48,6 @@ COMPATIBILITY_KEYS = (
     "token_prepending_layers",
 )
 _EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
-
-
-class IndexCorruptError(KVEmbedError):
-    """An index directory is missing files, fails its checksums or does not add up."""
-
-
-class EmbedderMismatchError(KVEmbedError, ValueError):
-    """The index was built by a different embedder than the one querying it."""
 
 
 @dataclass
@@ -275,8 +266,10 @@ class VectorIndex:
             ],
             "tombstones": sorted(self._tombstones),
         }
-        _atomic_write(folder / names["docstore"], json.dumps(docstore, ensure_ascii=False).encode("utf-8"))
-        _atomic_write(folder / names["index"], faiss.serialize_index(self._faiss).tobytes())
+        write_bytes_atomically(
+            folder / names["docstore"], json.dumps(docstore, ensure_ascii=False).encode("utf-8"), fsync=True
+        )
+        write_bytes_atomically(folder / names["index"], faiss.serialize_index(self._faiss).tobytes(), fsync=True)
         manifest = {
             "format": FORMAT_VERSION,
             "generation": generation,
@@ -287,9 +280,11 @@ class VectorIndex:
             "next_label": self._next_label,
             "embedder": self.embedder,
             "files": names,
-            "sha256": {key: _sha256(folder / name) for key, name in names.items()},
+            "sha256": {key: file_sha256(folder / name, memoise=False) for key, name in names.items()},
         }
-        _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))  # the commit point
+        write_bytes_atomically(
+            folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"), fsync=True
+        )  # the commit point
         keep = set(names.values()) | {MANIFEST}
         for stale in folder.iterdir():
             if stale.name not in keep and re.fullmatch(r"(index|docstore)-\d+\.(faiss|json)", stale.name):
@@ -315,7 +310,7 @@ class VectorIndex:
             path = folder / name
             if not path.is_file():
                 raise IndexCorruptError(f"{path} is missing (the {key} of this index)")
-            if _sha256(path) != manifest.get("sha256", {}).get(key):
+            if file_sha256(path, memoise=False) != manifest.get("sha256", {}).get(key):
                 raise IndexCorruptError(f"{path} does not match its checksum: truncated or modified")
         check_compatible(manifest.get("embedder"), embedder)
         try:
@@ -341,6 +336,15 @@ class VectorIndex:
                 f"(manifest count {manifest.get('count')}): the files do not belong together"
             )
         return self
+
+    @property
+    def is_trained(self) -> bool:
+        """False for trainable factories (IVF, PQ) until :meth:`train` or the first :meth:`upsert`."""
+        return bool(self._faiss.is_trained)
+
+    def train(self, vectors: Any) -> None:
+        """Train a trainable index (IVF, PQ) on ``vectors`` ``(n, dim)`` (normalised here); no-op once trained."""
+        self._train_if_needed(self._check_vectors(vectors))
 
     # ------------------------------------------------------------------ helpers
     def _check_vectors(self, vectors: Any, what: str = "vector") -> np.ndarray:
@@ -386,27 +390,6 @@ class VectorIndex:
             for score, label in zip(scores, labels, strict=True)
             if label >= 0 and int(label) in self._records
         ]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

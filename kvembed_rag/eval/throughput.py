@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from .errors import require_matplotlib
-from .tokenization import EncodedText
+from ..plotting import require_matplotlib
+from ..tokenization import EncodedText
 
 #: shapes of the paper's backbones, for randomly initialised benchmark models (no download needed)
 PAPER_SHAPES: dict[str, dict[str, Any]] = {
@@ -106,7 +106,7 @@ def random_model(shape: str, *, device: torch.device, dtype: torch.dtype) -> tor
     """A randomly initialised base model of a paper backbone's shape, with the kvembed attention backend."""
     from transformers import AutoConfig, AutoModel
 
-    from .attention import ATTN_SDPA
+    from ..attention import ATTN_SDPA
 
     spec = dict(PAPER_SHAPES[shape])
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
@@ -180,7 +180,7 @@ def run_benchmark(
     for length in lengths:
         batch = max(1, batch_tokens // length)
         texts = [_synthetic(length, vocab, False, seed) for seed in range(batch)]
-        ids, mask, _ = first._pad(texts)
+        ids, mask, _ = first.collate(texts)
         ids, mask = ids.to(device), mask.to(device)
 
         def plain(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
@@ -192,10 +192,8 @@ def run_benchmark(
         rows.append(BenchRow("plain", length, batch, plain_rate, 1.0, peak, seconds))
         for name, embedder in embedders.items():
             items = [_synthetic(length, vocab, embedder.spec.pool_last_copy, seed) for seed in range(batch)]
-            if embedder.spec.token_prepending:
-                for item in items:
-                    item.ids.insert(item.text_start, 3)
-            seconds, peak = _measure(lambda e=embedder, b=items: e._forward(b), device, repeats)
+            embedder.insert_placeholder(items)
+            seconds, peak = _measure(lambda e=embedder, b=items: e.embed_encoded(b), device, repeats)
             rate = batch * length / seconds
             rows.append(BenchRow(name, length, batch, rate, rate / plain_rate, peak, seconds))
     return rows
@@ -226,8 +224,7 @@ def check_targets(rows: list[BenchRow]) -> list[dict[str, Any]]:
 
 
 def plot_rows(rows: list[BenchRow], path: str, title: str) -> None:
-    matplotlib = require_matplotlib()
-    matplotlib.use("Agg")
+    require_matplotlib()
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))

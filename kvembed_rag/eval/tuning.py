@@ -1,23 +1,19 @@
 """Grid-search the re-routing window and bias on a user's dev set; the winner becomes the model's default.
 
-Beyond the paper, which picks the window by intrinsic dimension and fixes the bias. The saved choice lives
-in ``$KVEMBED_CACHE/tuned/`` keyed by the model's identity and the kv prompts; any embedder of that model
-built with ``layers="auto"`` then uses its window, and its bias and pooling unless those are given
-(``describe()`` shows the values, so indexes built before and after tuning are told apart).
+Beyond the paper, which picks the window by intrinsic dimension and fixes the bias. The winner is saved in
+the store of tuned defaults (``kvembed_rag.tuned``); embedders built with ``layers="tuned"`` use its window,
+and its bias and pooling unless those are given (``describe()["provenance"]`` says so).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .layer_selection import write_json_atomically
-from .methods import first_candidate_layer
-from .models import cache_root
+from ..layer_selection import first_candidate_layer
+from ..tuned import save_tuned
 
 #: the bias that switches re-routing off (the slot's softmax weight underflows): the no-re-routing baseline
 OFF_BIAS = -1e4
@@ -32,39 +28,6 @@ def candidate_windows(num_layers: int, width: int, stride: int | None = None) ->
         raise ValueError(f"a window of {width} layers does not fit between layer {first} and {num_layers - 1}")
     stride = stride or max(1, -(-(last_start - first + 1) // 8))  # ceil: at most eight windows
     return [list(range(s, s + width)) for s in range(first, last_start + 1, stride)]
-
-
-def tuned_path(embedder: Any) -> Path:
-    """Where the tuned configuration of ``embedder``'s model (with the kv prompts) is kept."""
-    from .methods import get_method
-
-    source = embedder.source
-    key = {
-        "model": source.identity or source.spec,
-        "num_layers": embedder.num_layers,
-        "prompts": get_method("kv").prompts.to_dict(),
-    }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root() / "tuned" / f"{digest}.json"
-
-
-def load_tuned(embedder: Any) -> dict[str, Any] | None:
-    """The saved winner for this model, or None (an unreadable file is ignored, with a warning)."""
-    path = tuned_path(embedder)
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text())
-        layers = [int(i) for i in payload["layers"]]
-        if not layers or max(layers) >= embedder.num_layers or min(layers) < 0:
-            raise ValueError(f"layers {layers} do not fit a {embedder.num_layers}-layer model")
-        pooling = payload.get("pooling")
-        return {**payload, "layers": layers, "bias": float(payload["bias"]), "pooling": pooling}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        import warnings
-
-        warnings.warn(f"ignoring the tuned configuration {path}: {exc}", RuntimeWarning, stacklevel=3)
-        return None
 
 
 @dataclass
@@ -164,9 +127,9 @@ def tune(
     ``poolings`` (default: the embedder's own) may add e.g. ``"last"``, which beat the paper's hybrid pooling
     on STS-B with Gemma-3-270M.
     """
-    from .eval.cache import EmbeddingCache
-    from .eval.harness import EvalOptions, load_task, model_label, score_task
-    from .eval.runner import CachedEncoder
+    from .cache import EmbeddingCache
+    from .harness import EvalOptions, load_task, model_label, score_task
+    from .scoring import CachedEncoder
 
     if task not in ("sts", "retrieval"):
         raise ValueError(f"tune works on an 'sts' or 'retrieval' dev set; got {task!r}")
@@ -203,7 +166,6 @@ def tune(
     }
     result = TuneResult(task, dataset, metric, model_label(base), grid, baseline, off[best.pooling], extra=extra)
     if save:
-        target = tuned_path(base)
         payload = {
             "layers": result.best.layers,
             "bias": result.best.bias,
@@ -211,6 +173,5 @@ def tune(
             "model": base.source.to_dict(),
             **{k: v for k, v in result.to_dict().items() if k not in ("saved_to", "model")},
         }
-        write_json_atomically(target, payload)
-        result.saved_to = str(target)
+        result.saved_to = str(save_tuned(base.source, base.num_layers, payload))
     return result

@@ -1,0 +1,224 @@
+"""``KVEmbedConfig``: every option of an embedder, its default and its validation, in one frozen object.
+
+This is the single place where an option and its default are written. Everything else is derived from it:
+``KVEmbedder.from_pretrained`` keyword arguments, the CLI's model flags, both framework adapters' fields, the
+MTEB wrapper, and the configuration an index records (and restores exactly) for its queries.
+
+A configuration is *resolved* against a loaded model before an embedder is built (see
+``kvembed_rag.embedder.resolve_config``): ``None`` options become concrete values (the method's pooling and
+prompts, ``max_length`` at the model's limit) and ``layers="auto"`` becomes the intrinsic-dimension window.
+Nothing here reads machine state: ``layers="tuned"`` (what ``kvembed-rag tune`` saved) applies only when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .methods import METHODS, get_method
+from .pooling import POOLINGS
+from .prompts import PromptTemplate
+
+DEFAULT_BIAS = 1.0
+DEFAULT_MAX_LENGTH = 4096
+#: the named layer rules: the intrinsic-dimension window (KV-Embedding's rule), the 20%-depth window, or the
+#: window (and bias, pooling) that ``kvembed-rag tune`` saved for the model; "id" is an old name of "auto"
+LAYER_RULES = ("auto", "default", "tuned")
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+PADDING_SIDES = ("left", "right")
+
+#: field groups: what loads the backbone, what determines the vectors, how encoding runs
+LOAD, VECTORS, RUNTIME = "load", "vectors", "runtime"
+
+
+def _option(default: Any, group: str, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"group": group, "help": help, **extra})
+
+
+@dataclass(frozen=True)
+class KVEmbedConfig:
+    """Every option of a :class:`~kvembed_rag.KVEmbedder`; ``None`` means "the method's / the model's own"."""
+
+    model: str = _option("default", LOAD, "'default' (Gemma-3-270M, offline), a hub id, a directory or a .gguf file")
+    revision: str | None = _option(None, LOAD, "hub revision (branch, tag or commit)")
+    device: str | None = _option(None, LOAD, "cpu, cuda, mps (default: CUDA, then MPS, then CPU)")
+    dtype: str | None = _option(None, LOAD, "float32, bfloat16, float16 or auto (default: bf16 on CUDA, else fp32)")
+    attn_implementation: str = _option("sdpa", LOAD, "sdpa (fast) or eager (reference); flash/flex are refused")
+    trust_remote_code: bool = _option(False, LOAD, "run model code from the hub (off unless you turn it on)")
+    method: str = _option("kv", VECTORS, f"embedding method: {', '.join(METHODS)}")
+    layers: tuple[int, ...] | str = _option(
+        "auto", VECTORS, "re-routed layers: 'auto' (intrinsic-dimension window), 'default', 'tuned' or e.g. '3,4'"
+    )
+    bias: float | None = _option(None, VECTORS, f"logit bias on the re-routed slot (default {DEFAULT_BIAS:g})")
+    pooling: str | None = _option(None, VECTORS, f"{', '.join(POOLINGS)} (default: the method's)")
+    prompts: PromptTemplate | None = _option(  # noqa: RUF009 - a dataclasses.field, not a shared default
+        None, VECTORS, "document/query templates with {text} (default: the method's)"
+    )
+    max_length: int | None = _option(
+        None, VECTORS, f"tokens per input; longer inputs are cut (default {DEFAULT_MAX_LENGTH} or the model's limit)"
+    )
+    batch_tokens: int = _option(16_384, RUNTIME, "padded tokens per forward pass (inputs are sorted by length)")
+    padding_side: str | None = _option(None, RUNTIME, "left or right (default: the tokenizer's)")
+    show_progress: bool = _option(False, RUNTIME, "show a progress bar while encoding")
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalised values are written once, here
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"model must be a non-empty string (a name, hub id or path); got {self.model!r}")
+        try:
+            set_(self, "method", get_method(self.method).name)
+        except (ValueError, AttributeError) as exc:
+            raise ConfigError(str(exc)) from None
+        set_(self, "layers", _normalise_layers(self.layers))
+        if self.bias is not None:
+            if isinstance(self.bias, bool) or not isinstance(self.bias, (int, float)) or math.isnan(self.bias):
+                raise ConfigError(f"bias must be a number; got {self.bias!r}")
+            set_(self, "bias", float(self.bias))
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}; got {self.pooling!r}")
+        if self.prompts is not None:
+            try:
+                set_(self, "prompts", PromptTemplate.coerce(self.prompts, get_method(self.method).prompts))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"prompts: {exc}") from None
+        for name in ("max_length", "batch_tokens"):
+            value = getattr(self, name)
+            if value is None and name == "max_length":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int; got {value!r}")
+        if self.padding_side is not None and self.padding_side not in PADDING_SIDES:
+            raise ConfigError(f"padding_side must be 'left' or 'right'; got {self.padding_side!r}")
+        if self.dtype is not None and not (isinstance(self.dtype, str) and self.dtype in DTYPES):
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if not isinstance(self.attn_implementation, str):
+            raise ConfigError(f"attn_implementation must be a string; got {self.attn_implementation!r}")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def is_resolved(self) -> bool:
+        """True when nothing is left to the model: concrete layers, bias, pooling, prompts, max_length, padding."""
+        return isinstance(self.layers, tuple) and None not in (
+            self.bias,
+            self.pooling,
+            self.prompts,
+            self.max_length,
+            self.padding_side,
+        )
+
+    def replace(self, **changes: Any) -> KVEmbedConfig:
+        """A copy with ``changes`` (validated like the constructor); unknown names raise :class:`ConfigError`."""
+        unknown = set(changes) - set(field_names())
+        if unknown:
+            raise ConfigError(f"unknown options {sorted(unknown)}; options are {', '.join(field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (lists for layers, a dict for prompts): ``from_dict(to_dict())`` is equal."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, PromptTemplate):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KVEmbedConfig:
+        """The inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError` naming them."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a configuration must be a mapping; got {type(data).__name__}")
+        unknown = set(data) - set(field_names())
+        if unknown:
+            raise ConfigError(f"unknown options {sorted(unknown)}; options are {', '.join(field_names())}")
+        return cls(**dict(data))
+
+    def vector_options(self) -> dict[str, Any]:
+        """The options that determine the vectors (the ``vectors`` group, plus the model and dtype)."""
+        data = self.to_dict()
+        return {name: data[name] for name in ("model", "dtype", *field_names(VECTORS))}
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of :meth:`vector_options`. ``KVEmbedder.fingerprint`` also covers the weights' identity."""
+        payload = json.dumps(self.vector_options(), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def portable(self) -> KVEmbedConfig:
+        """This configuration without the machine-specific choices (device, progress bar): what an index keeps."""
+        return dataclasses.replace(self, device=None, show_progress=False)
+
+
+def _normalise_layers(layers: object) -> tuple[int, ...] | str:
+    if layers is None or layers == "id":
+        return "auto"
+    if isinstance(layers, str):
+        text = layers.strip()
+        if text in LAYER_RULES:
+            return text
+        try:
+            layers = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"layers must be {', '.join(repr(r) for r in LAYER_RULES)} or layer indices like '3,4'; got {text!r}"
+            ) from None
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        layers = [layers]
+    if not isinstance(layers, (Sequence, range, set, frozenset)) or isinstance(layers, (str, bytes)):
+        raise ConfigError(f"layers must be a rule name or a list of layer indices; got {type(layers).__name__}")
+    values = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise ConfigError(f"layer indices must be ints; got {layer!r}")
+        values.append(layer)
+    return tuple(values)
+
+
+def field_names(group: str | None = None) -> tuple[str, ...]:
+    """The option names, in declaration order (of one group: ``"load"``, ``"vectors"`` or ``"runtime"``)."""
+    return tuple(f.name for f in dataclasses.fields(KVEmbedConfig) if group is None or f.metadata["group"] == group)
+
+
+def option_help(name: str) -> str:
+    """The one-line help text of an option (CLI flags and adapter field descriptions use it)."""
+    return str(_fields()[name].metadata["help"])
+
+
+def option_default(name: str) -> Any:
+    """The default of an option, as written in :class:`KVEmbedConfig`."""
+    return _fields()[name].default
+
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(KVEmbedConfig)}
+
+
+def coerce_config(config: KVEmbedConfig | Mapping[str, Any] | None = None, **options: Any) -> KVEmbedConfig:
+    """A config from a config, a mapping or keyword options (keyword options override the first two)."""
+    if config is None:
+        base = KVEmbedConfig()
+    elif isinstance(config, KVEmbedConfig):
+        base = config
+    else:
+        base = KVEmbedConfig.from_dict(config)
+    return base.replace(**options) if options else base
+
+
+__all__ = [
+    "DEFAULT_BIAS",
+    "DEFAULT_MAX_LENGTH",
+    "LAYER_RULES",
+    "KVEmbedConfig",
+    "coerce_config",
+    "field_names",
+    "option_default",
+    "option_help",
+]
