@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DEMO_MAX_LENGTH, default_demo_dir, demo_documents, run_demo
+    from ..demo import DEMO_BATCH_TOKENS, DEMO_MAX_LENGTH, default_demo_dir, demo_documents, run_demo
 
     out = creatable_folder(args.out, "--out") if args.out else default_demo_dir(args.method)
     validate_model_args(args)
@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     print("kvembed-rag demo: KV-Embedding over Python's own module documentation (pydoc), offline.")
     documents = demo_documents(args.limit)
     status(f"corpus: {len(documents)} module pages rendered; loading model {args.model} ...", enabled=show)
-    embedder = load_embedder(args, max_length=args.max_length or DEMO_MAX_LENGTH)
+    embedder = load_embedder(
+        args, max_length=args.max_length or DEMO_MAX_LENGTH, batch_tokens=args.batch_tokens or DEMO_BATCH_TOKENS
+    )
     loaded = time.perf_counter() - start
     print(
         f"model: {embedder.source.spec} ({embedder.describe()['architecture']}, {embedder.num_layers} layers), "

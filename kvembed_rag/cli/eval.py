@@ -87,9 +87,6 @@ def check_sample(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.cache import EmbeddingCache
-    from ..eval.harness import EvalOptions, format_table, plot_length_sweep, run_evaluation
-
     methods = method_list(args.methods)
     lengths = int_list(args.max_length, "--max-length")
     check_sample(args)
@@ -105,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
     if args.cache_dir:
         creatable_folder(args.cache_dir, "--cache-dir")
     validate_model_args(args)
+    from ..eval.cache import EmbeddingCache
+    from ..eval.harness import EvalOptions, format_table, plot_length_sweep, run_evaluation
+
     options = EvalOptions(
         limit=args.limit,
         sample=args.sample,

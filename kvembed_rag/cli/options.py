@@ -19,9 +19,6 @@ from ..methods import METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-#: model specifications that name no path (resolved by kvembed_rag.models)
-NAMED_MODELS = ("default", "smollm2")
-
 
 class UsageError(Exception):
     """Bad arguments or input files: exit code 2, reported before any model is loaded where possible."""
@@ -123,7 +120,7 @@ def creatable_folder(path: str, flag: str) -> Path:
 
 def check_model_spec(spec: str) -> None:
     """A --model that names a local path must exist, and be a folder or a .gguf file (no load needed)."""
-    from ..models import check_local_spec
+    from ..model_specs import check_local_spec
 
     try:
         check_local_spec(spec)

@@ -35,9 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..layer_selection import load_calibration, plot_curve, select_layers
-    from ..methods import first_candidate_layer
-
     if args.calibration:
         existing_path(args.calibration, "calibration file")
     if args.plot:
@@ -46,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
         require_matplotlib()  # before the model loads, not after the curve is computed
     validate_model_args(args)
+    from ..layer_selection import load_calibration, plot_curve, select_layers
+    from ..methods import first_candidate_layer
+
     try:
         texts = load_calibration(args.calibration)
     except ValueError as exc:  # not UTF-8, bad JSON
