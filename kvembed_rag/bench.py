@@ -226,12 +226,12 @@ def check_targets(rows: list[BenchRow]) -> list[dict[str, Any]]:
 
 def plot_rows(rows: list[BenchRow], path: str, title: str) -> None:
     """Tokens/s and peak memory against length, one colour per method (shared with every other figure)."""
-    from .plotting import legend_outside, method_color, pyplot, save
+    from .plotting import legend_outside, method_color, method_order, pyplot, save
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     lengths = sorted({r.length for r in rows})
-    for method in dict.fromkeys(r.method for r in rows):
+    for method in method_order(r.method for r in rows):
         mine = {r.length: r for r in rows if r.method == method}
         nan = float("nan")
         for axis, value in ((left, "tokens_per_s"), (right, "peak_mb")):

@@ -39,6 +39,13 @@ def method_color(method: str) -> str:
     return _SPARE[sum(map(ord, method)) % len(_SPARE)]
 
 
+def method_order(methods: Any) -> list[str]:
+    """``methods`` (unique, in the palette's order, unknown ones last): every legend lists methods alike."""
+    known = list(METHOD_COLORS)
+    unique = list(dict.fromkeys(methods))
+    return sorted(unique, key=lambda m: (known.index(m) if m in known else len(known), unique.index(m)))
+
+
 def model_name(model: Any) -> str:
     """A readable model name from a spec, an eval row's ``model`` or an embedder's ``describe()["model"]``."""
     if isinstance(model, dict):

@@ -132,7 +132,7 @@ class BuildProgress:
                     f"{documents_done:,} unchanged",
                 )
             self.bar = Progress(self.label, tokens_total, enabled=self.enabled and todo > 0)
-        self.bar.update(tokens_done, f"{documents_done:,}/{self.documents:,} docs")
+        self.bar.update(tokens_done, f"{documents_done:,}/{self.documents:,} docs stored")
 
     def close(self) -> None:
         if self.bar is not None:

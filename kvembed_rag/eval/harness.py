@@ -192,7 +192,7 @@ def plot_length_sweep(rows: Sequence[EvalRow], path: str | Path, title: str = ""
     was measured for another method (a method measured at 512 and 4,096 only shows two separate markers).
     Each dataset gets its own panel; the default title names the model(s) and dataset(s).
     """
-    from ..plotting import dataset_name, legend_outside, method_color, model_name, pyplot, save
+    from ..plotting import dataset_name, legend_outside, method_color, method_order, model_name, pyplot, save
 
     plt = pyplot()
     datasets = list(dict.fromkeys(r.dataset for r in rows)) or [""]
@@ -203,7 +203,7 @@ def plot_length_sweep(rows: Sequence[EvalRow], path: str | Path, title: str = ""
     for axis, dataset in zip(axes[0], datasets, strict=True):
         mine = [r for r in rows if r.dataset == dataset]
         for model in models:
-            for method in dict.fromkeys(r.method for r in mine if r.model == model):
+            for method in method_order(r.method for r in mine if r.model == model):
                 scores = {r.max_length: r.score for r in mine if r.model == model and r.method == method}
                 label = method if len(models) == 1 else f"{method} ({model_name(model)})"
                 axis.plot(
