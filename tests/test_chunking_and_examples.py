@@ -115,3 +115,9 @@ def test_examples_run(argv, checkpoints, docs_folder, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "json" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.strip() and not last.rstrip().endswith("Answer:")  # ends with something useful
+    if argv == ["examples/langchain_rag.py"]:
+        assert "Best passage (" in result.stdout and "--generate" in last
+    if "--generate" in argv:
+        assert "Answer (local LLM" in result.stdout
