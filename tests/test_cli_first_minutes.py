@@ -287,3 +287,18 @@ def test_bench_plot_uses_the_shared_palette(captured_figures):
     (fig,) = captured_figures
     colours = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
     assert colours == {m: METHOD_COLORS[m] for m in ("plain", "kv", "echo")}
+
+
+def test_library_bars_hidden_by_default_and_shown_with_verbose(checkpoints, tmp_path):
+    env = {**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'integrations'}", "KVEMBED_CACHE": str(tmp_path)}
+    for key in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY"):
+        env.pop(key, None)
+    base = [sys.executable, "-m", "kvembed_rag", "embed", "--model", str(checkpoints["llama"]), "--text", "hello"]
+    runs = {}
+    for name, extra in (("default", []), ("verbose", ["-v"]), ("quiet", ["-q"])):
+        result = subprocess.run([*base, *extra], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = result
+    assert "Loading weights" not in runs["default"].stderr and "loading model" in runs["default"].stderr
+    assert "Loading weights" in runs["verbose"].stderr
+    assert runs["quiet"].stderr == "" and "dim=64" in runs["quiet"].stdout
