@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def main() -> None:
     for question, hits in zip(QUESTIONS, index.search(embedder.encode_queries(QUESTIONS), k=3), strict=True):
         print(f"\nQ: {question}")
         for hit in hits:
-            print(f"  {hit.score:.3f}  {hit.metadata['document']:28s} {hit.metadata['title'][:60]}")
+            print(f"  {hit.score:.3f}  {hit.metadata['document']:28s} {textwrap.shorten(hit.metadata['title'], 60)}")
     print(f"\nindex saved in {folder}")
 
 

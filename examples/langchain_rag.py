@@ -69,13 +69,19 @@ def main() -> None:
     print(f"{len(sources)} documents -> {len(documents)} chunks (split only beyond {args.max_length} tokens)")
     store = KVFaissVectorStore.from_documents(documents, embeddings)
     retriever = store.as_retriever(k=3)
-    chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT
-    if args.generate:
-        chain = chain | local_llm(args.model)
-    for doc, score in store.similarity_search_with_score(args.question, k=3):
+    hits = store.similarity_search_with_score(args.question, k=3)
+    print(f"Q: {args.question}")
+    for doc, score in hits:
         print(f"  {score:.3f}  {doc.metadata['source']}  chunk {doc.metadata['chunk']}")
-    result = chain.invoke(args.question)
-    print("\n" + (result if isinstance(result, str) else result.to_string())[-1500:])
+    if args.generate:
+        chain = {"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | local_llm(args.model)
+        answer = str(chain.invoke(args.question)).strip()
+        print("\nAnswer (local LLM, from the retrieved context):", answer or "(the generator returned nothing)")
+    else:
+        best, _ = hits[0]
+        passage = " ".join(best.page_content.split())[:600]
+        print(f"\nBest passage ({best.metadata['source']}, chunk {best.metadata['chunk']}):\n{passage}")
+        print("\nAdd --generate to have a local LLM answer from the top passages (an LCEL chain).")
 
 
 if __name__ == "__main__":

@@ -2,25 +2,68 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .attention import ReroutingPlan
-from .config import KVEmbedConfig
-from .embedder import KVEmbedder, shared_embedder
-from .errors import (
-    ConfigError,
-    EmbedderMismatchError,
-    EmbeddingMemoryError,
-    IndexCorruptError,
-    KVEmbedError,
-    ModelLoadError,
-    TruncationWarning,
-    UnsupportedAttentionError,
-    UnsupportedModelError,
-)
-from .methods import METHODS
-from .prompts import PromptTemplate
-from .retrieval.vector_index import VectorIndex
+if TYPE_CHECKING:
+    from .attention import ReroutingPlan
+    from .config import KVEmbedConfig
+    from .embedder import KVEmbedder, shared_embedder
+    from .errors import (
+        ConfigError,
+        EmbedderMismatchError,
+        EmbeddingMemoryError,
+        IndexCorruptError,
+        KVEmbedError,
+        ModelLoadError,
+        TruncationWarning,
+        UnsupportedAttentionError,
+        UnsupportedModelError,
+    )
+    from .methods import METHODS
+    from .prompts import PromptTemplate
+    from .retrieval.vector_index import VectorIndex
+
+# public name -> submodule. Imported on first use, so that `import kvembed_rag` (and the command line's
+# --help, --version and usage errors) does not pay for torch and transformers.
+_LAZY = {
+    "ReroutingPlan": "attention",
+    "KVEmbedConfig": "config",
+    "KVEmbedder": "embedder",
+    "shared_embedder": "embedder",
+    **{
+        name: "errors"
+        for name in (
+            "ConfigError",
+            "EmbedderMismatchError",
+            "EmbeddingMemoryError",
+            "IndexCorruptError",
+            "KVEmbedError",
+            "ModelLoadError",
+            "TruncationWarning",
+            "UnsupportedAttentionError",
+            "UnsupportedModelError",
+        )
+    },
+    "VectorIndex": "retrieval.vector_index",
+    "METHODS": "methods",
+    "PromptTemplate": "prompts",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "METHODS",

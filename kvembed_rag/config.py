@@ -22,7 +22,6 @@ from typing import Any
 
 from .errors import ConfigError
 from .methods import METHODS, get_method
-from .pooling import POOLINGS
 from .prompts import PromptTemplate
 
 DEFAULT_BIAS = 1.0
@@ -32,6 +31,8 @@ DEFAULT_MAX_LENGTH = 4096
 LAYER_RULES = ("auto", "default", "tuned")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 PADDING_SIDES = ("left", "right")
+#: the poolings (kvembed_rag.pooling implements them); written here so that reading a config needs no torch
+POOLINGS: tuple[str, ...] = ("hybrid", "mean", "last")
 
 #: field groups: what loads the backbone, what determines the vectors, how encoding runs
 LOAD, VECTORS, RUNTIME = "load", "vectors", "runtime"

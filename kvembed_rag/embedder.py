@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -292,12 +292,17 @@ class KVEmbedder:
         *,
         batch_tokens: int | None = None,
         show_progress: bool | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
-        """Embed texts as ``role`` ("document" or "query"): float32, unit norm, ``(n, dim)`` or ``(dim,)``."""
+        """Embed texts as ``role`` ("document" or "query"): float32, unit norm, ``(n, dim)`` or ``(dim,)``.
+
+        ``on_batch(texts_done, tokens_done)`` is called after each forward batch with running totals
+        (tokens as fed to the model, prompt included, padding not): progress reporting for callers.
+        """
         single = isinstance(texts, str)
         items: list[str] = [texts] if isinstance(texts, str) else _check_texts(texts)
         self.prompts.for_role(role)  # validates the role before any work
-        vectors = self._encode(items, role, batch_tokens or self.batch_tokens, show_progress)
+        vectors = self._encode(items, role, batch_tokens or self.batch_tokens, show_progress, on_batch)
         return vectors[0] if single else vectors
 
     def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:
@@ -367,7 +372,14 @@ class KVEmbedder:
             encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(a), int(b)) for a, b in encoding["offset_mapping"]]
 
-    def _encode(self, texts: list[str], role: Role, batch_tokens: int, show_progress: bool | None) -> np.ndarray:
+    def _encode(
+        self,
+        texts: list[str],
+        role: Role,
+        batch_tokens: int,
+        show_progress: bool | None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         encoded = self.tokenize(texts, role)
@@ -376,10 +388,15 @@ class KVEmbedder:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
         out = np.empty((len(encoded), self.dim), dtype=np.float32)
         progress = self._progress(len(encoded), show_progress)
+        texts_done = tokens_done = 0
         for batch in _token_batches(order, [len(e.ids) for e in encoded], batch_tokens):
             out[batch] = self._forward_splitting(batch, encoded)
             if progress is not None:
                 progress.update(len(batch))
+            if on_batch is not None:
+                texts_done += len(batch)
+                tokens_done += sum(len(encoded[i].ids) for i in batch)
+                on_batch(texts_done, tokens_done)
         if progress is not None:
             progress.close()
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))

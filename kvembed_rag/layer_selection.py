@@ -27,7 +27,6 @@ import numpy as np
 
 from ._io import cache_root, write_json_atomically
 from .errors import ConfigError
-from .plotting import require_matplotlib
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +130,12 @@ def load_calibration(path: str | Path | None = None) -> list[str]:
     if path is None:
         text = files("kvembed_rag").joinpath("data/calibration.txt").read_text(encoding="utf-8")
     else:
+        from .retrieval.documents import read_jsonl, read_text_file  # UTF-8 or refused, naming the file and byte
+
         source = Path(path)
         if source.suffix == ".jsonl":
-            rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-            return [row["text"] for row in rows if isinstance(row, dict) and isinstance(row.get("text"), str)]
-        text = source.read_text(encoding="utf-8")
+            return [document.text for document in read_jsonl(source)]
+        text = read_text_file(source)
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -241,28 +241,32 @@ def select_layers(
 
 
 def plot_curve(selection: LayerSelection, path: str | Path, title: str = "") -> None:
-    """Draw the ID curve with the skipped layers greyed and the chosen window highlighted."""
-    require_matplotlib()
-    import matplotlib.pyplot as plt
+    """Draw the ID curve with the skipped layers greyed and the chosen window highlighted.
 
+    ``title`` should name the model (the command line passes its readable name).
+    """
+    from .plotting import layer_ticks, legend_outside, method_color, pyplot, save
+
+    plt = pyplot()
     layers = list(range(selection.num_layers))
     values = [v if math.isfinite(v) else np.nan for v in selection.curve]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     skip = first_candidate_layer(selection.num_layers)
     ax.axvspan(-0.5, skip - 0.5, color="0.9", label="skipped (first 20%)")
     ax.axvspan(
         selection.layers[0] - 0.5,
         selection.layers[-1] + 0.5,
-        color="tab:orange",
-        alpha=0.3,
+        color=method_color("kv"),
+        alpha=0.18,
         label=f"re-routed: {selection.layers}",
     )
-    ax.plot(layers, values, marker="o", color="tab:blue", label="TwoNN ID (last token)")
+    ax.plot(layers, values, marker="o", markersize=4, color=method_color("kv"), label="TwoNN ID (last token)")
     ax.set_xlabel("layer")
     ax.set_ylabel("intrinsic dimension")
-    ax.set_title(title or "Intrinsic dimension per layer")
-    ax.set_xticks(layers)
-    ax.legend(loc="best", fontsize=8)
+    ax.set_title(title or f"Intrinsic dimension per layer ({selection.num_layers} layers)")
+    ax.set_xticks(layer_ticks(selection.num_layers))
+    ax.set_xlim(-0.5, selection.num_layers - 0.5)
+    ax.grid(alpha=0.3, axis="y")
+    legend_outside(ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

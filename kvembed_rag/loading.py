@@ -29,6 +29,7 @@ import torch
 
 from ._io import cache_root, file_sha256
 from .errors import ModelLoadError, UnsupportedModelError
+from .model_specs import check_hub_available, check_local_spec
 
 logger = logging.getLogger(__name__)
 
@@ -207,19 +208,14 @@ def resolve(
         sha = file_sha256(located)
         checkpoint = _gguf_checkpoint(located, sha, trust_remote_code)
         return str(checkpoint), ModelSource(text, "gguf", sha, {"file": str(located)})
+    check_local_spec(text)
     path = Path(text).expanduser()
-    if text.endswith(".gguf"):
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {path}")
+    if path.is_file():  # a .gguf file (check_local_spec refused every other file)
         sha = file_sha256(path)
         return str(_gguf_checkpoint(path, sha, trust_remote_code)), ModelSource(text, "gguf", sha)
     if path.is_dir():
-        config = path / "config.json"
-        if not config.is_file():
-            raise ModelLoadError(f"{path} is a directory without config.json; point at a save_pretrained folder")
         return str(path), ModelSource(text, "directory", directory_identity(path))
-    if path.exists():
-        raise ModelLoadError(f"{path} is neither a directory nor a .gguf file")
+    check_hub_available(text, revision)
     return text, ModelSource(text, "hub", revision or "main")
 
 

@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 
+from .config import POOLINGS  # the allowed names are written once, in the config
+
 Pooling = Literal["hybrid", "mean", "last"]
-POOLINGS: tuple[str, ...] = ("hybrid", "mean", "last")
 
 
 def last_token(hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:

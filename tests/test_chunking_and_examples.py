@@ -63,12 +63,16 @@ def test_stdlib_corpus_is_long_and_offline():
 def test_read_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.md").write_text("# Title A\n\nbody")
-    (tmp_path / "sub" / "b.txt").write_bytes(b"first line\n\xff broken byte")
+    (tmp_path / "sub" / "b.txt").write_bytes(b"first line\nsecond")
     (tmp_path / "ignored.bin").write_bytes(b"\x00")
     documents = read_folder(tmp_path)
     assert [(d.id, d.title) for d in documents] == [("a.md", "Title A"), ("sub/b.txt", "first line")]
     with pytest.raises(FileNotFoundError):
         read_folder(tmp_path / "missing")
+    # one policy for every input file: invalid UTF-8 is refused, naming the file, offset and byte
+    (tmp_path / "sub" / "c.txt").write_bytes(b"first line\n\xff broken byte")
+    with pytest.raises(ValueError, match=r"c\.txt: not UTF-8 text: byte 0xff at offset 11 \(line 2\)"):
+        read_folder(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +115,9 @@ def test_examples_run(argv, checkpoints, docs_folder, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "json" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.strip() and not last.rstrip().endswith("Answer:")  # ends with something useful
+    if argv == ["examples/langchain_rag.py"]:
+        assert "Best passage (" in result.stdout and "--generate" in last
+    if "--generate" in argv:
+        assert "Answer (local LLM" in result.stdout

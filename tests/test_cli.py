@@ -57,9 +57,14 @@ def test_bad_jsonl_names_the_line(checkpoints, tmp_path, capsys):
     assert "bad.jsonl:2" in capsys.readouterr().err
 
 
-def test_model_failure_exits_1(tmp_path, capsys):
-    assert main(["info", "--model", str(tmp_path / "missing.gguf")]) == 1
-    assert "GGUF file not found" in capsys.readouterr().err
+def test_missing_model_is_usage_and_broken_model_is_failure(tmp_path, capsys):
+    assert main(["info", "--model", str(tmp_path / "missing.gguf")]) == 2  # checked before loading
+    assert "no such GGUF file" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert main(["info", "--model", str(broken)]) == 1  # exists, but will not load
+    assert "kvembed-rag info: error:" in capsys.readouterr().err
 
 
 def test_info_json(checkpoints, capsys):

@@ -124,7 +124,7 @@ def test_duplicate_document_ids_are_refused(make_embedder, tmp_path):
 
 
 def test_search_errors(checkpoints, corpus, tmp_path, capsys):
-    assert main(["search", str(tmp_path / "nothing"), "q"]) == 1
+    assert main(["search", str(tmp_path / "nothing"), "q"]) == 2  # usage: exit 2, before any model loads
     assert "not a kvembed-rag index" in capsys.readouterr().err
     out = tmp_path / "idx"
     assert _index(str(checkpoints["llama"]), corpus, out) == 0

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from kvembed_rag import ConfigError, KVEmbedConfig, KVEmbedder, VectorIndex
-from kvembed_rag.cli import _FLAG_TYPES, build_parser, config_from_args
+from kvembed_rag.cli import build_parser
+from kvembed_rag.cli.options import FLAG_TYPES as _FLAG_TYPES
+from kvembed_rag.cli.options import config_from_args
 from kvembed_rag.config import LOAD, RUNTIME, VECTORS, field_names, option_default
 from kvembed_rag.embedder import ADAPTER_OPTIONS
 from kvembed_rag.eval.mteb import MTEBEncoder

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kvembed_rag import ModelLoadError
+from kvembed_rag import ModelLoadError, model_specs
 from kvembed_rag.loading import MARKER, directory_identity, materialise, pick_dtype, resolve
 
 
@@ -81,13 +81,31 @@ def test_directory_identity_sees_different_weights(tmp_path):
     assert resolve(a)[1].kind == "directory"
 
 
-def test_resolution_errors(tmp_path):
-    with pytest.raises(ModelLoadError, match="not found"):
+def test_resolution_errors(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match="no such GGUF file"):
         resolve(tmp_path / "x.gguf")
+    with pytest.raises(ModelLoadError, match=r"no such directory or file: \./nope"):
+        resolve("./nope")  # a path, not "Repo id must use alphanumeric chars"
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(ModelLoadError, match="neither"):
+    with pytest.raises(ModelLoadError, match="unsupported model file"):
         resolve(tmp_path / "file.txt")
+    (tmp_path / "model.safetensors").write_text("x")
+    with pytest.raises(ModelLoadError, match="pass the folder that holds it"):
+        resolve(tmp_path / "model.safetensors")
+    # a hub id fails at once when offline (conftest sets HF_HUB_OFFLINE=1), pointing at 'default'
+    with pytest.raises(ModelLoadError, match=r"HF_HUB_OFFLINE is set.*--model default"):
+        resolve("Qwen/Qwen3-4B")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(model_specs, "_hub_reachable", lambda timeout=2.0: False)
+    with pytest.raises(ModelLoadError, match="cannot be reached"):
+        resolve("Qwen/Qwen3-4B")
+    monkeypatch.setattr(model_specs, "_hub_reachable", lambda timeout=2.0: True)
     assert resolve("Qwen/Qwen3-4B")[1].kind == "hub"
+
+
+def test_hub_reachability_check_says_no_without_sockets():
+    assert model_specs._hub_reachable(timeout=2.0) is False  # pytest-socket blocks sockets: one try, no retries
 
 
 def test_dtype_choice():
@@ -98,3 +116,9 @@ def test_dtype_choice():
     assert pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         pick_dtype("int8", torch.device("cpu"))
+
+
+def test_named_models_match_the_resolver():
+    from kvembed_rag.loading import DEFAULT_MODEL, PACKAGED_GGUF
+
+    assert set(model_specs.NAMED_MODELS) == {DEFAULT_MODEL, *PACKAGED_GGUF}

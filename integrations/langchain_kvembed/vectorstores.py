@@ -198,7 +198,7 @@ class KVFaissVectorStore(VectorStore):
         return store
 
     def save_local(self, folder_path: str | Path) -> None:
-        """Write the index atomically (FAISS file + JSON; see ``kvembed_rag.index``)."""
+        """Write the index atomically (FAISS file + JSON; see ``kvembed_rag.retrieval.vector_index``)."""
         with self._lock:
             if self._index is None:
                 raise ValueError("nothing to save: the store is empty and has no dimension yet; add texts first")

@@ -12,6 +12,7 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,17 @@ class EncodeStats:
         self.cached = self.cached and other.cached
 
 
+#: ``(label, texts_done, texts_total, tokens_done, tokens_total)``
+BatchProgress = Callable[[str, int, int, int, int], None]
+
+
 class EmbeddingCache:
     """``root/<fingerprint>/<role>-<texts digest>.npy`` plus a ``.json`` with the cost; ``root=None`` disables."""
 
-    def __init__(self, root: str | Path | None = "default") -> None:
+    def __init__(self, root: str | Path | None = "default", *, progress: BatchProgress | None = None) -> None:
         self.root = None if root is None else (cache_root() / "eval" if root == "default" else Path(root))
+        #: ``progress(label, texts_done, texts_total, tokens_done, tokens_total)`` per batch of a computed encode
+        self.progress = progress
 
     def _paths(self, embedder: Any, texts: list[str], role: str) -> tuple[Path, Path]:
         digest = hashlib.sha256()
@@ -70,7 +77,17 @@ class EmbeddingCache:
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", TruncationWarning)  # counted in the stats instead
-            vectors = embedder.encode(texts, role) if texts else np.zeros((0, embedder.dim), np.float32)
+            if not texts:
+                vectors = np.zeros((0, embedder.dim), np.float32)
+            elif self.progress is None:
+                vectors = embedder.encode(texts, role)
+            else:
+                report = self.progress
+                label = f"{getattr(embedder, 'method', 'encode')} {role}s @{getattr(embedder, 'max_length', '?')}"
+                report(label, 0, len(texts), 0, tokens)
+                vectors = embedder.encode(
+                    texts, role, on_batch=lambda done, done_tokens: report(label, done, len(texts), done_tokens, tokens)
+                )
         stats = EncodeStats(time.perf_counter() - start, tokens, truncated)
         if self.root is not None:
             _atomic_save(vectors_path, stats_path, vectors, stats)

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..plotting import require_matplotlib
 from .cache import EmbeddingCache
 from .scoring import (
     CachedEncoder,
@@ -187,26 +186,47 @@ def format_table(rows: Sequence[EvalRow]) -> str:
 
 
 def plot_length_sweep(rows: Sequence[EvalRow], path: str | Path, title: str = "") -> None:
-    """Score against max_length, one line per dataset and method."""
-    require_matplotlib()
-    import matplotlib.pyplot as plt
+    """Score against max_length, one line per dataset and method (colours shared by every figure).
 
-    fig, axis = plt.subplots(figsize=(7, 4.5))
-    series: dict[tuple[str, str], list[EvalRow]] = {}
-    for r in rows:
-        series.setdefault((r.dataset, r.method), []).append(r)
-    datasets = {d for d, _ in series}
-    for (dataset, method), mine in series.items():
-        mine.sort(key=lambda r: r.max_length)
-        label = method if len(datasets) == 1 else f"{dataset} / {method}"
-        axis.plot([r.max_length for r in mine], [r.score for r in mine], marker="o", label=label)
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("max_length (tokens per input; longer documents are chunked)")
+    A marker per measured length; a line joins two of a method's points only when no length between them
+    was measured for another method (a method measured at 512 and 4,096 only shows two separate markers).
+    Each dataset gets its own panel; the default title names the model(s) and dataset(s).
+    """
+    from ..plotting import dataset_name, legend_outside, method_color, method_order, model_name, pyplot, save
+
+    plt = pyplot()
+    datasets = list(dict.fromkeys(r.dataset for r in rows)) or [""]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets) + 1.6, 4.2), squeeze=False)
+    lengths = sorted({r.max_length for r in rows})
+    models = list(dict.fromkeys(r.model for r in rows))
     metric = rows[0].metric if rows else "score"
-    axis.set_ylabel(metric)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    axis.set_title(title or f"{rows[0].task if rows else ''}: {metric} by input length")
+    for axis, dataset in zip(axes[0], datasets, strict=True):
+        mine = [r for r in rows if r.dataset == dataset]
+        for model in models:
+            for method in method_order(r.method for r in mine if r.model == model):
+                scores = {r.max_length: r.score for r in mine if r.model == model and r.method == method}
+                label = method if len(models) == 1 else f"{method} ({model_name(model)})"
+                axis.plot(
+                    lengths,
+                    [scores.get(n, float("nan")) for n in lengths],  # NaN breaks the line where unmeasured
+                    marker="o",
+                    linestyle="-" if models.index(model) == 0 else "--",
+                    color=method_color(method),
+                    label=label,
+                )
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        axis.minorticks_off()
+        axis.set_xlabel("max_length (tokens per input; longer documents are chunked)")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        if len(datasets) > 1:
+            axis.set_title(dataset_name(dataset))
+    legend_outside(axes[0][-1])
+    task = rows[0].task if rows else ""
+    names = " vs ".join(model_name(m) for m in models)
+    fig.suptitle(
+        title or f"{names} on {', '.join(dataset_name(d) for d in datasets)} ({task}): {metric} by input length"
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from ..plotting import require_matplotlib
 from ..tokenization import EncodedText
 
 #: shapes of the paper's backbones, for randomly initialised benchmark models (no download needed)
@@ -224,24 +223,34 @@ def check_targets(rows: list[BenchRow]) -> list[dict[str, Any]]:
 
 
 def plot_rows(rows: list[BenchRow], path: str, title: str) -> None:
-    require_matplotlib()
-    import matplotlib.pyplot as plt
+    """Tokens/s and peak memory against length, one colour per method (shared with every other figure)."""
+    from ..plotting import legend_outside, method_color, method_order, pyplot, save
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for method in dict.fromkeys(r.method for r in rows):
-        mine = [r for r in rows if r.method == method]
-        left.plot([r.length for r in mine], [r.tokens_per_s for r in mine], marker="o", label=method)
-        right.plot([r.length for r in mine], [r.peak_mb for r in mine], marker="o", label=method)
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    lengths = sorted({r.length for r in rows})
+    for method in method_order(r.method for r in rows):
+        mine = {r.length: r for r in rows if r.method == method}
+        nan = float("nan")
+        for axis, value in ((left, "tokens_per_s"), (right, "peak_mb")):
+            axis.plot(
+                lengths,
+                [getattr(mine[n], value) if n in mine else nan for n in lengths],
+                marker="o",
+                color=method_color(method),
+                label=method,
+            )
     for axis, label in ((left, "text tokens / s"), (right, "peak memory above start (MB)")):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        axis.minorticks_off()
         axis.set_xlabel("tokens per text")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    left.legend(fontsize=8)
+    legend_outside(right)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def placeholder_tokenizer() -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import io
 import pydoc
+import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,15 +69,28 @@ class SourceDocument:
     source: str
 
 
+#: what makes a pydoc page differ between processes: object addresses (``<function copy2 at 0x7f3a...>``)
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}\b")
+
+
+def normalise_pydoc(text: str) -> str:
+    """``text`` with memory addresses replaced by ``0x...``, so a page hashes the same in every process."""
+    return _ADDRESS.sub("0x...", text)
+
+
 def stdlib_documents(modules: tuple[str, ...] | list[str] = DEFAULT_MODULES) -> list[SourceDocument]:
-    """Render each importable module's pydoc page as plain text (modules that fail to import are skipped)."""
+    """Render each importable module's pydoc page as plain text (modules that fail to import are skipped).
+
+    Pages are normalised (:func:`normalise_pydoc`): their content hash is stable across processes, so an
+    index built from them is reused by the next run instead of re-embedding the pages that print addresses.
+    """
     documents = []
     for name in modules:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 module = importlib.import_module(name)
-                text = pydoc.render_doc(module, renderer=pydoc.plaintext)  # type: ignore[attr-defined]
+                text = normalise_pydoc(pydoc.render_doc(module, renderer=pydoc.plaintext))  # type: ignore[attr-defined]
         except Exception:
             continue
         first_line = (module.__doc__ or name).strip().splitlines()[0] if module.__doc__ else name
@@ -95,8 +110,7 @@ def read_folder(path: str | Path, suffixes: tuple[str, ...] = (".txt", ".md", ".
         raise FileNotFoundError(f"{root}: no such file or directory")
     documents = []
     for file in files:
-        raw = file.read_bytes()
-        text = raw.decode("utf-8", errors="replace")
+        text = read_text_file(file)
         stream = io.StringIO(text)
         title = next((line.strip().lstrip("# ") for line in stream if line.strip()), file.stem)
         documents.append(SourceDocument(str(file.relative_to(root)), title[:200], text, str(file)))
@@ -138,20 +152,17 @@ def read_jsonl(
 
     file = Path(path)
     documents = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from exc
-            if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-                raise ValueError(f"{file}:{number}: expected an object with a string {text_field!r} field")
-            doc_id = str(row.get(id_field) or f"{file.name}:{number}")
-            documents.append(
-                SourceDocument(doc_id, str(row.get(title_field) or ""), row[text_field], f"{file}:{number}")
-            )
+    for number, line in enumerate(read_text_file(file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file}:{number}: not JSON ({exc.msg})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise ValueError(f"{file}:{number}: expected an object with a string {text_field!r} field")
+        doc_id = str(row.get(id_field) or f"{file.name}:{number}")
+        documents.append(SourceDocument(doc_id, str(row.get(title_field) or ""), row[text_field], f"{file}:{number}"))
     return documents
 
 
@@ -165,3 +176,41 @@ def read_sources(paths: list[str] | list[Path], **jsonl_fields: str) -> list[Sou
         else:
             documents += read_folder(path)
     return documents
+
+
+def read_text_file(path: str | Path) -> str:
+    """A file's text. The one policy for input files (index, embed, calibration): UTF-8 or refused.
+
+    Invalid bytes raise ``ValueError`` naming the file, the byte offset and the byte, rather than being
+    replaced silently (a replaced byte changes the text that is embedded and its content hash).
+    """
+    file = Path(path)
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(
+            f"{file}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line}) is invalid; "
+            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out"
+        ) from None
+
+
+def read_texts(path: str | Path | None) -> list[str]:
+    """Non-empty lines of a file or stdin (``None`` or ``-``); a ``.jsonl`` file gives each object's ``text``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (file, line or byte) for bad input.
+    """
+    if path is None or str(path) == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"<stdin>: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
+        return [line for line in text.splitlines() if line.strip()]
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no such file")
+    if file.suffix == ".jsonl":
+        return [document.text for document in read_jsonl(file)]
+    return [line for line in read_text_file(file).splitlines() if line.strip()]

@@ -45,14 +45,15 @@ class BuildReport:
         return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
 
 
-def open_index(out_dir: Path, embedder: Any) -> VectorIndex:
+def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False) -> VectorIndex:
     """The existing index in ``out_dir`` (checked against ``embedder``) or a new empty one.
 
     The index records ``embedder.describe()``, whose ``config`` entry is the resolved configuration:
-    :func:`load_for_search` rebuilds exactly that embedder for the index's queries.
+    :func:`load_for_search` rebuilds exactly that embedder for the index's queries. ``overwrite``: start empty
+    even if ``out_dir`` holds an index (built by any embedder); the old one is replaced at the first save.
     """
     info = embedder.describe()
-    if (out_dir / MANIFEST).is_file():
+    if (out_dir / MANIFEST).is_file() and not overwrite:
         return VectorIndex.load(out_dir, embedder=info)
     return VectorIndex(embedder.dim, embedder=info)
 
@@ -92,17 +93,21 @@ def build_index(
     group_tokens: int = 32_768,
     progress: Callable[[int, int, int], None] | None = None,
     encode: Callable[[list[str]], Any] | None = None,
+    overwrite: bool = False,
 ) -> BuildReport:
     """Embed ``documents`` into the index at ``out_dir`` (created or updated). See the module docstring.
 
-    ``progress(documents_done, tokens_done, tokens_total)`` is called after each group. ``encode`` replaces
-    ``embedder.encode_documents`` (the Ray engine embeds each group on a cluster).
+    ``progress(documents_done, tokens_done, tokens_total)`` is called once before the first batch, after
+    every embedder batch and after every group (tokens as fed to the model, prompts included; documents
+    count when their group is stored). ``encode`` replaces ``embedder.encode_documents`` (the Ray engine
+    embeds each group on a cluster; progress then moves per group). ``overwrite`` rebuilds an index that
+    another embedder made instead of refusing it (:class:`~kvembed_rag.errors.EmbedderMismatchError`).
     """
-    encode = encode or embedder.encode_documents
+    custom_encode = encode
     if long_docs not in LONG_DOC_POLICIES:
         raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
     folder = Path(out_dir)
-    index = open_index(folder, embedder)
+    index = open_index(folder, embedder, overwrite=overwrite)  # refuses another embedder's index before any work
     stored = _documents_in(index)
     report = BuildReport(documents=len(documents))
     seen: set[str] = set()
@@ -116,28 +121,40 @@ def build_index(
             report.skipped += 1
             continue
         pending.append((document, digest))
-    # work units: (document, digest, chunk texts); chunking needs the tokenizer only
+    # work units: (document, digest, chunk texts, tokens per chunk); chunking needs the tokenizer only
     units = []
     for document, digest in pending:
         if long_docs == "chunk":
             texts = [c.text for c in chunk_text(embedder, document.text, title=document.title, overlap=overlap)]
         else:
             texts = [f"{document.title}\n\n{document.text}" if document.title else document.text]
-        units.append((document, digest, texts))
-    total_tokens = sum(len(t) for _, _, texts in units for t in texts) // 4 + 1  # rough, for the bar only
+        tokens = [len(e.ids) for e in embedder.tokenize(texts)]
+        units.append((document, digest, texts, tokens))
+    total_tokens = sum(sum(tokens) for *_, tokens in units)
+    if progress is not None:
+        progress(report.skipped, 0, total_tokens)
     start = last_save = time.perf_counter()
     done_tokens = 0
-    group: list[tuple[SourceDocument, str, list[str]]] = []
+    group: list[tuple[SourceDocument, str, list[str], list[int]]] = []
     group_size = 0
 
     def flush() -> None:
         nonlocal group, group_size, done_tokens, last_save
         if not group:
             return
-        texts = [text for _, _, chunk_texts in group for text in chunk_texts]
-        vectors = encode(texts)
+        texts = [text for _, _, chunk_texts, _ in group for text in chunk_texts]
+        group_tokens_done = sum(sum(tokens) for *_, tokens in group)
+        if custom_encode is not None:
+            vectors = custom_encode(texts)
+        else:
+
+            def on_batch(_texts_done: int, tokens_done: int) -> None:
+                if progress is not None:
+                    progress(report.embedded + report.skipped, done_tokens + tokens_done, total_tokens)
+
+            vectors = embedder.encode_documents(texts, on_batch=on_batch if progress is not None else None)
         ids, metadatas = [], []
-        for document, digest, chunk_texts in group:
+        for document, digest, chunk_texts, _ in group:
             if document.id in stored:
                 index.delete(stored[document.id][1])
                 report.replaced += 1
@@ -156,8 +173,8 @@ def build_index(
         index.upsert(ids, vectors, texts, metadatas)
         report.embedded += len(group)
         report.chunks += len(texts)
-        done_tokens += sum(len(t) for t in texts) // 4
-        report.tokens += sum(len(e.ids) for e in embedder.tokenize(texts))
+        done_tokens += group_tokens_done
+        report.tokens += group_tokens_done
         if progress is not None:
             progress(report.embedded + report.skipped, done_tokens, total_tokens)
         if time.perf_counter() - last_save >= checkpoint_seconds:
@@ -167,11 +184,11 @@ def build_index(
 
     for unit in units:
         group.append(unit)
-        group_size += sum(len(t) for t in unit[2]) // 4
+        group_size += sum(unit[3])
         if group_size >= group_tokens:
             flush()
     flush()
-    if units or not (folder / MANIFEST).is_file():
+    if units or overwrite or not (folder / MANIFEST).is_file():
         index.save(folder)
     report.seconds = time.perf_counter() - start
     return report
@@ -191,6 +208,8 @@ def search_documents(
     index: VectorIndex, query_vector: Any, k: int = 5, *, snippet_chars: int = 240
 ) -> list[DocumentHit]:
     """Top ``k`` documents, each scored by its best-matching chunk."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int; got {k!r}")
     hits = index.search(query_vector, k=max(k * 8, 32))[0]
     best: dict[str, DocumentHit] = {}
     for hit in hits:

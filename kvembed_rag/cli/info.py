@@ -1,0 +1,30 @@
+"""``kvembed-rag info``: load a model and print what determines its vectors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .options import EXIT_OK, add_model_options, add_output_options, load_embedder
+
+NAME = "info"
+HELP = "Load a model and print what determines its vectors."
+EXAMPLES = """examples:
+  kvembed-rag info
+  kvembed-rag info --model ./my-llama --method prompteol --json"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_output_options(parser)
+    add_model_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    embedder = load_embedder(args)
+    info = embedder.describe()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for key, value in info.items():
+            print(f"{key:24s} {value}")
+    return EXIT_OK
