@@ -709,6 +709,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     _model_options(p, eval_mode=True)
 
+    from .serve import command as serve_command  # imports nothing heavy: the web stack loads in run()
+
+    p = command("serve", serve_command.run, "Serve the embedder over HTTP: OpenAI's /v1/embeddings API.")
+    serve_command.add_arguments(p)
+
     p = command("info", cmd_info, "Load a model and print what determines its vectors.")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
