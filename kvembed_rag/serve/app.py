@@ -184,8 +184,8 @@ def create_app(
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        # constant-time compare on bytes (compare_digest refuses non-ASCII str)
-        if not hmac.compare_digest(token.strip().encode("utf-8"), expected.encode("utf-8")):
+        # constant-time compare of the raw header bytes (Starlette decoded them as latin-1) with the UTF-8 key
+        if not hmac.compare_digest(token.strip().encode("latin-1", "replace"), expected.encode("utf-8")):
             raise APIError(
                 401, "incorrect API key provided", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
             )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -103,6 +106,14 @@ def model_loader(args: argparse.Namespace) -> Any:
     return partial(load_embedder, options)
 
 
+def _quiet_duplicate_truncation_warnings() -> None:
+    """In a server process each response reports its truncated inputs and the embedder logs them, so the
+    Python warning the embedder also raises (attributed to the batcher's call) would only repeat them."""
+    from .. import TruncationWarning
+
+    warnings.filterwarnings("ignore", category=TruncationWarning, module=r"kvembed_rag\.serve\.batching")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -130,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         )
     from ..cli import _parse_layers
 
+    _quiet_duplicate_truncation_warnings()
+
     _parse_layers(args.layers)  # a bad --layers is a usage error now, not a load failure after binding
     loader = model_loader(args)
     if args.engine == "ray":
@@ -144,6 +157,26 @@ def run(args: argparse.Namespace) -> int:
             gpus_per_replica=args.gpus_per_replica,
         )
     return _serve_local(loader, settings, log_level=args.log_level)
+
+
+def _graceful_server_class() -> Any:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown (the process dies of the signal);
+        the CLI instead returns its exit code: 0 once every in-flight request was answered."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                captured = getattr(self, "_captured_signals", None)
+                if isinstance(captured, list):
+                    if captured:
+                        logger.warning("stopped by signal %s after finishing in-flight requests", captured[-1])
+                    captured.clear()
+
+    return GracefulServer
 
 
 def _serve_local(loader: Any, settings: ServeSettings, *, log_level: str = "info") -> int:
@@ -162,7 +195,7 @@ def _serve_local(loader: Any, settings: ServeSettings, *, log_level: str = "info
         access_log=log_level == "debug",
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = _graceful_server_class()(config)
 
     def stop(exc: BaseException) -> None:
         server.should_exit = True
