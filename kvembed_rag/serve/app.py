@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -317,6 +318,7 @@ def create_app(
                 "dim": embedder.dim,
                 "fingerprint": embedder.fingerprint,
                 "pending_inputs": state.batcher.pending_inputs if state.batcher else 0,
+                "pid": os.getpid(),  # tells replicas apart behind a load balancer or Ray's proxy
             }
         )
 
