@@ -563,3 +563,35 @@ def test_settings_and_flags_are_validated() -> None:
     assert (settings.host, settings.port, settings.max_input_tokens) == ("127.0.0.1", 9001, 100)
     assert main(["serve", "--max-inputs", "0"]) == 2
     assert main(["serve", "--layers", "a,b"]) == 2
+
+
+class FlakyEmbedder(BlockingEmbedder):
+    """Fails any call that contains the text "boom" (a stand-in for one input that breaks the model)."""
+
+    def encode(self, texts: list[str], role: str = "document") -> np.ndarray:
+        if "boom" in texts:
+            raise RuntimeError("the model broke on this input")
+        return self.inner.encode(texts, role)
+
+
+def test_one_failing_or_too_long_request_never_fails_the_requests_merged_with_it(embedder: Any) -> None:
+    from kvembed_rag.serve.batching import Batcher
+    from kvembed_rag.serve.protocol import APIError
+
+    batcher = Batcher(FlakyEmbedder(embedder), max_wait_s=0.05, max_input_tokens=MAX_INPUT_TOKENS)
+
+    async def go() -> list[Any]:
+        batcher.start()
+        jobs = [["ok", "fine"], ["boom"], ["retrieval " * 300], ["also fine"]]
+        results = await asyncio.gather(*(batcher.submit(t, "query") for t in jobs), return_exceptions=True)
+        after = await batcher.submit(["after"], "document")  # the dispatcher is still alive
+        await batcher.stop()
+        return [*results, after]
+
+    ok, boom, too_long, fine, after = asyncio.run(go())
+    np.testing.assert_allclose(ok.vectors, embedder.encode(["ok", "fine"], "query"), atol=ATOL)
+    np.testing.assert_allclose(fine.vectors, embedder.encode(["also fine"], "query"), atol=ATOL)
+    np.testing.assert_allclose(after.vectors, embedder.encode(["after"]), atol=ATOL)
+    assert isinstance(boom, APIError) and boom.status == 500 and "the model broke" in boom.message
+    assert isinstance(too_long, APIError) and too_long.status == 400 and too_long.code == "input_too_long"
+    assert ok.tokens == [len(e.ids) for e in embedder.tokenize(["ok", "fine"], "query")]

@@ -166,8 +166,14 @@ class Batcher:
             live = [item for item in items if not item.future.done()]  # drop requests whose client went away
             for role in ("document", "query"):
                 group = [item for item in live if item.role == role]
-                if group:
+                if not group:
+                    continue
+                try:
                     await self._run_group(loop, group, role)
+                except Exception as exc:  # never leave a request waiting, and keep dispatching
+                    for item in group:
+                        if not item.future.done():
+                            item.future.set_exception(_server_error(exc))
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, group: list[_Item], role: Role) -> None:
         assert self._executor is not None

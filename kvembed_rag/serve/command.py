@@ -148,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from .ray_engine import serve_on_ray
 
+        try:
+            import ray.serve  # noqa: F401
+        except ImportError:
+            print('kvembed-rag serve: --engine ray needs Ray Serve: pip install "kvembed-rag[ray]"', file=sys.stderr)
+            return EXIT_FAILURE
         return serve_on_ray(
             loader,
             settings,
@@ -180,7 +185,13 @@ def _graceful_server_class() -> Any:
 
 
 def _serve_local(loader: Any, settings: ServeSettings, *, log_level: str = "info") -> int:
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError:
+        print(
+            'kvembed-rag serve: the server needs FastAPI and uvicorn: pip install "kvembed-rag[serve]"', file=sys.stderr
+        )
+        return EXIT_FAILURE
 
     from .app import create_app
 
