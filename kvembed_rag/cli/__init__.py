@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     ".bench",
     ".eval",
     ".tune",
+    "kvembed_rag.serve.command",
     ".info",
 ]
 
