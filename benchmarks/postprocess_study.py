@@ -335,25 +335,57 @@ def score_setting(
     return rows
 
 
+def mean_ranks(
+    table: dict[tuple[str, str], dict[tuple[str, str], float]], candidates: list[tuple[str, str]], families: list[str]
+) -> dict[tuple[str, str], float]:
+    """Mean over ``families`` of each candidate's rank on sample A (1 = best; ties share the better rank)."""
+    ranks: dict[tuple[str, str], list[int]] = {c: [] for c in candidates}
+    for f in families:
+        for c in candidates:
+            ranks[c].append(1 + sum(table[o][(f, "A")] > table[c][(f, "A")] for o in candidates))
+    return {c: float(np.mean(r)) for c, r in ranks.items()}
+
+
 def report(rows: list[dict[str, Any]]) -> None:
-    """Mean rank over families on sample A per candidate, and its scores on both samples."""
-    families = sorted({r["family"] for r in rows})
+    """Per family: every setting x post-processing on both samples; then the mixed objective (mean rank on A),
+    within each setting (which post-processing) and across all candidates that have every family."""
+    families = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    posts = list(dict.fromkeys(r["post"] for r in rows))
     table: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
     for r in rows:
         table.setdefault((r["setting"], r["post"]), {})[(r["family"], r["sample"])] = r["score"]
-    candidates = [c for c, v in table.items() if all((f, "A") in v for f in families)]
-    ranks: dict[tuple[str, str], list[float]] = {c: [] for c in candidates}
     for f in families:
-        ordered = sorted(candidates, key=lambda c: -table[c][(f, "A")])
-        for position, c in enumerate(ordered, start=1):
-            ranks[c].append(position)
-    print("\nmean rank over " + ", ".join(families) + " on sample A (lower is better)")
-    print("| setting | post | mean rank A | " + " | ".join(f"{f} A / B" for f in families) + " |")
-    for c in sorted(candidates, key=lambda c: np.mean(ranks[c])):
-        cells = " | ".join(
-            f"{table[c].get((f, 'A'), float('nan')):.4f} / {table[c].get((f, 'B'), float('nan')):.4f}" for f in families
-        )
-        print(f"| {c[0]} | {c[1]} | {np.mean(ranks[c]):.2f} | {cells} |")
+        have = [s for s in settings if (f, "A") in table.get((s, "none"), {})]
+        print(f"\n{f}: score on A (choosing) / B (confirming)")
+        print("| post-processing | " + " | ".join(have) + " |")
+        print("|---" * (len(have) + 1) + "|")
+        for p in posts:
+            row_cells = [
+                f"{table[(s, p)].get((f, 'A'), float('nan')):.4f} / {table[(s, p)].get((f, 'B'), float('nan')):.4f}"
+                for s in have
+            ]
+            print(f"| {p} | " + " | ".join(row_cells) + " |")
+    for s in settings:
+        fams = [f for f in families if (f, "A") in table.get((s, "none"), {})]
+        cands = [(s, p) for p in posts if all((f, "A") in table.get((s, p), {}) for f in fams)]
+        ranks = mean_ranks(table, cands, fams)
+        print(f"\n{s}: post-processing by mean rank over {', '.join(fams)} on A; gain over none on A / B")
+        for c in sorted(cands, key=lambda c: ranks[c]):
+            gains = "  ".join(
+                f"{f} {table[c][(f, 'A')] - table[(s, 'none')][(f, 'A')]:+.4f}/"
+                f"{table[c].get((f, 'B'), np.nan) - table[(s, 'none')].get((f, 'B'), np.nan):+.4f}"
+                for f in fams
+            )
+            print(f"  {c[1]:>18} rank {ranks[c]:5.2f}  {gains}")
+    full = [c for c in table if all((f, "A") in table[c] for f in families)]
+    if full:
+        ranks = mean_ranks(table, full, families)
+        print(f"\nevery candidate with all of {', '.join(families)}, by mean rank on A (lower is better)")
+        print("| setting | post | mean rank A | " + " | ".join(f"{f} A / B" for f in families) + " |")
+        for c in sorted(full, key=lambda c: ranks[c])[:25]:
+            cells = " | ".join(f"{table[c][(f, 'A')]:.4f} / {table[c].get((f, 'B'), np.nan):.4f}" for f in families)
+            print(f"| {c[0]} | {c[1]} | {ranks[c]:.2f} | {cells} |")
 
 
 if __name__ == "__main__":

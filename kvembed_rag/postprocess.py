@@ -37,16 +37,34 @@ from .errors import KVEmbedError
 
 __all__ = [
     "KINDS",
+    "SHIPPED_DIR",
     "PostprocessMismatchError",
     "PostprocessSpec",
     "PostprocessStats",
     "apply",
     "fit",
+    "fit_embedder",
     "load",
     "save",
+    "shipped_stats",
+    "stats_key",
 ]
 
 KINDS = ("none", "center", "remove-top", "whiten")
+SHIPPED_DIR = Path(__file__).parent / "data" / "postprocess"
+# what the statistics depend on: the backbone and everything that shapes a vector before post-processing
+# (not dtype or max_length: calibration texts are short and bf16 vectors agree with fp32 to cos >= 0.999)
+KEY_FIELDS = (
+    "architecture",
+    "num_layers",
+    "dim",
+    "method",
+    "layers",
+    "bias",
+    "token_prepending_layers",
+    "pooling",
+    "prompts",
+)
 FORMAT = "kvembed-rag/postprocess/1"
 Kind = Literal["none", "center", "remove-top", "whiten"]
 
@@ -246,20 +264,27 @@ def apply(vectors: np.ndarray, stats: PostprocessStats) -> np.ndarray:
     return out[0] if single else out
 
 
-def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any]) -> Path:
-    """Write ``stats`` as safetensors; the header records the format, spec, key and fingerprint."""
+def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any], half: bool = False) -> Path:
+    """Write ``stats`` as safetensors; the header records the format, spec, key and fingerprint.
+
+    ``half`` stores the projection in float16 (half the bytes); the recorded fingerprint is then that of the
+    rounded statistics, which is what :func:`load` returns (upcast to float32).
+    """
     from safetensors.numpy import save_file
 
     tensors = {"mean": np.ascontiguousarray(stats.mean, dtype=np.float32)}
     if stats.projection is not None:
-        tensors["projection"] = np.ascontiguousarray(stats.projection, dtype=np.float32)
+        tensors["projection"] = np.ascontiguousarray(stats.projection, dtype=np.float16 if half else np.float32)
+    stored = PostprocessStats(
+        stats.spec, tensors["mean"], tensors.get("projection"), stats.n, stats.shrinkage
+    )  # the fingerprint of what is on disk
     metadata = {
         "format": FORMAT,
         "spec": json.dumps(stats.spec.to_dict(), sort_keys=True),
         "key": json.dumps(key, sort_keys=True),
         "n": str(stats.n),
         "shrinkage": json.dumps(stats.shrinkage),
-        "fingerprint": stats.fingerprint,
+        "fingerprint": stored.fingerprint,
     }
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -307,8 +332,40 @@ def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None 
     stored = PostprocessSpec.from_dict(header["spec"])
     if spec is not None and stored != spec:
         raise PostprocessMismatchError(f"{path} holds post-processing {stored}, not the requested {spec}")
-    tensors = load_file(str(path))
+    tensors = {name: array.astype(np.float32) for name, array in load_file(str(path)).items()}
     stats = PostprocessStats(stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"])
     if header["fingerprint"] is not None and stats.fingerprint != header["fingerprint"]:
         raise PostprocessMismatchError(f"{path}: statistics do not match their recorded fingerprint (file damaged?)")
     return stats
+
+
+def stats_key(description: dict[str, Any]) -> dict[str, Any]:
+    """The key statistics are fitted for, from :meth:`KVEmbedder.describe`: the model's identity (its weights'
+    hash) and every option that shapes the vectors (method, prompts, layers, bias, pooling), not dtype."""
+    key = {name: description.get(name) for name in KEY_FIELDS}
+    key["model"] = description["model"]["identity"]
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
+def fit_embedder(
+    embedder: Any, spec: PostprocessSpec, texts: list[str] | None = None, *, role: str = "document"
+) -> PostprocessStats:
+    """Fit ``spec`` on ``embedder``'s ``role`` vectors (without post-processing) of ``texts``: by default the
+    222 shipped calibration texts, as documents (one shared mean from the document role is what works)."""
+    if texts is None:
+        from .layer_selection import load_calibration
+
+        texts = load_calibration()
+    return fit(embedder.encode(texts, role), spec)
+
+
+def shipped_stats(key: dict[str, Any], spec: PostprocessSpec) -> PostprocessStats | None:
+    """The statistics shipped in ``kvembed_rag/data/postprocess/`` for this key and spec, or ``None``."""
+    index_path = SHIPPED_DIR / "index.json"
+    if not index_path.is_file():
+        return None
+    wanted = json.loads(json.dumps(key, sort_keys=True))
+    for entry in json.loads(index_path.read_text(encoding="utf-8")):
+        if entry["key"] == wanted and entry["spec"] == spec.to_dict():
+            return load(SHIPPED_DIR / entry["file"], key=key, spec=spec)
+    return None

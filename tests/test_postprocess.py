@@ -176,3 +176,47 @@ def test_wrong_width_is_a_clear_error() -> None:
     stats = fit(anisotropic(d=16), PostprocessSpec("center"))
     with pytest.raises(ValueError, match=r"\(n, 16\)"):
         apply(np.zeros((3, 8), np.float32), stats)
+
+
+def test_half_precision_file_loads_what_it_recorded(tmp_path: Path) -> None:
+    x = anisotropic()
+    stats = fit(x, PostprocessSpec("whiten", shrinkage=0.2, dim=8))
+    full = save(tmp_path / "full.safetensors", stats, key=KEY)
+    half = save(tmp_path / "half.safetensors", stats, key=KEY, half=True)
+    assert half.stat().st_size < full.stat().st_size
+    back = load(half, key=KEY)
+    assert back.projection is not None and back.projection.dtype == np.float32
+    assert read_header(half)["fingerprint"] == back.fingerprint
+    np.testing.assert_allclose(apply(x, back), apply(x, stats), atol=2e-3)
+
+
+def test_stats_key_ignores_dtype_and_length_but_not_the_method_options() -> None:
+    from kvembed_rag.postprocess import stats_key
+
+    base = {
+        "model": {"spec": "default", "kind": "default", "identity": "sha"},
+        "architecture": "A", "num_layers": 18, "dim": 640, "dtype": "float32", "method": "kv", "layers": [4, 5],
+        "bias": 1.0, "token_prepending_layers": [], "pooling": "hybrid", "prompts": {"document": "x"},
+        "max_length": 512,
+    }  # fmt: skip
+    key = stats_key(base)
+    assert key["model"] == "sha" and "dtype" not in key and "max_length" not in key
+    assert stats_key({**base, "dtype": "bfloat16", "max_length": 4096}) == key
+    for change in ({"layers": [8, 9]}, {"bias": 2.0}, {"pooling": "last"}, {"method": "prompteol"}):
+        assert stats_key({**base, **change}) != key
+
+
+def test_shipped_index_entries_load_with_their_keys() -> None:
+    from kvembed_rag.postprocess import SHIPPED_DIR, shipped_stats
+
+    index = SHIPPED_DIR / "index.json"
+    if not index.is_file():
+        pytest.skip("no shipped statistics")
+    entries = json.loads(index.read_text())
+    assert entries
+    for entry in entries:
+        stats = shipped_stats(entry["key"], PostprocessSpec.from_dict(entry["spec"]))
+        assert stats is not None and stats.fingerprint == entry["fingerprint"]
+        assert stats.in_dim == entry["key"]["dim"]
+        with pytest.raises(PostprocessMismatchError):
+            load(SHIPPED_DIR / entry["file"], key={**entry["key"], "bias": -1.0})
