@@ -83,6 +83,7 @@ class Sample:
     score: Callable[[dict[str, np.ndarray]], float]
     corpus_part: str  # the part whose mean is the task's own "corpus" mean
     extra: dict[str, Any] = field(default_factory=dict)
+    max_length: int | None = None  # embed this sample's texts with a shorter window (None: the run's)
 
 
 def _perm(count: int, seed: int) -> list[int]:
@@ -110,7 +111,7 @@ def sts_samples(n: int) -> list[Sample]:
     return out
 
 
-def scifact_samples(queries: int, docs: int) -> list[Sample]:
+def scifact_samples(queries: int, docs: int, max_length: int | None = None) -> list[Sample]:
     from kvembed_rag.eval.runner import rank_documents, score_rankings
     from kvembed_rag.eval.tasks import load_beir
 
@@ -133,7 +134,8 @@ def scifact_samples(queries: int, docs: int) -> list[Sample]:
             return score_rankings(ranked, qids, qrels)["ndcg@10"]
 
         parts = {"docs": (doc_texts, "document"), "queries": ([task.queries[q] for q in qids], "query")}
-        out.append(Sample("scifact", name, parts, score, "docs", {"queries": len(qids), "docs": len(doc_ids)}))
+        extra = {"queries": len(qids), "docs": len(doc_ids), "max_length": max_length or 0}
+        out.append(Sample("scifact", name, parts, score, "docs", extra, max_length))
     return out
 
 
@@ -222,7 +224,7 @@ def build_samples(args: argparse.Namespace, embedder: Any, families: list[str]) 
     if "banking" in families or "clustering" in families:
         samples += [s for s in banking_samples(args.banking, args.banking_intents) if s.family in families]
     if "scifact" in families:
-        samples += scifact_samples(args.scifact_queries, args.scifact_docs)
+        samples += scifact_samples(args.scifact_queries, args.scifact_docs, args.scifact_max_length)
     if "qmsum" in families:
         samples += qmsum_samples(embedder, args.qmsum_meetings)
     return samples
@@ -253,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--banking-intents", type=int, default=20, help="a seeded subset of the 77 intents")
     parser.add_argument("--scifact-queries", type=int, default=20)
     parser.add_argument("--scifact-docs", type=int, default=80)
+    parser.add_argument("--scifact-max-length", type=int, help="cut abstracts shorter than --max-length (CPU)")
     parser.add_argument("--qmsum-meetings", type=int, default=6)
     parser.add_argument("--embed-only", action="store_true", help="fill the cache, score nothing")
     parser.add_argument("--cached-only", action="store_true", help="score only what the cache already holds")
@@ -275,21 +278,22 @@ def main(argv: list[str] | None = None) -> int:
     for setting in settings:
         embedder = make_embedder(base, setting)
         samples = build_samples(args, embedder, families)
-        parts_needed = [("calibration", calibration, "document")]
+        parts_needed = [("calibration", calibration, "document", embedder)]
         for s in samples:
-            parts_needed += [(f"{s.family}/{s.name}/{p}", t, r) for p, (t, r) in s.texts.items()]
+            window = embedder if s.max_length is None else embedder.variant(max_length=s.max_length)
+            parts_needed += [(f"{s.family}/{s.name}/{p}", t, r, window) for p, (t, r) in s.texts.items()]
         vectors: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
         missing = False
-        for label, texts, role in parts_needed:
+        for label, texts, role, encoder in parts_needed:
             key = (role, tuple(texts))
             if key in vectors:
                 continue
-            if args.cached_only and not _cached(cache, embedder, texts, role):
+            if args.cached_only and not _cached(cache, encoder, texts, role):
                 print(f"[{setting}] {label}: not cached, skipped", flush=True)
                 missing = True
                 continue
             start = time.perf_counter()
-            vectors[key], stats = cache.encode(embedder, texts, role)
+            vectors[key], stats = cache.encode(encoder, texts, role)
             if not stats.cached:
                 print(f"[{setting}] {label}: {len(texts)} texts, {stats.tokens} tokens, "
                       f"{time.perf_counter() - start:.0f} s", flush=True)  # fmt: skip

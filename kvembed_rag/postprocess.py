@@ -132,9 +132,11 @@ class PostprocessSpec:
 
 @dataclass(frozen=True, eq=False)
 class PostprocessStats:
-    """Fitted statistics: ``mean`` (d,) and an optional ``projection`` (d, out_dim); ``n`` vectors fitted.
+    """Fitted statistics: ``mean`` (d,), optional ``removed`` directions (k, d) and ``projection`` (d, out_dim).
 
-    ``apply`` computes ``normalise((x - mean) @ projection)`` (no projection: ``x - mean``). ``shrinkage`` is
+    ``apply`` computes ``y = x - mean``, then ``y - (y @ removed.T) @ removed`` (``"remove-top"``: k rows
+    instead of a d x d matrix, so the file stays small), then ``y @ projection``, and re-normalises. ``n`` is
+    the number of vectors fitted; ``shrinkage`` is
     the value used (the Ledoit-Wolf estimate for ``"auto"``), for the record.
     """
 
@@ -143,6 +145,7 @@ class PostprocessStats:
     projection: np.ndarray | None
     n: int
     shrinkage: float | None = None
+    removed: np.ndarray | None = None
 
     @property
     def in_dim(self) -> int:
@@ -156,7 +159,7 @@ class PostprocessStats:
     def fingerprint(self) -> str:
         """A short hash of the spec and the exact bytes of the statistics."""
         digest = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True).encode())
-        for array in (self.mean, self.projection):
+        for array in (self.mean, self.removed, self.projection):
             if array is not None:
                 digest.update(str(array.shape).encode())
                 digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
@@ -233,10 +236,11 @@ def fit(vectors: np.ndarray, spec: PostprocessSpec) -> PostprocessStats:
         if spec.dim is None:
             projection = projection @ directions.T  # ZCA: stay in the input's coordinates
     elif spec.kind == "remove-top":
-        top = directions[:, : spec.components]
-        projection = np.eye(d) - top @ top.T
-        if spec.dim is not None:  # then reduce to the next `dim` directions
-            projection = directions[:, spec.components : spec.components + keep]
+        top = directions[:, : spec.components].T  # (k, d)
+        if spec.dim is None:
+            return PostprocessStats(spec, mean.astype(np.float32), None, n, None, top.astype(np.float32))
+        # with a reduction: the next `dim` directions, orthogonal to the removed ones
+        projection = directions[:, spec.components : spec.components + keep]
     else:  # center with a reduction: plain PCA
         projection = directions[:, :keep]
     return PostprocessStats(spec, mean.astype(np.float32), projection.astype(np.float32), n, shrinkage)
@@ -254,6 +258,9 @@ def apply(vectors: np.ndarray, stats: PostprocessStats) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != stats.in_dim:
         raise ValueError(f"vectors must have shape (n, {stats.in_dim}); got {np.asarray(vectors).shape}")
     out = (x - stats.mean).astype(np.float64)
+    if stats.removed is not None:
+        removed = stats.removed.astype(np.float64)  # (k, d)
+        out = np.stack([row - (removed @ row) @ removed for row in out]) if len(out) else out
     if stats.projection is not None:
         # one row at a time through the same float64 kernel: BLAS may block a matrix product differently by
         # batch size, and the result must not depend on what else is in the batch
@@ -275,8 +282,10 @@ def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any], half
     tensors = {"mean": np.ascontiguousarray(stats.mean, dtype=np.float32)}
     if stats.projection is not None:
         tensors["projection"] = np.ascontiguousarray(stats.projection, dtype=np.float16 if half else np.float32)
+    if stats.removed is not None:
+        tensors["removed"] = np.ascontiguousarray(stats.removed, dtype=np.float32)
     stored = PostprocessStats(
-        stats.spec, tensors["mean"], tensors.get("projection"), stats.n, stats.shrinkage
+        stats.spec, tensors["mean"], tensors.get("projection"), stats.n, stats.shrinkage, tensors.get("removed")
     )  # the fingerprint of what is on disk
     metadata = {
         "format": FORMAT,
@@ -333,7 +342,9 @@ def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None 
     if spec is not None and stored != spec:
         raise PostprocessMismatchError(f"{path} holds post-processing {stored}, not the requested {spec}")
     tensors = {name: array.astype(np.float32) for name, array in load_file(str(path)).items()}
-    stats = PostprocessStats(stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"])
+    stats = PostprocessStats(
+        stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"], tensors.get("removed")
+    )
     if header["fingerprint"] is not None and stats.fingerprint != header["fingerprint"]:
         raise PostprocessMismatchError(f"{path}: statistics do not match their recorded fingerprint (file damaged?)")
     return stats

@@ -65,6 +65,8 @@ def test_fit_is_deterministic_and_apply_batch_invariant(spec: PostprocessSpec) -
     assert (first.projection is None) == (second.projection is None)
     if first.projection is not None and second.projection is not None:
         assert np.array_equal(first.projection, second.projection)
+    if first.removed is not None and second.removed is not None:
+        assert np.array_equal(first.removed, second.removed)
     batch = apply(x[:40], first)
     rows = np.stack([apply(row, first) for row in x[:40]])
     pairs = np.stack([apply(x[i : i + 2], first)[0] for i in range(40)])
@@ -114,6 +116,7 @@ def test_remove_top_removes_the_top_directions() -> None:
     centred = x.astype(np.float64) - x.mean(axis=0)
     top = np.linalg.svd(centred, full_matrices=False)[2][:2]  # (2, d)
     assert np.abs(apply(x, stats) @ top.T).max() < 1e-5
+    assert stats.projection is None and stats.removed is not None and stats.removed.shape == (2, 16)  # small file
 
 
 def test_invalid_specs_are_refused() -> None:
