@@ -85,3 +85,20 @@ def test_probe_nearest_neighbour_and_anisotropy(probe: ModuleType) -> None:
     assert probe.nearest_neighbour(train, ["a", "b"], test) == ["a", "b"]
     assert probe.cross_label_cosine(test, ["a", "b"]) > 0.99
     assert probe.cross_label_cosine(np.eye(2), ["a", "b"]) == pytest.approx(0.0)
+
+
+def test_postprocess_study_mean_rank_and_disjoint_samples() -> None:
+    spec = importlib.util.spec_from_file_location("bench_postprocess_study", BENCHMARKS / "postprocess_study.py")
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study  # its dataclasses look their module up while the file executes
+    spec.loader.exec_module(study)
+    table = {
+        ("kv", "none"): {("sts", "A"): 0.70, ("scifact", "A"): 0.50},
+        ("kv", "center"): {("sts", "A"): 0.72, ("scifact", "A"): 0.60},
+        ("kv", "whiten"): {("sts", "A"): 0.72, ("scifact", "A"): 0.40},
+    }
+    ranks = study.mean_ranks(table, list(table), ["sts", "scifact"])
+    assert ranks == {("kv", "none"): 2.5, ("kv", "center"): 1.0, ("kv", "whiten"): 2.0}  # ties share the better rank
+    order = study._perm(100, 0)
+    assert sorted(order) == list(range(100)) and order == study._perm(100, 0) and order != list(range(100))

@@ -1,0 +1,382 @@
+"""Isotropy calibration: training-free post-processing of an embedder's unit vectors (numpy only).
+
+A decoder's pooled states share a large common component (every cosine near 1): centring on a mean vector,
+removing the top principal directions ("all-but-the-top", Mu & Viswanath 2018) or whitening with shrinkage
+spreads them out. The statistics are fitted once per embedder configuration on calibration texts (or on a
+user's own corpus: the same :func:`fit` on other vectors) and applied to the embedder's L2-normalised output:
+
+    stats = fit(calibration_vectors, PostprocessSpec("center"))
+    out = apply(vectors, stats)             # (n, out_dim) float32, unit norm, row-wise (batch-invariant)
+    save(path, stats, key=embedder_key)     # safetensors + JSON header; never pickle
+    stats = load(path, key=embedder_key)    # refuses stats fitted for another configuration
+
+``kind``:
+
+- ``"none"``: identity (vectors are only re-normalised);
+- ``"center"``: subtract the mean;
+- ``"remove-top"``: subtract the mean, then the projection on the top ``components`` principal directions;
+- ``"whiten"``: subtract the mean, multiply by ``C_s^(-1/2)``, where ``C_s = (1 - s) C + s (tr C / d) I`` is the
+  covariance shrunk towards a scaled identity (``shrinkage`` s in [0, 1], or ``"auto"``: the Ledoit-Wolf
+  estimate of s). Shrinkage is needed: 222 calibration texts are fewer than a 640-wide model's dimensions.
+
+``dim`` (optional) reduces the output to the top ``dim`` principal directions (PCA; for ``"whiten"`` each
+scaled by ``(λ_i^s)^(-1/2)``), which gives FAISS smaller vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import KVEmbedError
+
+__all__ = [
+    "KINDS",
+    "SHIPPED_DIR",
+    "PostprocessMismatchError",
+    "PostprocessSpec",
+    "PostprocessStats",
+    "apply",
+    "fit",
+    "fit_embedder",
+    "load",
+    "save",
+    "shipped_stats",
+    "stats_key",
+]
+
+KINDS = ("none", "center", "remove-top", "whiten")
+SHIPPED_DIR = Path(__file__).parent / "data" / "postprocess"
+# what the statistics depend on: the backbone and everything that shapes a vector before post-processing
+# (not dtype or max_length: calibration texts are short and bf16 vectors agree with fp32 to cos >= 0.999)
+KEY_FIELDS = (
+    "architecture",
+    "num_layers",
+    "dim",
+    "method",
+    "layers",
+    "bias",
+    "token_prepending_layers",
+    "pooling",
+    "prompts",
+)
+FORMAT = "kvembed-rag/postprocess/1"
+Kind = Literal["none", "center", "remove-top", "whiten"]
+
+
+class PostprocessMismatchError(KVEmbedError, ValueError):
+    """A statistics file was fitted for another embedder configuration (or another post-processing)."""
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    """What post-processing to fit and apply (frozen, JSON-serialisable).
+
+    ``components``: principal directions removed by ``"remove-top"``. ``shrinkage``: for ``"whiten"``, a
+    float in [0, 1] or ``"auto"`` (Ledoit-Wolf). ``dim``: reduce the output to that many principal
+    directions (``None``: keep the model's width).
+    """
+
+    kind: Kind = "none"
+    components: int = 0
+    shrinkage: float | str = 0.0
+    dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"post-processing kind must be one of {KINDS}; got {self.kind!r}")
+        if isinstance(self.components, bool) or not isinstance(self.components, int) or self.components < 0:
+            raise ValueError(f"components must be a non-negative int; got {self.components!r}")
+        if self.kind == "remove-top" and self.components < 1:
+            raise ValueError("kind='remove-top' needs components >= 1 (how many top directions to remove)")
+        if self.kind != "remove-top" and self.components:
+            raise ValueError(f"components applies to kind='remove-top' only; got it with kind={self.kind!r}")
+        if isinstance(self.shrinkage, str):
+            if self.shrinkage != "auto":
+                raise ValueError(f"shrinkage must be a float in [0, 1] or 'auto'; got {self.shrinkage!r}")
+        elif isinstance(self.shrinkage, bool) or not 0.0 <= float(self.shrinkage) <= 1.0:
+            raise ValueError(f"shrinkage must be a float in [0, 1] or 'auto'; got {self.shrinkage!r}")
+        if self.kind != "whiten" and self.shrinkage not in (0, 0.0):
+            raise ValueError(f"shrinkage applies to kind='whiten' only; got it with kind={self.kind!r}")
+        if self.dim is not None:
+            if isinstance(self.dim, bool) or not isinstance(self.dim, int) or self.dim < 1:
+                raise ValueError(f"dim must be a positive int or None; got {self.dim!r}")
+            if self.kind == "none":
+                raise ValueError("dim needs a fitted kind ('center', 'remove-top' or 'whiten'), not 'none'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PostprocessSpec:
+        unknown = set(data) - {"kind", "components", "shrinkage", "dim"}
+        if unknown:
+            raise ValueError(f"unknown post-processing options {sorted(unknown)}")
+        return cls(**data)
+
+    def __str__(self) -> str:
+        parts: list[str] = [self.kind]
+        if self.kind == "remove-top":
+            parts.append(f"k={self.components}")
+        if self.kind == "whiten":
+            parts.append(f"shrinkage={self.shrinkage}")
+        if self.dim is not None:
+            parts.append(f"dim={self.dim}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, eq=False)
+class PostprocessStats:
+    """Fitted statistics: ``mean`` (d,), optional ``removed`` directions (k, d) and ``projection`` (d, out_dim).
+
+    ``apply`` computes ``y = x - mean``, then ``y - (y @ removed.T) @ removed`` (``"remove-top"``: k rows
+    instead of a d x d matrix, so the file stays small), then ``y @ projection``, and re-normalises. ``n`` is
+    the number of vectors fitted; ``shrinkage`` is
+    the value used (the Ledoit-Wolf estimate for ``"auto"``), for the record.
+    """
+
+    spec: PostprocessSpec
+    mean: np.ndarray
+    projection: np.ndarray | None
+    n: int
+    shrinkage: float | None = None
+    removed: np.ndarray | None = None
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def out_dim(self) -> int:
+        return self.in_dim if self.projection is None else int(self.projection.shape[1])
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the spec and the exact bytes of the statistics."""
+        digest = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True).encode())
+        for array in (self.mean, self.removed, self.projection):
+            if array is not None:
+                digest.update(str(array.shape).encode())
+                digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return digest.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON record (for ``describe()`` and index provenance)."""
+        return {
+            "spec": self.spec.to_dict(),
+            "n": self.n,
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "shrinkage": self.shrinkage,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def _as_matrix(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
+    x = np.asarray(vectors)
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name} must be a 2-D float array (n, dim); got shape {x.shape} dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contain NaN or inf")
+    return x.astype(np.float64)
+
+
+def _ledoit_wolf(centred: np.ndarray, covariance: np.ndarray) -> float:
+    """Ledoit & Wolf (2004) shrinkage intensity towards ``(tr C / d) I`` (as scikit-learn computes it)."""
+    n, d = centred.shape
+    mu = np.trace(covariance) / d
+    delta = ((covariance - mu * np.eye(d)) ** 2).sum() / d
+    squared = centred**2
+    beta = ((squared.T @ squared).sum() / n - (covariance**2).sum()) / (d * n)
+    return float(min(max(beta, 0.0), delta) / delta) if delta > 0 else 1.0
+
+
+def _top_directions(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns), with a deterministic sign per vector."""
+    values, vectors = np.linalg.eigh(covariance)
+    values, vectors = values[::-1].clip(min=0.0), vectors[:, ::-1]
+    # eigh's sign is arbitrary: make each vector's largest-magnitude entry positive, so fits are reproducible
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1.0
+    return values, vectors * signs
+
+
+def fit(vectors: np.ndarray, spec: PostprocessSpec) -> PostprocessStats:
+    """Fit ``spec`` on ``vectors`` (n, d), the embedder's L2-normalised output for calibration or corpus texts.
+
+    Deterministic: the same input gives bit-identical statistics (float64 arithmetic, fixed eigenvector signs).
+    """
+    x = _as_matrix(vectors)
+    n, d = x.shape
+    if spec.kind == "none":
+        return PostprocessStats(spec, np.zeros(d, dtype=np.float32), None, n)
+    if n < 2:
+        raise ValueError(f"fitting {spec.kind!r} needs at least 2 vectors; got {n}")
+    if spec.dim is not None and spec.dim > d:
+        raise ValueError(f"dim={spec.dim} exceeds the vectors' width {d}")
+    mean = x.mean(axis=0)
+    centred = x - mean
+    if spec.kind == "center" and spec.dim is None:
+        return PostprocessStats(spec, mean.astype(np.float32), None, n)
+    covariance = centred.T @ centred / n  # (d, d)
+    shrinkage: float | None = None
+    if spec.kind == "whiten":
+        shrinkage = _ledoit_wolf(centred, covariance) if spec.shrinkage == "auto" else float(spec.shrinkage)
+        covariance = (1.0 - shrinkage) * covariance + shrinkage * (np.trace(covariance) / d) * np.eye(d)
+    values, directions = _top_directions(covariance)
+    keep = d if spec.dim is None else spec.dim
+    if spec.kind == "whiten":
+        floor = max(values[0], 1e-12) * 1e-6  # no direction is amplified more than 1000x the top one
+        projection = directions[:, :keep] / np.sqrt(np.maximum(values[:keep], floor))
+        if spec.dim is None:
+            projection = projection @ directions.T  # ZCA: stay in the input's coordinates
+    elif spec.kind == "remove-top":
+        top = directions[:, : spec.components].T  # (k, d)
+        if spec.dim is None:
+            return PostprocessStats(spec, mean.astype(np.float32), None, n, None, top.astype(np.float32))
+        # with a reduction: the next `dim` directions, orthogonal to the removed ones
+        projection = directions[:, spec.components : spec.components + keep]
+    else:  # center with a reduction: plain PCA
+        projection = directions[:, :keep]
+    return PostprocessStats(spec, mean.astype(np.float32), projection.astype(np.float32), n, shrinkage)
+
+
+def apply(vectors: np.ndarray, stats: PostprocessStats) -> np.ndarray:
+    """``normalise((x - mean) @ projection)`` as float32 unit rows (a single vector ``(d,)`` gives ``(out,)``).
+
+    Row-wise, so applying to rows one by one equals applying to the batch. A row that the post-processing maps
+    to zero (e.g. the calibration mean itself) comes back as zeros rather than NaN.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    single = x.ndim == 1
+    x = x[None, :] if single else x
+    if x.ndim != 2 or x.shape[1] != stats.in_dim:
+        raise ValueError(f"vectors must have shape (n, {stats.in_dim}); got {np.asarray(vectors).shape}")
+    out = (x - stats.mean).astype(np.float64)
+    if stats.removed is not None:
+        removed = stats.removed.astype(np.float64)  # (k, d)
+        out = np.stack([row - (removed @ row) @ removed for row in out]) if len(out) else out
+    if stats.projection is not None:
+        # one row at a time through the same float64 kernel: BLAS may block a matrix product differently by
+        # batch size, and the result must not depend on what else is in the batch
+        projection = stats.projection.astype(np.float64)
+        out = np.stack([row @ projection for row in out]) if len(out) else np.zeros((0, stats.out_dim))
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0).astype(np.float32)
+    return out[0] if single else out
+
+
+def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any], half: bool = False) -> Path:
+    """Write ``stats`` as safetensors; the header records the format, spec, key and fingerprint.
+
+    ``half`` stores the projection in float16 (half the bytes); the recorded fingerprint is then that of the
+    rounded statistics, which is what :func:`load` returns (upcast to float32).
+    """
+    from safetensors.numpy import save_file
+
+    tensors = {"mean": np.ascontiguousarray(stats.mean, dtype=np.float32)}
+    if stats.projection is not None:
+        tensors["projection"] = np.ascontiguousarray(stats.projection, dtype=np.float16 if half else np.float32)
+    if stats.removed is not None:
+        tensors["removed"] = np.ascontiguousarray(stats.removed, dtype=np.float32)
+    stored = PostprocessStats(
+        stats.spec, tensors["mean"], tensors.get("projection"), stats.n, stats.shrinkage, tensors.get("removed")
+    )  # the fingerprint of what is on disk
+    metadata = {
+        "format": FORMAT,
+        "spec": json.dumps(stats.spec.to_dict(), sort_keys=True),
+        "key": json.dumps(key, sort_keys=True),
+        "n": str(stats.n),
+        "shrinkage": json.dumps(stats.shrinkage),
+        "fingerprint": stored.fingerprint,
+    }
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".part")
+    save_file(tensors, str(temporary), metadata=metadata)
+    temporary.replace(target)  # atomic: a reader never sees half a file
+    return target
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a statistics file (format, spec, key, n, shrinkage, fingerprint), decoded."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+    if metadata.get("format") != FORMAT:
+        raise PostprocessMismatchError(
+            f"{path}: not a kvembed-rag post-processing file (format {metadata.get('format')!r})"
+        )
+    return {
+        "format": metadata["format"],
+        "spec": json.loads(metadata["spec"]),
+        "key": json.loads(metadata["key"]),
+        "n": int(metadata["n"]),
+        "shrinkage": json.loads(metadata.get("shrinkage", "null")),
+        "fingerprint": metadata.get("fingerprint"),
+    }
+
+
+def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None = None) -> PostprocessStats:
+    """Read statistics written by :func:`save`; raise :class:`PostprocessMismatchError` if they were fitted for
+    another ``key`` (embedder configuration), for another ``spec`` (when given) or their bytes changed."""
+    from safetensors.numpy import load_file
+
+    header = read_header(path)
+    if header["key"] != json.loads(json.dumps(key, sort_keys=True)):
+        differing = sorted(
+            k for k in set(header["key"]) | set(key) if header["key"].get(k) != json.loads(json.dumps(key)).get(k)
+        )
+        raise PostprocessMismatchError(
+            f"{path} was fitted for another embedder configuration (differs in {differing}); "
+            "refit the post-processing for this configuration (fit on its calibration vectors) or load the file "
+            "that matches it"
+        )
+    stored = PostprocessSpec.from_dict(header["spec"])
+    if spec is not None and stored != spec:
+        raise PostprocessMismatchError(f"{path} holds post-processing {stored}, not the requested {spec}")
+    tensors = {name: array.astype(np.float32) for name, array in load_file(str(path)).items()}
+    stats = PostprocessStats(
+        stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"], tensors.get("removed")
+    )
+    if header["fingerprint"] is not None and stats.fingerprint != header["fingerprint"]:
+        raise PostprocessMismatchError(f"{path}: statistics do not match their recorded fingerprint (file damaged?)")
+    return stats
+
+
+def stats_key(description: dict[str, Any]) -> dict[str, Any]:
+    """The key statistics are fitted for, from :meth:`KVEmbedder.describe`: the model's identity (its weights'
+    hash) and every option that shapes the vectors (method, prompts, layers, bias, pooling), not dtype."""
+    key = {name: description.get(name) for name in KEY_FIELDS}
+    key["model"] = description["model"]["identity"]
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
+def fit_embedder(
+    embedder: Any, spec: PostprocessSpec, texts: list[str] | None = None, *, role: str = "document"
+) -> PostprocessStats:
+    """Fit ``spec`` on ``embedder``'s ``role`` vectors (without post-processing) of ``texts``: by default the
+    222 shipped calibration texts, as documents (one shared mean from the document role is what works)."""
+    if texts is None:
+        from .layer_selection import load_calibration
+
+        texts = load_calibration()
+    return fit(embedder.encode(texts, role), spec)
+
+
+def shipped_stats(key: dict[str, Any], spec: PostprocessSpec) -> PostprocessStats | None:
+    """The statistics shipped in ``kvembed_rag/data/postprocess/`` for this key and spec, or ``None``."""
+    index_path = SHIPPED_DIR / "index.json"
+    if not index_path.is_file():
+        return None
+    wanted = json.loads(json.dumps(key, sort_keys=True))
+    for entry in json.loads(index_path.read_text(encoding="utf-8")):
+        if entry["key"] == wanted and entry["spec"] == spec.to_dict():
+            return load(SHIPPED_DIR / entry["file"], key=key, spec=spec)
+    return None
