@@ -64,6 +64,12 @@ class KVEmbedConfig:
     max_length: int | None = _option(
         None, VECTORS, f"tokens per input; longer inputs are cut (default {DEFAULT_MAX_LENGTH} or the model's limit)"
     )
+    postprocess: str = _option(
+        "none",
+        VECTORS,
+        "isotropy calibration fitted on the shipped calibration texts: none, center, remove-top:K, whiten[:S],"
+        " optionally @DIM to reduce the width (e.g. center@256)",
+    )
     batch_tokens: int = _option(16_384, RUNTIME, "padded tokens per forward pass (inputs are sorted by length)")
     padding_side: str | None = _option(None, RUNTIME, "left or right (default: the tokenizer's)")
     show_progress: bool = _option(False, RUNTIME, "show a progress bar while encoding")
@@ -94,6 +100,7 @@ class KVEmbedConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int; got {value!r}")
+        set_(self, "postprocess", _normalise_postprocess(self.postprocess))
         if self.padding_side is not None and self.padding_side not in PADDING_SIDES:
             raise ConfigError(f"padding_side must be 'left' or 'right'; got {self.padding_side!r}")
         if self.dtype is not None and not (isinstance(self.dtype, str) and self.dtype in DTYPES):
@@ -156,6 +163,38 @@ class KVEmbedConfig:
     def portable(self) -> KVEmbedConfig:
         """This configuration without the machine-specific choices (device, progress bar): what an index keeps."""
         return dataclasses.replace(self, device=None, show_progress=False)
+
+
+def _normalise_postprocess(text: object) -> str:
+    """Check the post-processing spelling here (no numpy import: a config is read by ``--help`` too)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"postprocess must be a string such as 'none', 'center' or 'whiten:auto'; got {text!r}")
+    body, _, dim = text.strip().lower().partition("@")
+    kind, _, argument = body.partition(":")
+    problem = None
+    if kind not in ("none", "center", "remove-top", "whiten"):
+        problem = "the kind must be none, center, remove-top or whiten"
+    elif dim and (not dim.isdigit() or int(dim) < 1):
+        problem = "@DIM must be a positive integer"
+    elif dim and kind == "none":
+        problem = "'none' cannot reduce the width"
+    elif kind == "remove-top" and argument and (not argument.isdigit() or int(argument) < 1):
+        problem = "remove-top:K needs K >= 1"
+    elif kind == "whiten" and argument and argument != "auto":
+        try:
+            if not 0.0 <= float(argument) <= 1.0:
+                problem = "whiten:S needs a shrinkage S in [0, 1] or 'auto'"
+        except ValueError:
+            problem = "whiten:S needs a shrinkage S in [0, 1] or 'auto'"
+    elif kind in ("none", "center") and argument:
+        problem = f"{kind} takes no ':' argument"
+    if problem:
+        raise ConfigError(f"postprocess {text!r}: {problem} (e.g. 'center', 'remove-top:2', 'whiten:auto@256')")
+    if kind == "remove-top" and not argument:
+        argument = "1"
+    if kind == "whiten" and not argument:
+        argument = "auto"
+    return kind + (f":{argument}" if argument else "") + (f"@{int(dim)}" if dim else "")
 
 
 def _normalise_layers(layers: object) -> tuple[int, ...] | str:

@@ -32,6 +32,9 @@ from .layer_selection import default_window, validate_layers
 from .loading import ModelSource, load_model, load_tokenizer, pick_device, pick_dtype, resolve
 from .methods import MethodSpec, get_method, token_prepending_layers
 from .pooling import POOLINGS, pool
+from .postprocess import PostprocessStats, parse_spec
+from .postprocess import apply as apply_postprocess
+from .postprocess import fit as fit_postprocess
 from .prompts import PromptTemplate, Role
 from .tokenization import EncodedText, encode_text
 
@@ -93,12 +96,15 @@ class KVEmbedder:
         config: KVEmbedConfig | Mapping[str, Any] | None = None,
         *,
         source: ModelSource | None = None,
+        postprocess_stats: PostprocessStats | None = None,
         **options: Any,
     ) -> None:
         """``config`` (or keyword options) is resolved against ``model`` first, then the embedder is built.
 
         Resolution is complete before any attribute is set: ``layers="auto"`` runs its calibration pass on a
-        separate, fully built embedder with the default window (see :func:`resolve_config`).
+        separate, fully built embedder with the default window (see :func:`resolve_config`), and the
+        post-processing statistics are read (shipped or cached) or fitted the same way
+        (:func:`resolve_postprocess`). ``postprocess_stats`` gives fitted statistics directly (a corpus fit).
         """
         model_config: Any = getattr(model, "config", None)
         source = source or ModelSource(getattr(model_config, "_name_or_path", "") or type(model).__name__, "object", "")
@@ -109,6 +115,10 @@ class KVEmbedder:
             resolved, provenance, selection = check_resolved(model, tokenizer, requested), None, None
         else:
             resolved, provenance, selection = resolve_config(model, tokenizer, requested, source=source)
+        if postprocess_stats is not None:
+            how = "given"
+        else:
+            postprocess_stats, how = resolve_postprocess(model, tokenizer, resolved, source=source)
         self.model: Any = model  # a transformers PreTrainedModel (typed loosely: its config is dynamic)
         self.tokenizer = tokenizer
         self.source = source
@@ -117,6 +127,14 @@ class KVEmbedder:
         self.spec: MethodSpec = get_method(resolved.method)
         #: how each resolved option was chosen ("given", "method", "model", "intrinsic-dimension", "tuned" ...)
         self.provenance: dict[str, str] = provenance or {name: "given" for name in ("layers", "bias", "pooling")}
+        self.provenance["postprocess"] = how
+        #: the fitted isotropy calibration applied to every vector (None: config.postprocess == "none")
+        self.postprocess_stats: PostprocessStats | None = postprocess_stats
+        if postprocess_stats is not None and postprocess_stats.in_dim != int(model_config.hidden_size):
+            raise ConfigError(
+                f"post-processing statistics for {postprocess_stats.in_dim}-dim vectors cannot apply to this "
+                f"{model_config.hidden_size}-dim model"
+            )
         self.layer_selection: Any = selection  # the LayerSelection when layers="auto" chose the window
         self.pad_id = _pad_id(tokenizer)
         self._tp_layers = token_prepending_layers(self.num_layers) if self.spec.token_prepending else []
@@ -226,12 +244,38 @@ class KVEmbedder:
         base = self.config
         if "method" in changes and get_method(changes["method"]).name != self.method:
             base = base.replace(pooling=None, prompts=None)
-        return KVEmbedder(self.model, self.tokenizer, base.replace(**changes), source=self.source)
+        # statistics given directly (a corpus fit) stay valid while only runtime options change
+        keep = self.provenance.get("postprocess") == "given" and set(changes) <= set(field_names(RUNTIME))
+        return KVEmbedder(
+            self.model,
+            self.tokenizer,
+            base.replace(**changes),
+            source=self.source,
+            postprocess_stats=self.postprocess_stats if keep else None,
+        )
+
+    def fit_postprocess(self, texts: Sequence[str], spec: str | None = None, *, role: Role = "document") -> KVEmbedder:
+        """This embedder with its post-processing fitted on ``texts`` (e.g. your own corpus) instead of the
+        shipped calibration texts: the same statistics, fitted on the ``role`` vectors before post-processing.
+
+        ``spec`` defaults to the config's ``postprocess`` (``"center"`` if that is ``"none"``). The result's
+        ``describe()`` records the statistics' fingerprint, so an index built with it refuses other embedders.
+        """
+        text = spec or (self.config.postprocess if self.config.postprocess != "none" else "center")
+        config = self.config.replace(postprocess=text)
+        raw = KVEmbedder(self.model, self.tokenizer, config.replace(postprocess="none"), source=self.source)
+        stats = fit_postprocess(raw.encode(_check_texts(texts), role), parse_spec(config.postprocess))
+        return KVEmbedder(self.model, self.tokenizer, config, source=self.source, postprocess_stats=stats)
 
     # ------------------------------------------------------------------ properties
     @property
     def dim(self) -> int:
-        """Embedding width (the backbone's hidden size)."""
+        """Embedding width: the backbone's hidden size, or the reduced width of the post-processing."""
+        return self.postprocess_stats.out_dim if self.postprocess_stats is not None else self.hidden_size
+
+    @property
+    def hidden_size(self) -> int:
+        """The backbone's hidden size (the width before post-processing)."""
         return int(self.model.config.hidden_size)
 
     @property
@@ -265,6 +309,7 @@ class KVEmbedder:
             "pooling": self.pooling,
             "prompts": self.prompts.to_dict(),
             "max_length": self.max_length,
+            "postprocess": None if self.postprocess_stats is None else self.postprocess_stats.describe(),
             "provenance": dict(self.provenance),
             "config": self.config.portable().to_dict(),
         }
@@ -346,7 +391,7 @@ class KVEmbedder:
         """``(L, n, H)`` float32: each layer's output at each prompted text's last token, without re-routing."""
         items = _check_texts(texts)
         encoded = self.tokenize(items, role)
-        out = np.empty((self.num_layers, len(items), self.dim), dtype=np.float32)
+        out = np.empty((self.num_layers, len(items), self.hidden_size), dtype=np.float32)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
         for batch in _token_batches(order, [len(e.ids) for e in encoded], self.batch_tokens):
             ids, mask, _ = self.collate([encoded[i] for i in batch])
@@ -386,7 +431,7 @@ class KVEmbedder:
         self._warn_truncation(encoded)
         # longest first (as sentence-transformers does): the first batch shows the peak memory at once
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
-        out = np.empty((len(encoded), self.dim), dtype=np.float32)
+        out = np.empty((len(encoded), self.hidden_size), dtype=np.float32)  # (n, H) unit rows
         progress = self._progress(len(encoded), show_progress)
         texts_done = tokens_done = 0
         for batch in _token_batches(order, [len(e.ids) for e in encoded], batch_tokens):
@@ -405,6 +450,8 @@ class KVEmbedder:
                 f"non-finite embeddings for inputs {bad[:10].tolist()}: the backbone overflowed in {self.dtype}; "
                 "try dtype='float32'"
             )
+        if self.postprocess_stats is not None:
+            out = apply_postprocess(out, self.postprocess_stats)  # (n, dim) unit rows, row by row
         return out
 
     def _forward_splitting(self, batch: list[int], encoded: list[EncodedText]) -> np.ndarray:
@@ -576,6 +623,36 @@ def _check_max_length(max_length: int | None, model_config: Any) -> None:
             f"max_length={max_length} exceeds the model's max_position_embeddings={model_max}; "
             f"pass max_length<={model_max}"
         )
+
+
+def resolve_postprocess(
+    model: torch.nn.Module, tokenizer: Any, config: KVEmbedConfig, *, source: ModelSource
+) -> tuple[PostprocessStats | None, str]:
+    """The statistics of ``config.postprocess`` and where they came from: ``"shipped"`` with the package,
+    ``"cached"`` on this machine (fitted once before), or ``"fitted"`` now on the 222 shipped calibration texts
+    (as documents, by a separate embedder without post-processing), then cached. Deterministic: the same
+    configuration fits the same statistics on every machine."""
+    if config.postprocess == "none":
+        return None, "none"
+    from . import postprocess as pp
+    from ._io import cache_root
+
+    spec = pp.parse_spec(config.postprocess)
+    raw = KVEmbedder(model, tokenizer, config.replace(postprocess="none"), source=source)
+    key = pp.stats_key(raw.describe())
+    shipped = pp.shipped_stats(key, spec)
+    if shipped is not None:
+        return shipped, "shipped"
+    digest = hashlib.sha256(json.dumps({"key": key, "spec": spec.to_dict()}, sort_keys=True).encode()).hexdigest()
+    path = cache_root() / "postprocess" / f"{digest[:24]}.safetensors"
+    if path.is_file():
+        try:
+            return pp.load(path, key=key, spec=spec), "cached"
+        except (OSError, ValueError, KeyError) as exc:
+            warnings.warn(f"post-processing cache {path} is unreadable ({exc}); refitting it", RuntimeWarning, 2)
+    stats = pp.fit_embedder(raw, spec)
+    pp.save(path, stats, key=key)
+    return stats, "fitted"
 
 
 def resolve_config(

@@ -35,6 +35,10 @@ class EmbedderMismatchError(KVEmbedError, ValueError):
     """The index (or a statistics file) was made by a different embedder than the one using it."""
 
 
+class PostprocessMismatchError(EmbedderMismatchError):
+    """A post-processing statistics file was fitted for another embedder configuration (or post-processing)."""
+
+
 class TruncationWarning(UserWarning):
     """Some inputs were longer than ``max_length`` and lost their tail."""
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import KVEmbedError
+from .errors import PostprocessMismatchError
 
 __all__ = [
     "KINDS",
@@ -45,8 +45,10 @@ __all__ = [
     "fit",
     "fit_embedder",
     "load",
+    "parse_spec",
     "save",
     "shipped_stats",
+    "spec_text",
     "stats_key",
 ]
 
@@ -67,10 +69,6 @@ KEY_FIELDS = (
 )
 FORMAT = "kvembed-rag/postprocess/1"
 Kind = Literal["none", "center", "remove-top", "whiten"]
-
-
-class PostprocessMismatchError(KVEmbedError, ValueError):
-    """A statistics file was fitted for another embedder configuration (or another post-processing)."""
 
 
 @dataclass(frozen=True)
@@ -348,6 +346,36 @@ def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None 
     if header["fingerprint"] is not None and stats.fingerprint != header["fingerprint"]:
         raise PostprocessMismatchError(f"{path}: statistics do not match their recorded fingerprint (file damaged?)")
     return stats
+
+
+def parse_spec(text: str) -> PostprocessSpec:
+    """``"none"``, ``"center"``, ``"remove-top:K"``, ``"whiten"`` (Ledoit-Wolf shrinkage) or ``"whiten:S"``,
+    each optionally followed by ``"@DIM"`` (reduce to DIM principal directions), e.g. ``"whiten:auto@256"``."""
+    body, _, dim_text = text.strip().partition("@")
+    name, _, argument = body.partition(":")
+    dim = int(dim_text) if dim_text.strip() else None
+    kinds: dict[str, Kind] = {"none": "none", "center": "center", "remove-top": "remove-top", "whiten": "whiten"}
+    kind = kinds.get(name.strip().lower())
+    if kind is None:
+        raise ValueError(f"post-processing kind must be one of {KINDS}; got {text!r}")
+    if kind == "remove-top":
+        return PostprocessSpec("remove-top", components=int(argument or 1), dim=dim)
+    if kind == "whiten":
+        arg = argument.strip() or "auto"
+        return PostprocessSpec("whiten", shrinkage=arg if arg == "auto" else float(arg), dim=dim)
+    if argument:
+        raise ValueError(f"post-processing {kind!r} takes no ':' argument; got {text!r}")
+    return PostprocessSpec(kind, dim=dim)
+
+
+def spec_text(spec: PostprocessSpec) -> str:
+    """The inverse of :func:`parse_spec` (the canonical spelling a config stores)."""
+    text: str = spec.kind
+    if spec.kind == "remove-top":
+        text += f":{spec.components}"
+    elif spec.kind == "whiten":
+        text += f":{spec.shrinkage}"
+    return text + (f"@{spec.dim}" if spec.dim is not None else "")
 
 
 def stats_key(description: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ COMPATIBILITY_KEYS = (
     "pooling",
     "prompts",
     "token_prepending_layers",
+    "postprocess",
 )
 _EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
 

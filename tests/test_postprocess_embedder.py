@@ -1,0 +1,104 @@
+"""The post-processing stage inside the embedder: fitted before construction, applied to every caller's vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvembed_rag import EmbedderMismatchError, KVEmbedConfig, KVEmbedder, VectorIndex
+from kvembed_rag import postprocess as pp
+from kvembed_rag.errors import ConfigError
+
+TEXTS = ["a short text", "another, somewhat longer text about retrieval", "", "numbers 1 2 3", "the end"]
+
+
+def test_config_spelling_is_checked_and_canonical() -> None:
+    assert KVEmbedConfig().postprocess == "none"
+    assert KVEmbedConfig(postprocess="whiten").postprocess == "whiten:auto"
+    assert KVEmbedConfig(postprocess="remove-top").postprocess == "remove-top:1"
+    assert KVEmbedConfig(postprocess="Center@16").postprocess == "center@16"
+    for bad in ("sharpen", "center:2", "remove-top:0", "whiten:2", "none@8", "center@x", ""):
+        with pytest.raises(ConfigError, match="postprocess"):
+            KVEmbedConfig(postprocess=bad)
+    for text in ("none", "center", "remove-top:3", "whiten:auto", "whiten:0.5@8", "center@16"):
+        assert pp.spec_text(pp.parse_spec(text)) == text
+
+
+def test_centred_vectors_are_applied_for_every_caller_and_batch_invariant(make_embedder, own_cache) -> None:
+    raw = make_embedder("llama", method="kv")
+    centred = raw.variant(postprocess="center")
+    assert centred.provenance["postprocess"] == "fitted"
+    stats = centred.postprocess_stats
+    from kvembed_rag.layer_selection import load_calibration
+
+    assert stats is not None and stats.n == len(load_calibration())  # the shipped calibration texts
+    expected = pp.apply(raw.encode(TEXTS), stats)
+    np.testing.assert_allclose(centred.encode(TEXTS), expected, atol=1e-6)
+    alone = np.stack([centred.encode(t) for t in TEXTS])
+    np.testing.assert_allclose(alone, centred.encode(TEXTS), atol=1e-5)  # batched = alone
+    np.testing.assert_allclose(np.linalg.norm(centred.encode(TEXTS), axis=1), 1.0, atol=1e-5)
+    # the same configuration later reads its cached statistics: identical, deterministic
+    again = raw.variant(postprocess="center")
+    assert again.provenance["postprocess"] == "cached"
+    assert again.postprocess_stats is not None and again.postprocess_stats.fingerprint == stats.fingerprint
+    # post-processing is part of what determines the vectors
+    assert centred.fingerprint != raw.fingerprint
+    assert centred.describe()["postprocess"]["fingerprint"] == stats.fingerprint
+    assert raw.describe()["postprocess"] is None
+
+
+def test_zero_mean_centring_is_the_identity(make_embedder) -> None:
+    raw = make_embedder("qwen3", method="prompteol")
+    zero = pp.PostprocessStats(pp.PostprocessSpec("center"), np.zeros(raw.hidden_size, np.float32), None, 1)
+    given = KVEmbedder(
+        raw.model, raw.tokenizer, raw.config.replace(postprocess="center"), source=raw.source, postprocess_stats=zero
+    )
+    np.testing.assert_allclose(given.encode(TEXTS), raw.encode(TEXTS), atol=1e-6)
+    assert given.provenance["postprocess"] == "given"
+
+
+def test_reduced_width_and_corpus_fit(make_embedder, own_cache) -> None:
+    raw = make_embedder("mistral", method="kv")
+    small = raw.variant(postprocess="center@8")
+    assert small.dim == 8 and small.encode(TEXTS).shape == (len(TEXTS), 8)
+    corpus = raw.fit_postprocess([f"corpus document {i} about topic {i % 4}" for i in range(20)])
+    assert corpus.provenance["postprocess"] == "given" and corpus.config.postprocess == "center"
+    assert corpus.fingerprint != raw.variant(postprocess="center").fingerprint  # other statistics, other vectors
+    assert corpus.variant(batch_tokens=512).postprocess_stats is corpus.postprocess_stats
+
+
+def test_a_planted_statistics_file_for_another_configuration_is_refused(make_embedder, own_cache) -> None:
+    raw = make_embedder("gemma3", method="kv")
+    fitted = raw.variant(postprocess="center")
+    assert fitted.provenance["postprocess"] == "fitted"
+    from kvembed_rag._io import cache_root
+
+    (path,) = (cache_root() / "postprocess").glob("*.safetensors")
+    wrong = pp.PostprocessStats(pp.PostprocessSpec("center"), np.ones(raw.hidden_size, np.float32), None, 3)
+    pp.save(path, wrong, key={"model": "someone else's"})  # planted over the cache entry
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        again = raw.variant(postprocess="center")
+    assert again.provenance["postprocess"] == "fitted"
+    assert (
+        again.postprocess_stats is not None
+        and again.postprocess_stats.fingerprint == fitted.postprocess_stats.fingerprint
+    )
+    with pytest.raises(pp.PostprocessMismatchError):
+        pp.load(path, key={"model": "mine"})
+
+
+def test_an_index_refuses_queries_from_another_post_processing(make_embedder, own_cache) -> None:
+    raw = make_embedder("llama", method="kv")
+    centred = raw.variant(postprocess="center")
+    index = VectorIndex(centred.dim, embedder=centred.describe())
+    index.upsert(["a", "b"], centred.encode(TEXTS[:2]), TEXTS[:2])
+    from kvembed_rag.retrieval.vector_index import check_compatible
+
+    check_compatible(index.embedder, centred.describe())
+    with pytest.raises(EmbedderMismatchError, match="postprocess"):
+        check_compatible(index.embedder, raw.describe())
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVEMBED_CACHE", str(tmp_path / "cache"))
