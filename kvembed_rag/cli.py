@@ -42,7 +42,14 @@ def _model_options(parser: argparse.ArgumentParser, *, eval_mode: bool = False) 
         "--bias", type=float, default=None, help="logit bias on the re-routed slot (default: tuned, else 1.0)"
     )
     group.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    group.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: fp32 on CPU, bf16 on CUDA)")
+    group.add_argument(
+        "--dtype",
+        default=None,
+        help="auto, float32, bfloat16, float16 (default auto: bf16 on CUDA and on CPUs where native bf16 is faster)",
+    )
+    group.add_argument(
+        "--weights", default=None, choices=["float", "int8"], help="int8: dynamic int8 Linear layers (CPU only)"
+    )
     group.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
 
 
@@ -66,6 +73,7 @@ def load_embedder(args: argparse.Namespace, **overrides: Any) -> Any:
         batch_tokens=args.batch_tokens or DEFAULT_BATCH_TOKENS,
         device=args.device,
         dtype=args.dtype,
+        weights=getattr(args, "weights", None),
         show_progress=not getattr(args, "quiet", False),
     )
     options.update(overrides)
@@ -308,60 +316,120 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _bench_group(args: argparse.Namespace, dtype: str | None, lengths: list[int], methods: list[str]) -> Any:
+    """The base embedder of one dtype label (``int8`` means float32 activations around int8 Linear layers)."""
     import torch
 
-    from .bench import PAPER_SHAPES, check_targets, placeholder_tokenizer, plot_rows, random_model, run_benchmark
+    from .bench import PAPER_SHAPES, placeholder_tokenizer, random_model
     from .embedder import KVEmbedder
     from .models import pick_device, pick_dtype
+    from .weight_quantization import quantize_linear_layers
 
-    lengths = _int_list(args.lengths, "--lengths") or []
-    methods = _method_list(",".join(m for m in args.methods.split(",") if m.strip() != "plain"))
+    weights = "int8" if dtype == "int8" else getattr(args, "weights", None)
+    dtype = "float32" if dtype == "int8" else dtype
+    max_length = max(lengths) * 2 + 8
     if args.shape:
         if args.shape not in PAPER_SHAPES:
             raise UsageError(f"--shape must be one of {', '.join(PAPER_SHAPES)}")
         device = pick_device(args.device)
-        model = random_model(args.shape, device=device, dtype=pick_dtype(args.dtype, device))
-        base = KVEmbedder(model, placeholder_tokenizer(), layers="default", max_length=max(lengths) * 2 + 8)
-        label = f"{args.shape} (random weights)"
-    else:
-        base = load_embedder(args, layers="default", max_length=max(lengths) * 2 + 8)
-        label = str(args.model)
-    embedders = {
-        m: KVEmbedder(
-            base.model, base.tokenizer, method=m, layers=base.layers, source=base.source, max_length=base.max_length
-        )
-        for m in methods
-    }
+        torch_dtype = torch.float32 if weights == "int8" else pick_dtype(dtype, device)
+        model = random_model(args.shape, device=device, dtype=torch_dtype)
+        if weights == "int8":
+            quantize_linear_layers(model)
+        return KVEmbedder(model, placeholder_tokenizer(), layers="default", max_length=max_length)
+    return load_embedder(args, layers="default", max_length=max_length, dtype=dtype, weights=weights)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import (
+        check_dtype_targets,
+        check_targets,
+        measure_peaks,
+        plot_dtype_rows,
+        plot_rows,
+        run_dtype_benchmark,
+    )
+    from .embedder import KVEmbedder
+    from .hardware import auto_dtype, describe_hardware, hardware_line
+
+    lengths = _int_list(args.lengths, "--lengths") or []
+    methods = _method_list(",".join(m for m in args.methods.split(",") if m.strip() != "plain"))
+    requested = [d.strip() for d in (args.dtypes or args.dtype or "auto").split(",") if d.strip()]
+    groups: dict[str, dict[str, Any]] = {}
+    bases: dict[str, Any] = {}
+    for dtype in requested:
+        base = _bench_group(args, dtype, lengths, methods)
+        label = "int8" if base.describe().get("weights") else str(base.dtype).removeprefix("torch.")
+        if label in groups:
+            raise UsageError(f"--dtypes names {label} twice (auto resolves to {label} here); list each dtype once")
+        bases[label] = base
+        groups[label] = {
+            m: KVEmbedder(
+                base.model, base.tokenizer, method=m, layers=base.layers, source=base.source, max_length=base.max_length
+            )
+            for m in methods
+        }
+    first = next(iter(bases.values()))
+    device = first.device
+    auto = str(auto_dtype(device)[0]).removeprefix("torch.")
+    label = f"{args.shape} (random weights)" if args.shape else str(args.model)
     batch_tokens = args.batch_tokens or 16_384
-    rows = run_benchmark(embedders, lengths, batch_tokens=batch_tokens, repeats=args.repeats)
-    device_name = torch.cuda.get_device_name(base.device) if base.device.type == "cuda" else "cpu"
+    peaks = measure_peaks(list(groups), device)
+    rows = run_dtype_benchmark(groups, lengths, batch_tokens=batch_tokens, repeats=args.repeats, peaks=peaks)
+    after = measure_peaks(list(groups), device)  # the best of before and after: load changes during a run
+    for row in rows:
+        peaks[row.dtype] = max(peaks[row.dtype], after[row.dtype])
+    for row in rows:
+        if row.gflops is not None:
+            row.peak_fraction = row.gflops / peaks[row.dtype]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    hardware = describe_hardware(device)
     meta = {
         "model": label,
         "device": device_name,
-        "dtype": str(base.dtype).removeprefix("torch."),
+        "dtype": ",".join(groups),
         "threads": torch.get_num_threads(),
         "batch_tokens": batch_tokens,
-        "kv_layers": base.layers,
+        "kv_layers": first.layers,
+        "auto_dtype": auto,
+        "hardware": hardware,
+        "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
+        "peak_shape": "2048x640 @ 640x2048",
+        "flops_formula": "2*linear_weights + sum_layers 4*heads*head_dim*mean_visible_keys per processed token",
     }
-    targets = check_targets(rows)
+    targets = check_targets([r for r in rows if r.dtype == next(iter(groups))])
+    if len(groups) > 1:
+        targets += check_dtype_targets(rows, auto if auto in groups else next(iter(groups)))
     if args.json:
         payload = {"meta": meta, "rows": [r.to_dict() for r in rows], "targets": targets}
         Path(args.json).write_text(json.dumps(payload, indent=1))
     if args.plot:
-        plot_rows(rows, args.plot, f"{label} on {device_name}, {meta['dtype']}")
+        title = f"{label} on {device_name}, {meta['dtype']}"
+        (plot_dtype_rows if len(groups) > 1 else plot_rows)(rows, args.plot, title)
     print(
-        f"{label} on {device_name} ({meta['dtype']}), {batch_tokens} padded tokens per batch, kv layers {base.layers}"
+        f"{label} on {device_name} ({meta['dtype']}), {batch_tokens} padded tokens per batch, kv layers {first.layers}"
     )
-    print(f"{'method':18s} {'length':>6s} {'batch':>5s} {'tokens/s':>10s} {'x plain':>8s} {'peak MB':>9s}")
+    print(f"hardware: {hardware_line(hardware)}")
+    print("matmul peak (2048x640 @ 640x2048): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(
+        f"{'method':18s} {'dtype':>8s} {'length':>6s} {'batch':>5s} {'tokens/s':>10s} {'x plain':>8s} "
+        f"{'GFLOP/s':>8s} {'of peak':>7s} {'peak MB':>9s}"
+    )
     for r in rows:
         print(
-            f"{r.method:18s} {r.length:6d} {r.batch:5d} {r.tokens_per_s:10.0f} {r.ratio_to_plain or 0:8.3f} "
-            f"{r.peak_mb:9.1f}"
+            f"{r.method:18s} {r.dtype:>8s} {r.length:6d} {r.batch:5d} {r.tokens_per_s:10.0f} "
+            f"{r.ratio_to_plain or 0:8.3f} {r.gflops or 0:8.1f} {r.peak_fraction or 0:7.1%} {r.peak_mb:9.1f}"
         )
     for check in targets:
         verdict = "met" if check["ok"] else "MISSED"
-        print(f"target {check['target']:28s} @{check['length']:<5d} {check['value']:6.3f}  {verdict}")
+        print(f"target {check['target']:34s} @{check['length']:<5d} {check['value']:6.3f}  {verdict}")
+    if len(groups) > 1:
+        print(
+            "targets not measured here: STS-B and SciFact within 0.003 of float32 "
+            "(python benchmarks/dtype_quality.py); speed ratios are from one interleaved run"
+        )
     return EXIT_OK
 
 
@@ -505,13 +573,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .hardware import describe_hardware, hardware_line
+
     embedder = load_embedder(args)
     info = embedder.describe()
+    hardware = describe_hardware(embedder.device)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps({**info, "hardware": hardware}, indent=1))
     else:
         for key, value in info.items():
             print(f"{key:24s} {value}")
+        print(f"{'hardware':24s} {hardware_line(hardware)}")
     return EXIT_OK
 
 
@@ -651,6 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"random weights of a paper backbone's shape: {', '.join(['qwen3-4b', 'mistral-7b', 'llama-3.1-8b'])}",
     )
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--dtypes",
+        help="several dtypes in one interleaved run, e.g. float32,bfloat16,int8 (int8: int8 Linear weights)",
+    )
     p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--plot", help="draw tokens/s and memory against length to this PNG")
     _model_options(p)

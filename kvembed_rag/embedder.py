@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from . import __version__
-from .attention import PLAN_KWARG, ReroutingPlan, build_plan, probe_dispatch, resolve_backend
+from .attention import (
+    ATTN_SDPA,
+    PLAN_KWARG,
+    ReroutingPlan,
+    build_plan,
+    check_merged_slot_kernel,
+    probe_dispatch,
+    resolve_backend,
+)
 from .errors import KVEmbedError
 from .methods import (
     MethodSpec,
@@ -29,6 +37,7 @@ from .models import ModelSource, load_model, load_tokenizer, pick_device, pick_d
 from .pooling import POOLINGS, pool
 from .prompts import PromptTemplate, Role
 from .tokenization import EncodedText, encode_text
+from .weight_quantization import weights_description
 
 logger = logging.getLogger(__name__)
 
@@ -210,16 +219,32 @@ class KVEmbedder:
         revision: str | None = None,
         trust_remote_code: bool = False,
         show_progress: bool = False,
+        weights: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
     ) -> KVEmbedder:
         """Load ``model`` (``"default"``, a hub id, a local directory or a ``.gguf`` file) as an embedder.
 
+        ``dtype`` ``None``/``"auto"`` (default): bfloat16 on CUDA and on CPUs where native bf16 is present and
+        measured faster, else float32 (see :mod:`kvembed_rag.hardware`); or ``"float32"``, ``"bfloat16"`` ...
+        ``weights="int8"`` quantises the Linear layers to int8 (CPU, float32 activations; see
+        :mod:`kvembed_rag.weight_quantization`). ``model_kwargs`` go to transformers' ``from_pretrained``
+        (``device_map``, ``quantization_config``, ``low_cpu_mem_usage`` ...) for backbones that need them.
         ``attn_implementation`` is ``"sdpa"`` (fast) or ``"eager"`` (reference); flash and flex kernels are
         refused because they have no place for the prefix slot's bias. ``trust_remote_code`` stays off
         unless you turn it on.
         """
+        from .weight_quantization import check_weights, quantize_linear_layers
+
         backend = resolve_backend(attn_implementation)
+        weight_format = check_weights(weights)
         location, source = resolve(model, revision=revision, trust_remote_code=trust_remote_code)
         torch_device = pick_device(device)
+        if weight_format == "int8":
+            if torch_device.type != "cpu":
+                raise ValueError(f"weights='int8' runs on the CPU only; got device={torch_device}. Use device='cpu'.")
+            if dtype not in (None, "auto") and pick_dtype(dtype, torch_device) != torch.float32:
+                raise ValueError(f"weights='int8' computes in float32 around the int8 products; got dtype={dtype!r}")
+            dtype = "float32"
         torch_dtype = pick_dtype(dtype, torch_device)
         tokenizer = load_tokenizer(location, revision=revision, trust_remote_code=trust_remote_code)
         backbone = load_model(
@@ -230,8 +255,13 @@ class KVEmbedder:
             revision=revision,
             trust_remote_code=trust_remote_code,
             safetensors_only=source.kind in ("default", "gguf"),
+            model_kwargs=model_kwargs,
         )
+        if weight_format == "int8":
+            quantize_linear_layers(backbone)
         probe_dispatch(backbone, int(getattr(backbone.config, "num_hidden_layers", 0)))
+        if backend == ATTN_SDPA:
+            check_merged_slot_kernel(backbone)
         return cls(
             backbone,
             tokenizer,
@@ -284,7 +314,9 @@ class KVEmbedder:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The dtype activations are computed in (float32 around int8 weights)."""
+        first = next(self.model.parameters(), None)
+        return first.dtype if first is not None else torch.float32
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the vectors, JSON-serialisable (recorded in indexes and caches)."""
@@ -305,6 +337,8 @@ class KVEmbedder:
             "pooling": self.pooling,
             "prompts": self.prompts.to_dict(),
             "max_length": self.max_length,
+            # only where the weights are not plain floats: float embedders keep their fingerprints
+            **({"weights": weights} if (weights := weights_description(self.model)) else {}),
         }
 
     to_dict = describe

@@ -21,6 +21,10 @@ class ModelLoadError(KVEmbedError):
     """A model specification could not be resolved to weights and a tokenizer."""
 
 
+class MergedSlotFallbackWarning(RuntimeWarning):
+    """The fast merged-slot kernel disagreed with the explicit-mask reference at load; the reference is used."""
+
+
 def require_matplotlib() -> Any:
     """matplotlib, or a KVEmbedError that says how to get it (plots are optional)."""
     try:
