@@ -196,7 +196,9 @@ def matmul_flops_per_token(model: torch.nn.Module, length: int) -> float:
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     window = getattr(config, "sliding_window", None)
-    types = list(getattr(config, "layer_types", None) or ["full_attention"] * int(config.num_hidden_layers))
+    # Gemma-style configs list each layer's kind; Mistral-style ones put every layer in the window when it is set
+    default_kind = "sliding_attention" if window else "full_attention"
+    types = list(getattr(config, "layer_types", None) or [default_kind] * int(config.num_hidden_layers))
     positions = torch.arange(1, length + 1, dtype=torch.float64)
     causal = float(positions.mean())
     banded = float(positions.clamp(max=window).mean()) if window else causal
