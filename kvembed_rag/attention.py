@@ -510,12 +510,13 @@ def _merge_error(
         if padded:
             causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
             allowed = (causal[None, None] & mask2d.bool()[:, None, None, :]).to(device)  # (B, 1, Q, K)
-        args = [t.to(device=device, dtype=dtype) for t in (q, k, v)]
-        merged = _rerouted_by_lse_merge(module, *args, allowed, plan, None, {}, kernel=kernel)
+        qd, kd, vd = (t.to(device=device, dtype=dtype) for t in (q, k, v))
+        merged = _rerouted_by_lse_merge(module, qd, kd, vd, allowed, plan, None, {}, kernel=kernel)
         if merged is None:
             return float("inf"), 0.0
-        exact = _explicit(module, *[t.to(device=device, dtype=torch.float32) for t in (q, k, v)], allowed, plan)
-        rounded = _explicit(module, *args, allowed, plan)
+        qf, kf, vf = (t.to(device=device, dtype=torch.float32) for t in (q, k, v))
+        exact = _explicit(module, qf, kf, vf, allowed, plan)
+        rounded = _explicit(module, qd, kd, vd, allowed, plan)
         real = mask2d.bool().to(device)[:, :, None, None]  # compare real query rows only (padding is never pooled)
         worst = max(worst, float(((merged.float() - exact).abs() * real).max()))
         worst_reference = max(worst_reference, float(((rounded.float() - exact).abs() * real).max()))

@@ -186,7 +186,8 @@ def linear_weights(model: torch.nn.Module) -> int:
     total = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ == "DynamicQuantizedLinear":
-            total += int(module.in_features) * int(module.out_features)
+            layer: Any = module  # int8 layers keep in_features/out_features as plain ints
+            total += int(layer.in_features) * int(layer.out_features)
     return total
 
 
