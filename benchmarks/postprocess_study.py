@@ -112,8 +112,7 @@ def sts_samples(n: int) -> list[Sample]:
 
 
 def scifact_samples(queries: int, docs: int, max_length: int | None = None) -> list[Sample]:
-    from kvembed_rag.eval.runner import rank_documents, score_rankings
-
+    from kvembed_rag.eval.scoring import rank_documents, score_rankings
     from kvembed_rag.eval.tasks import load_beir
 
     task = load_beir(DATA / "scifact", "dev")
@@ -172,10 +171,9 @@ def banking_samples(n: int, intents: int) -> list[Sample]:
 
 
 def qmsum_samples(embedder: Any, meetings: int) -> list[Sample]:
-    from kvembed_rag.chunking import chunk_text
-    from kvembed_rag.eval.runner import rank_by_best_chunk, score_rankings
-
+    from kvembed_rag.eval.scoring import rank_by_best_chunk, score_rankings
     from kvembed_rag.eval.tasks import load_beir
+    from kvembed_rag.retrieval.chunking import chunk_text
 
     task = load_beir(DATA / "qmsum", "dev")
     ids = sorted(task.corpus)

@@ -14,13 +14,15 @@ forwards unknown keywords down to the attention function, and ``module.layer_idx
 Two backends are registered:
 
 * ``"kvembed"`` -- torch SDPA. Layers the plan does not touch call transformers' own
-  ``sdpa_attention_forward`` unchanged, so they keep the fast kernels.
+  ``sdpa_attention_forward`` unchanged, so they keep the fast kernels -- except, on CPU, masked layers over
+  long inputs (sliding-window layers, padded batches), which run the same kernel block by block over the
+  band of keys the mask leaves open (exact; see :func:`_cpu_flash_with_lse`).
 * ``"kvembed_eager"`` -- an explicit matmul/softmax reference, used by the tests to pin the SDPA path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,6 +219,12 @@ def kv_sdpa_attention_forward(
             _traced=True,
             **kwargs,
         )
+    if plan is not None and not (plan.bidirectional or plan.reroutes(layer_idx)):
+        banded = _banded_stock(
+            query, key, value, attention_mask, plan, _scaling(module, query, scaling), kwargs.get("sliding_window")
+        )
+        if banded is not None:
+            return banded, None
     if plan is None or not (plan.bidirectional or plan.reroutes(layer_idx)):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -235,6 +243,122 @@ def kv_sdpa_attention_forward(
 
 #: torch's CPU flash kernel, which (unlike the public SDPA call) also returns each row's log-sum-exp
 _CPU_FLASH_WITH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+#: CUDA kernels that return the log-sum-exp (flash: no mask; memory-efficient: an additive bias)
+_CUDA_FLASH_WITH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
+_CUDA_EFFICIENT_WITH_LSE = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
+
+#: query rows per block of the banded CPU path (cost ~ T * (chunk + window) instead of T * T)
+BAND_CHUNK = 256
+
+#: a kernel returning ``(out (B, Hq, Q, D), lse (B, Hq, Q) float32)`` or None where it cannot run; arguments:
+#: query, key, value (B, H, T, D; key/value may have fewer heads), allowed ``(B, 1, Q, K)`` bool or None
+#: (None: purely causal), scale, sliding window (None: full causal)
+LseKernel = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float, int | None],
+    tuple[torch.Tensor, torch.Tensor] | None,
+]
+
+
+def _banded(allowed: torch.Tensor, q_len: int, window: int | None) -> bool:
+    """True when no query may see a key ahead of it or ``window`` or more behind it (checked on two diagonals).
+
+    transformers builds causal and sliding masks from index arithmetic (``q - window < k <= q``); checking the
+    two diagonals just outside that band costs O(B*T), and catches bidirectional or wider-than-said masks.
+    """
+    rows = torch.arange(q_len - 1, device=allowed.device)
+    if bool(allowed[:, 0, rows, rows + 1].any()):  # a key ahead of its query: not causal
+        return False
+    if window is not None and q_len > window:
+        late = torch.arange(window, q_len, device=allowed.device)
+        if bool(allowed[:, 0, late, late - window].any()):
+            return False
+    return True
+
+
+def _cpu_flash_with_lse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor | None,
+    scale: float,
+    window: int | None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """torch's CPU flash kernel with its log-sum-exp; a masked call over a long input runs block by block.
+
+    With an explicit mask the kernel cannot skip blocks, so a sliding-window layer at 4,096 tokens would do
+    16x the work its 512-key window needs (and a padded full-attention layer 2x the causal work). Rows
+    ``[s, s + c)`` only ever see keys ``[s - window + 1, s + c)``, so each block gets that slice of keys and
+    of the mask: exact (the keys left out are masked anyway; :func:`_banded` checks it), about
+    ``T * (c + window)`` work instead of ``T * T``.
+    """
+    if _CPU_FLASH_WITH_LSE is None or query.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    q_len = query.shape[2]
+    if allowed is None:
+        return _CPU_FLASH_WITH_LSE(query, key, value, 0.0, True, scale=scale)[:2]
+    if q_len < 2 * BAND_CHUNK or not _banded(allowed, q_len, window):
+        mask = _additive_mask(allowed, None, query.dtype)  # (B, 1, Q, K)
+        return _CPU_FLASH_WITH_LSE(query, key, value, 0.0, False, attn_mask=mask, scale=scale)[:2]
+    out = query.new_empty((*query.shape[:3], value.shape[-1]))  # (B, Hq, Q, D)
+    lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)  # (B, Hq, Q)
+    for s in range(0, q_len, BAND_CHUNK):
+        e = min(s + BAND_CHUNK, q_len)
+        k0 = 0 if window is None else max(0, s - window + 1)
+        mask = _additive_mask(allowed[:, :, s:e, k0:e], None, query.dtype)  # (B, 1, c, e - k0)
+        block, block_lse = _CPU_FLASH_WITH_LSE(
+            query[:, :, s:e], key[:, :, k0:e], value[:, :, k0:e], 0.0, False, attn_mask=mask, scale=scale
+        )[:2]
+        out[:, :, s:e] = block
+        lse[:, :, s:e] = block_lse
+    return out, lse
+
+
+def _cuda_with_lse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor | None,
+    scale: float,
+    window: int | None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """CUDA flash (purely causal, half precision) or memory-efficient (any mask) attention with the log-sum-exp.
+
+    Written without a GPU at hand: :func:`check_merged_slot_kernel` compares it with the explicit-mask path
+    once per device and dtype at load, and the embedder falls back (with a warning) if they disagree.
+    """
+    batch, heads, q_len, dim = query.shape
+    groups = heads // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # neither aten kernel takes GQA directly
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    if allowed is None and _CUDA_FLASH_WITH_LSE is not None and half and dim <= 256:
+        found = _CUDA_FLASH_WITH_LSE(query, key, value, 0.0, True, False, scale=scale)
+        return found[0], found[1].float()[..., :q_len]
+    if _CUDA_EFFICIENT_WITH_LSE is None:
+        return None
+    bias = None
+    if allowed is not None:
+        kv_len = key.shape[2]
+        padded = -(-kv_len // 16) * 16  # the kernel wants the bias's last dimension 16-aligned (as SDPA pads it)
+        storage = torch.zeros((batch, heads, q_len, padded), dtype=query.dtype, device=query.device)
+        bias = storage[..., :kv_len]
+        bias.masked_fill_(~allowed.expand(batch, heads, q_len, kv_len), float("-inf"))
+    found = _CUDA_EFFICIENT_WITH_LSE(query, key, value, bias, True, 0.0, allowed is None, scale=scale)
+    return found[0], found[1].float()[..., :q_len]  # the log-sum-exp is padded to a multiple of 32 rows
+
+
+def _default_kernel(device: torch.device) -> LseKernel | None:
+    if device.type == "cpu":
+        return _cpu_flash_with_lse
+    if device.type == "cuda":
+        return _cuda_with_lse
+    return None
+
+
+#: (device type, dtype) -> whether the merged-slot kernel agreed with the explicit path at load (see check)
+MERGE_VERDICTS: dict[tuple[str, torch.dtype], bool] = {}
+
+#: largest difference tolerated between the merged-slot and the explicit-mask path at the load-time check
+MERGE_TOLERANCE = 1e-3
 
 
 def _rerouted_by_lse_merge(
@@ -246,6 +370,7 @@ def _rerouted_by_lse_merge(
     plan: ReroutingPlan,
     scaling: float | None,
     kwargs: dict[str, Any],
+    kernel: LseKernel | None = None,
 ) -> torch.Tensor | None:
     """Re-routed attention as the stock kernel plus one merged slot; None where that kernel is unavailable.
 
@@ -254,22 +379,27 @@ def _rerouted_by_lse_merge(
     ``out = (1 - w) O + w v0``. So the re-routed layers keep the fast causal kernel (no ``(B, 1, Q, K+1)``
     float mask, which made them about 2x slower at 4,096 tokens) and add only a ``(B, H, Q)`` dot product.
     """
-    if _CPU_FLASH_WITH_LSE is None or query.device.type != "cpu" or query.dtype not in (torch.float32, torch.bfloat16):
-        return None
+    if kernel is None:
+        if not MERGE_VERDICTS.get((query.device.type, query.dtype), query.device.type == "cpu"):
+            return None  # not checked (CUDA without a load-time check) or found to disagree: explicit path
+        kernel = _default_kernel(query.device)
+        if kernel is None:
+            return None
     batch, heads, q_len, _ = query.shape  # (B, Hq, Q, D)
     kv_len = key.shape[2]
     if q_len != kv_len or heads % key.shape[1]:
         return None
     scale = _scaling(module, query, scaling)
+    window = kwargs.get("sliding_window")
     if attention_mask is None:  # transformers left it out: purely causal, no padding, inside any window
-        mask, visible = None, None
+        allowed, visible = None, None
     else:
-        allowed = _allowed_keys(plan, attention_mask, q_len, kv_len, batch, query.device, kwargs.get("sliding_window"))
-        mask = _additive_mask(allowed, None, query.dtype)  # (B, 1, Q, K)
+        allowed = _allowed_keys(plan, attention_mask, q_len, kv_len, batch, query.device, window)
         visible = allowed.any(dim=-1)  # (B, 1, Q): rows that see at least one real key
-    main, lse = _CPU_FLASH_WITH_LSE(
-        query, key, value, 0.0, mask is None, attn_mask=mask, scale=scale
-    )  # (B, Hq, Q, D), (B, Hq, Q)
+    found = kernel(query, key, value, allowed, scale, window)
+    if found is None:
+        return None
+    main, lse = found  # (B, Hq, Q, D), (B, Hq, Q)
     k0, v0 = _last_token_kv(plan, key, value)  # (B, Hkv, 1, D) each
     groups = heads // key.shape[1]
     k0, v0 = repeat_kv(k0, groups), repeat_kv(v0, groups)  # (B, Hq, 1, D)
@@ -280,6 +410,133 @@ def _rerouted_by_lse_merge(
         main = torch.where(visible[..., None], main, 0.0)
     out = torch.lerp(main, v0.expand_as(main), share[..., None].to(main.dtype))  # (B, Hq, Q, D): (1-w) O + w v0
     return out.transpose(1, 2).contiguous()  # (B, Q, Hq, D)
+
+
+def _banded_stock(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    plan: ReroutingPlan,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor | None:
+    """A layer the plan does not re-route, with a mask, on a long CPU input: the banded kernel; else None."""
+    batch, _, q_len, _ = query.shape
+    if (
+        attention_mask is None
+        or attention_mask.dtype != torch.bool
+        or query.device.type != "cpu"
+        or q_len != key.shape[2]
+        or q_len < 2 * BAND_CHUNK
+        or query.shape[1] % key.shape[1]
+    ):
+        return None
+    allowed = _allowed_keys(plan, attention_mask, q_len, q_len, batch, query.device, window)
+    if not _banded(allowed, q_len, window):
+        return None
+    found = _cpu_flash_with_lse(query, key, value, allowed, scale, window)
+    if found is None:
+        return None
+    # rows that see no key (padding queries) come back as NaN from an all -inf row; zero them (never pooled)
+    out = torch.where(allowed.any(dim=-1)[..., None], found[0], 0.0)  # (B, Hq, Q, D)
+    return out.transpose(1, 2).contiguous()  # (B, Q, Hq, D)
+
+
+def check_merged_slot_kernel(
+    model: torch.nn.Module, *, kernel: LseKernel | None = None, tolerance: float = MERGE_TOLERANCE
+) -> bool:
+    """Compare the merged-slot path with the explicit-mask path once per (device, dtype); record the verdict.
+
+    A small random problem at the model's attention shape (two rows, one left-padded; a causal and a
+    padded mask) goes through both paths. In half precision the bar is the explicit path's own rounding:
+    both are compared with the explicit path computed in float32, and the merged path may be off by at
+    most ``tolerance`` plus twice the explicit path's error. If it is off by more, a
+    :class:`MergedSlotFallbackWarning` says so and re-routed layers take the explicit-mask path from then on.
+    """
+    import warnings
+
+    from .errors import MergedSlotFallbackWarning
+
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else torch.float32
+    verdict_key = (device.type, dtype)
+    if kernel is None and verdict_key in MERGE_VERDICTS:
+        return MERGE_VERDICTS[verdict_key]
+    use = kernel or _default_kernel(device)
+    if use is None or dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        MERGE_VERDICTS[verdict_key] = False
+        return False
+    config: Any = getattr(model, "config", None)
+    heads = int(getattr(config, "num_attention_heads", 4) or 4)
+    kv_heads = int(getattr(config, "num_key_value_heads", heads) or heads)
+    hidden = int(getattr(config, "hidden_size", 64) or 64)
+    dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    error, reference_error = _merge_error(use, device, dtype, heads, kv_heads, dim)
+    ok = error <= tolerance + (0.0 if dtype == torch.float32 else 2.0 * reference_error)
+    MERGE_VERDICTS[verdict_key] = ok
+    if not ok:
+        warnings.warn(
+            f"the merged-slot attention kernel on {device.type} in {str(dtype).removeprefix('torch.')} differs from "
+            f"the explicit-mask path by {error:.2e} (tolerance {tolerance:g}"
+            + ("" if dtype == torch.float32 else f" + 2 x {reference_error:.1e}, the explicit path's own rounding")
+            + "); re-routed layers use the explicit-mask path (correct, slower at long inputs)",
+            MergedSlotFallbackWarning,
+            stacklevel=2,
+        )
+    return ok
+
+
+def _merge_error(
+    kernel: LseKernel, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int, dim: int
+) -> tuple[float, float]:
+    """Largest ``|merged - explicit(float32)|`` and ``|explicit(dtype) - explicit(float32)|``, padded and not."""
+    from types import SimpleNamespace
+
+    generator = torch.Generator().manual_seed(0)
+    length = 40
+    module: Any = SimpleNamespace(layer_idx=0, num_key_value_groups=heads // kv_heads, head_dim=dim)
+    worst, worst_reference = 0.0, 0.0
+    for padded in (False, True):
+        mask2d = torch.ones((2, length), dtype=torch.long)
+        if padded:
+            mask2d[1, :7] = 0  # left padding
+        q = torch.randn(2, heads, length, dim, generator=generator)
+        k = torch.randn(2, kv_heads, length, dim, generator=generator)
+        v = torch.randn(2, kv_heads, length, dim, generator=generator)
+        plan = build_plan(mask2d.to(device), layers=[0], bias=1.0)
+        allowed = None
+        if padded:
+            causal = torch.tril(torch.ones(length, length, dtype=torch.bool))
+            allowed = (causal[None, None] & mask2d.bool()[:, None, None, :]).to(device)  # (B, 1, Q, K)
+        qd, kd, vd = (t.to(device=device, dtype=dtype) for t in (q, k, v))
+        merged = _rerouted_by_lse_merge(module, qd, kd, vd, allowed, plan, None, {}, kernel=kernel)
+        if merged is None:
+            return float("inf"), 0.0
+        qf, kf, vf = (t.to(device=device, dtype=torch.float32) for t in (q, k, v))
+        exact = _explicit(module, qf, kf, vf, allowed, plan)
+        rounded = _explicit(module, qd, kd, vd, allowed, plan)
+        real = mask2d.bool().to(device)[:, :, None, None]  # compare real query rows only (padding is never pooled)
+        worst = max(worst, float(((merged.float() - exact).abs() * real).max()))
+        worst_reference = max(worst_reference, float(((rounded.float() - exact).abs() * real).max()))
+    return worst, worst_reference
+
+
+def _explicit(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    plan: ReroutingPlan,
+) -> torch.Tensor:
+    """The explicit-mask SDPA path of a re-routed layer: ``(B, Q, Hq, D)``."""
+    key, value, mask = _prepare(module, query, key, value, attention_mask, plan, None)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=0.0, scale=_scaling(module, query, None)
+    )
+    return out.transpose(1, 2)
 
 
 def kv_eager_attention_forward(

@@ -49,9 +49,15 @@ class KVEmbedConfig:
     model: str = _option("default", LOAD, "'default' (Gemma-3-270M, offline), a hub id, a directory or a .gguf file")
     revision: str | None = _option(None, LOAD, "hub revision (branch, tag or commit)")
     device: str | None = _option(None, LOAD, "cpu, cuda, mps (default: CUDA, then MPS, then CPU)")
-    dtype: str | None = _option(None, LOAD, "float32, bfloat16, float16 or auto (default: bf16 on CUDA, else fp32)")
+    dtype: str | None = _option(
+        None, LOAD, "auto (default: bf16 on CUDA and on CPUs with native, faster bf16; else fp32), float32, bfloat16"
+    )
+    weights: str | None = _option(None, LOAD, "float (default) or int8: dynamic int8 Linear layers (CPU only)")
     attn_implementation: str = _option("sdpa", LOAD, "sdpa (fast) or eager (reference); flash/flex are refused")
     trust_remote_code: bool = _option(False, LOAD, "run model code from the hub (off unless you turn it on)")
+    model_kwargs: dict[str, Any] | None = _option(  # noqa: RUF009 - a dataclasses.field, not a shared default
+        None, LOAD, "extra keyword arguments for transformers' from_pretrained (device_map, quantization_config ...)"
+    )
     method: str = _option("kv", VECTORS, f"embedding method: {', '.join(METHODS)}")
     layers: tuple[int, ...] | str = _option(
         "auto", VECTORS, "re-routed layers: 'auto' (intrinsic-dimension window), 'default', 'tuned' or e.g. '3,4'"
@@ -105,6 +111,10 @@ class KVEmbedConfig:
             raise ConfigError(f"padding_side must be 'left' or 'right'; got {self.padding_side!r}")
         if self.dtype is not None and not (isinstance(self.dtype, str) and self.dtype in DTYPES):
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+        if self.weights is not None and self.weights not in ("float", "int8"):
+            raise ConfigError(f"weights must be 'float' or 'int8'; got {self.weights!r}")
+        if self.model_kwargs is not None and not isinstance(self.model_kwargs, Mapping):
+            raise ConfigError(f"model_kwargs must be a dict of from_pretrained arguments; got {self.model_kwargs!r}")
         if not isinstance(self.attn_implementation, str):
             raise ConfigError(f"attn_implementation must be a string; got {self.attn_implementation!r}")
 
@@ -161,8 +171,9 @@ class KVEmbedConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def portable(self) -> KVEmbedConfig:
-        """This configuration without the machine-specific choices (device, progress bar): what an index keeps."""
-        return dataclasses.replace(self, device=None, show_progress=False)
+        """This configuration without the machine-specific choices (device, progress bar, ``model_kwargs`` such as a
+        device map, which need not be JSON): what an index keeps."""
+        return dataclasses.replace(self, device=None, show_progress=False, model_kwargs=None)
 
 
 def _normalise_postprocess(text: object) -> str:

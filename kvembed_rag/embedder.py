@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from . import __version__
-from .attention import PLAN_KWARG, ReroutingPlan, build_plan, probe_dispatch, resolve_backend
+from .attention import (
+    ATTN_SDPA,
+    PLAN_KWARG,
+    ReroutingPlan,
+    build_plan,
+    check_merged_slot_kernel,
+    probe_dispatch,
+    resolve_backend,
+)
 from .config import (
     DEFAULT_BIAS,
     DEFAULT_MAX_LENGTH,
@@ -37,6 +45,7 @@ from .postprocess import apply as apply_postprocess
 from .postprocess import fit as fit_postprocess
 from .prompts import PromptTemplate, Role
 from .tokenization import EncodedText, encode_text
+from .weight_quantization import weights_description
 
 logger = logging.getLogger(__name__)
 
@@ -202,17 +211,32 @@ class KVEmbedder:
 
         ``options`` are the fields of :class:`~kvembed_rag.config.KVEmbedConfig` (``method``, ``layers``,
         ``bias``, ``pooling``, ``prompts``, ``max_length``, ``device``, ``dtype``, ...); ``model`` may also be a
-        whole ``KVEmbedConfig``. ``attn_implementation`` is ``"sdpa"`` (fast) or ``"eager"`` (reference); flash
-        and flex kernels are refused because they have no place for the prefix slot's bias.
+        whole ``KVEmbedConfig``. ``dtype`` ``None``/``"auto"`` (default): bfloat16 on CUDA and on CPUs where
+        native bf16 is present and measured faster, else float32 (see :mod:`kvembed_rag.hardware`).
+        ``weights="int8"`` quantises the Linear layers to int8 (CPU, float32 activations; see
+        :mod:`kvembed_rag.weight_quantization`). ``model_kwargs`` go to transformers' ``from_pretrained``
+        (``device_map``, ``quantization_config``, ``low_cpu_mem_usage`` ...) for backbones that need them.
+        ``attn_implementation`` is ``"sdpa"`` (fast) or ``"eager"`` (reference); flash and flex kernels are
+        refused because they have no place for the prefix slot's bias.
         """
+        from .weight_quantization import check_weights, quantize_linear_layers
+
         if isinstance(model, KVEmbedConfig):
             config = coerce_config(model, **options)
         else:
             config = coerce_config(None, model=os.fspath(model), **options)
         backend = resolve_backend(config.attn_implementation)
+        weight_format = check_weights(config.weights)
         location, source = resolve(config.model, revision=config.revision, trust_remote_code=config.trust_remote_code)
         torch_device = pick_device(config.device)
-        torch_dtype = pick_dtype(config.dtype, torch_device)
+        dtype = config.dtype
+        if weight_format == "int8":
+            if torch_device.type != "cpu":
+                raise ConfigError(f"weights='int8' runs on the CPU only; got device={torch_device}. Use device='cpu'.")
+            if dtype not in (None, "auto") and pick_dtype(dtype, torch_device) != torch.float32:
+                raise ConfigError(f"weights='int8' computes in float32 around the int8 products; got dtype={dtype!r}")
+            dtype = "float32"
+        torch_dtype = pick_dtype(dtype, torch_device)
         tokenizer = load_tokenizer(location, revision=config.revision, trust_remote_code=config.trust_remote_code)
         backbone = load_model(
             location,
@@ -222,8 +246,15 @@ class KVEmbedder:
             revision=config.revision,
             trust_remote_code=config.trust_remote_code,
             safetensors_only=source.kind in ("default", "gguf"),
+            model_kwargs=dict(config.model_kwargs) if config.model_kwargs else None,
         )
+        if weight_format == "int8":
+            quantize_linear_layers(backbone)
         probe_dispatch(backbone, int(getattr(backbone.config, "num_hidden_layers", 0)))
+        if backend == ATTN_SDPA:
+            check_merged_slot_kernel(backbone)
+        # the resolved load options are recorded: the index restores the same dtype on another machine
+        config = config.replace(dtype=str(torch_dtype).removeprefix("torch."), device=str(torch_device))
         return cls(backbone, tokenizer, config, source=source)
 
     def variant(self, **changes: Any) -> KVEmbedder:
@@ -284,7 +315,9 @@ class KVEmbedder:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        """The dtype activations are computed in (float32 around int8 weights)."""
+        first = next(self.model.parameters(), None)
+        return first.dtype if first is not None else torch.float32
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the vectors, JSON-serialisable (recorded in indexes and caches).
@@ -312,6 +345,8 @@ class KVEmbedder:
             "postprocess": None if self.postprocess_stats is None else self.postprocess_stats.describe(),
             "provenance": dict(self.provenance),
             "config": self.config.portable().to_dict(),
+            # only where the weights are not plain floats: float embedders keep their fingerprints
+            **({"weights": weights} if (weights := weights_description(self.model)) else {}),
         }
 
     to_dict = describe
@@ -581,7 +616,7 @@ def shared_embedder(model: str | os.PathLike[str] | KVEmbedConfig = "default", *
         config = coerce_config(model, **options)
     else:
         config = coerce_config(None, model=os.fspath(model), **options)
-    key = json.dumps(config.to_dict(), sort_keys=True)
+    key = json.dumps(config.to_dict(), sort_keys=True, default=repr)  # model_kwargs may hold objects
     with _SHARED_LOCK:
         if key not in _SHARED:
             _SHARED[key] = KVEmbedder.from_pretrained(config)

@@ -195,7 +195,15 @@ def _packaged(key: dict[str, Any]) -> dict[str, Any] | None:
         shipped = json.loads(files("kvembed_rag").joinpath("data/layer_selections.json").read_text())
     except (OSError, ValueError):
         return None
-    return next((entry for entry in shipped if entry.get("key") == key), None)
+    found = next((entry for entry in shipped if entry.get("key") == key), None)
+    if found is None and key.get("dtype") in ("bfloat16", "float16"):
+        # the shipped window was chosen in float32; a half-precision copy of the same weights keeps it (the ID
+        # curve is the weights' property, and recomputing it in bf16 would move the default window by noise)
+        as_float = {**key, "dtype": "float32"}
+        found = next((entry for entry in shipped if entry.get("key") == as_float), None)
+        if found is not None:
+            found = {**found, "key": key}
+    return found
 
 
 def _cache_path(key: dict[str, Any]) -> Path:

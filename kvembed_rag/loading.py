@@ -63,22 +63,10 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 
 
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """float32 on CPU and MPS, bfloat16 on CUDA, unless told otherwise."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype; got {dtype!r}")
-    return names[dtype]
+    """``None``/``"auto"``: bfloat16 on CUDA and on CPUs with native bf16, else float32; a name or dtype as given."""
+    from .hardware import resolve_dtype
+
+    return resolve_dtype(dtype, device)
 
 
 def default_gguf_path() -> Path:
@@ -242,13 +230,25 @@ def load_model(
     revision: str | None,
     trust_remote_code: bool,
     safetensors_only: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> torch.nn.Module:
     """The base model (no LM head) with the given registered attention implementation, in eval mode.
 
     ``safetensors_only`` (our own caches) never reads pickle-based weight files, even if one was planted.
+    ``model_kwargs`` go to transformers' ``from_pretrained`` as they are (``device_map``,
+    ``quantization_config`` ...); with a ``device_map`` or a quantisation config transformers places the
+    weights itself and the model is not moved to ``device``.
     """
     from transformers import AutoModel
 
+    extra = dict(model_kwargs or {})
+    clash = sorted(set(extra) & {"dtype", "torch_dtype", "attn_implementation", "revision", "trust_remote_code"})
+    if clash:
+        raise ValueError(
+            f"model_kwargs may not set {clash}: pass them as from_pretrained's own options (dtype=..., "
+            "attn_implementation=..., revision=..., trust_remote_code=...)"
+        )
+    placed = "device_map" in extra or "quantization_config" in extra
     try:
         model = AutoModel.from_pretrained(
             location,
@@ -257,6 +257,7 @@ def load_model(
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             **({"use_safetensors": True} if safetensors_only else {}),
+            **extra,
         )
     except OSError as exc:
         raise ModelLoadError(
@@ -270,4 +271,4 @@ def load_model(
                 "SmolLM and most decoder-only models of transformers 5)."
             ) from exc
         raise
-    return model.to(device).eval()
+    return (model if placed else model.to(device)).eval()

@@ -12,6 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# dtype="auto" (the default) would pick bfloat16 on CPUs with native bf16; the suite's tolerances are float32's,
+# so pin what "auto" means here (also in Ray workers, which inherit the environment). tests/test_hardware.py
+# checks the auto rule itself with the detection monkeypatched.
+os.environ["KVEMBED_AUTO_DTYPE"] = "float32"
 
 from tiny_models import ARCHITECTURES, build_checkpoint
 

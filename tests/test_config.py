@@ -76,7 +76,7 @@ def test_cli_flags_adapters_and_mteb_are_derived_from_the_config() -> None:
     from llama_index.embeddings.kvembed import KVEmbedding
 
     # CLI: every option but the progress bar (-q) is a flag, with the config's help text
-    assert set(_FLAG_TYPES) == set(field_names()) - {"show_progress"}
+    assert set(_FLAG_TYPES) == set(field_names()) - {"show_progress", "model_kwargs"}  # -q; a dict from Python
     args = build_parser().parse_args(["info", "--layers", "3,4", "--bias", "2", "--prompts", '{"query": "Q {text}"}'])
     config = config_from_args(args)
     assert config.layers == (3, 4) and config.bias == 2.0 and config.prompts.query == "Q {text}"

@@ -21,10 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
+    from ..hardware import describe_hardware, hardware_line
+
     info = embedder.describe()
+    hardware = describe_hardware(embedder.device)  # why dtype="auto" chose what it chose
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps({**info, "hardware": hardware}, indent=1))
     else:
         for key, value in info.items():
             print(f"{key:24s} {value}")
+        print(f"{'hardware':24s} {hardware_line(hardware)}")
     return EXIT_OK

@@ -131,7 +131,8 @@ FLAG_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
     "batch_tokens": (positive_int, {}),
     "padding_side": (str, {"choices": ["left", "right"]}),
     "device": (str, {}),
-    "dtype": (str, {}),
+    "dtype": (str, {"choices": ["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]}),
+    "weights": (str, {"choices": ["float", "int8"]}),
     "attn_implementation": (str, {"choices": ["sdpa", "eager"]}),
     "trust_remote_code": (None, {"action": "store_true"}),
 }
