@@ -112,7 +112,7 @@ class KVEmbedConfig:
         if self.dtype is not None and not (isinstance(self.dtype, str) and self.dtype in DTYPES):
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.weights is not None and self.weights not in ("float", "int8"):
-            raise ConfigError(f"weights must be 'float' or 'int8'; got {self.weights!r}")
+            raise ConfigError(f"weights must be one of ('float', 'int8'); got {self.weights!r}")
         if self.model_kwargs is not None and not isinstance(self.model_kwargs, Mapping):
             raise ConfigError(f"model_kwargs must be a dict of from_pretrained arguments; got {self.model_kwargs!r}")
         if not isinstance(self.attn_implementation, str):

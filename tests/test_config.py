@@ -110,7 +110,12 @@ def test_mteb_loader_kwargs_are_the_vector_options(make_embedder) -> None:
 def test_resolution_happens_before_construction_and_is_recorded(make_embedder) -> None:
     base = make_embedder("llama", method="kv")
     assert base.config.is_resolved and isinstance(base.config.layers, tuple)
-    assert base.describe()["provenance"] == {"layers": "intrinsic-dimension", "bias": "default", "pooling": "method"}
+    assert base.describe()["provenance"] == {
+        "layers": "intrinsic-dimension",
+        "bias": "default",
+        "pooling": "method",
+        "postprocess": "none",
+    }
     assert base.layer_selection is not None and base.layers == base.layer_selection.layers
     # a resolved config builds the same embedder over the loaded model without any calibration pass
     again = KVEmbedder(base.model, base.tokenizer, base.config, source=base.source)

@@ -65,7 +65,12 @@ def test_tune_scores_the_grid_saves_the_winner_and_tuned_uses_it(checkpoints, st
     tuned = KVEmbedder.from_pretrained(model, layers="tuned")  # no bias given: the tuned one
     assert (tuned.layers, tuned.bias) == (result.best.layers, result.best.bias) and tuned.tuned
     assert tuned.describe()["layers"] == result.best.layers
-    assert tuned.describe()["provenance"] == {"layers": "tuned", "bias": "tuned", "pooling": "tuned"}
+    assert tuned.describe()["provenance"] == {
+        "layers": "tuned",
+        "bias": "tuned",
+        "pooling": "tuned",
+        "postprocess": "none",
+    }
     explicit = KVEmbedder.from_pretrained(model, layers="tuned", bias=5.0)
     assert explicit.bias == 5.0 and explicit.layers == result.best.layers
     assert explicit.describe()["provenance"]["bias"] == "given"

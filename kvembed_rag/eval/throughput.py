@@ -87,7 +87,8 @@ class BenchRow:
     peak_fraction: float | None = None  # gflops over the machine's matmul peak in this dtype
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        # four significant digits: a tiny model's fraction of the peak must not round to zero
+        return {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 class _RssSampler:
