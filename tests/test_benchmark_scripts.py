@@ -85,3 +85,14 @@ def test_probe_nearest_neighbour_and_anisotropy(probe: ModuleType) -> None:
     assert probe.nearest_neighbour(train, ["a", "b"], test) == ["a", "b"]
     assert probe.cross_label_cosine(test, ["a", "b"]) > 0.99
     assert probe.cross_label_cosine(np.eye(2), ["a", "b"]) == pytest.approx(0.0)
+
+
+def test_docs_plots_redraws_every_figure_from_stored_json(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    script = load_script("docs_plots")
+    monkeypatch.setattr(sys, "argv", ["docs_plots.py", "--out", str(tmp_path)])
+    assert script.main() == 0
+    docs = BENCHMARKS.parent / "docs"
+    expected = {p.name for p in docs.glob("*.png")}
+    assert {p.name for p in tmp_path.glob("*.png")} == expected  # every figure in docs/ can be redrawn
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in expected)
