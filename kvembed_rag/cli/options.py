@@ -82,6 +82,23 @@ def parse_layers(text: str | None) -> list[int] | str | None:
     return layers
 
 
+def check_sample(args: argparse.Namespace) -> None:
+    if args.sample and args.limit is None:
+        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
+
+
+def parse_windows(text: str | None) -> list[list[int]] | None:
+    if text is None:
+        return None
+    try:
+        windows = [[int(i) for i in part.split(",") if i.strip()] for part in text.split(";") if part.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--windows takes layer lists separated by ';', e.g. '4,5;8,9'; got {text!r}") from exc
+    if not windows or not all(windows):
+        raise UsageError(f"--windows needs at least one non-empty window; got {text!r}")
+    return windows
+
+
 # ------------------------------------------------------------------ path checks (before the model loads)
 def existing_path(path: str, what: str = "file or folder") -> Path:
     target = Path(path)
