@@ -102,3 +102,14 @@ def test_postprocess_study_mean_rank_and_disjoint_samples() -> None:
     assert ranks == {("kv", "none"): 2.5, ("kv", "center"): 1.0, ("kv", "whiten"): 2.0}  # ties share the better rank
     order = study._perm(100, 0)
     assert sorted(order) == list(range(100)) and order == study._perm(100, 0) and order != list(range(100))
+
+
+def test_docs_plots_redraws_every_figure_from_stored_json(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    script = load_script("docs_plots")
+    monkeypatch.setattr(sys, "argv", ["docs_plots.py", "--out", str(tmp_path)])
+    assert script.main() == 0
+    docs = BENCHMARKS.parent / "docs"
+    expected = {p.name for p in docs.glob("*.png")}
+    assert {p.name for p in tmp_path.glob("*.png")} == expected  # every figure in docs/ can be redrawn
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in expected)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from .. import __version__
-from .options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, configure_output
+from .options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, output_scope
 
 #: the commands, in --help order: modules (relative to this package, or absolute) with NAME, HELP, EXAMPLES,
 #: add_arguments(parser) and run(args). Add a command by adding its module here (e.g. "kvembed_rag.serve.command").
@@ -82,11 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
-    configure_output(verbose=bool(args.verbose), quiet=bool(getattr(args, "quiet", False)))
     from ..errors import KVEmbedError
 
     try:
-        return int(args.handler(args))
+        with output_scope(verbose=bool(args.verbose), quiet=bool(getattr(args, "quiet", False))):
+            return int(args.handler(args))
     except UsageError as exc:
         print(f"kvembed-rag {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,9 +11,9 @@ from typing import Any
 from ..methods import METHODS
 from .options import (
     EXIT_OK,
-    UsageError,
     add_model_options,
     add_output_options,
+    check_sample,
     creatable_folder,
     existing_path,
     fraction,
@@ -79,11 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached vectors")
     add_output_options(parser, json_flag=False)
     add_model_options(parser, method=False, max_length=False)
-
-
-def check_sample(args: argparse.Namespace) -> None:
-    if args.sample and args.limit is None:
-        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
 
 
 def run(args: argparse.Namespace) -> int:

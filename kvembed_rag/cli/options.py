@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,23 @@ def method_list(text: str) -> list[str]:
     if unknown or not methods:
         raise UsageError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     return methods
+
+
+def check_sample(args: argparse.Namespace) -> None:
+    if args.sample and args.limit is None:
+        raise UsageError("--sample picks --limit N pairs or queries at random; give --limit too")
+
+
+def parse_windows(text: str | None) -> list[list[int]] | None:
+    if text is None:
+        return None
+    try:
+        windows = [[int(i) for i in part.split(",") if i.strip()] for part in text.split(";") if part.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--windows takes layer lists separated by ';', e.g. '4,5;8,9'; got {text!r}") from exc
+    if not windows or not all(windows):
+        raise UsageError(f"--windows needs at least one non-empty window; got {text!r}")
+    return windows
 
 
 # ------------------------------------------------------------------ path checks (before the model loads)
@@ -233,19 +252,34 @@ _QUIET_ENV = {
 }
 
 
-def configure_output(*, verbose: bool, quiet: bool) -> None:
-    """Our logs at INFO with -v, WARNING by default, ERROR with -q; the libraries' bars and logs only with -v.
+@contextmanager
+def output_scope(*, verbose: bool, quiet: bool) -> Iterator[None]:
+    """For one command: our logs at INFO with -v, WARNING by default, ERROR with -q (warnings hidden too);
+    the libraries' bars and logs only with -v. Logging and warning filters are restored afterwards, so
+    calling :func:`main` in-process (tests, notebooks) leaves the caller's configuration as it was.
 
-    Called before any heavy import, so the environment switches reach libraries that read them at import.
+    Entered before any heavy import, so the environment switches reach libraries that read them at import.
     """
-    level = logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s", force=True)
     if not verbose:
         for key, value in _QUIET_ENV.items():
             os.environ.setdefault(key, value)
-    if quiet:
-        warnings.simplefilter("ignore")  # -q: results and errors only
-    quiet_libraries(verbose=verbose, only_if_imported=True)
+    logger = logging.getLogger("kvembed_rag")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
+    saved_level = logger.level
+    if verbose:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")  # -q: results and errors only
+            quiet_libraries(verbose=verbose, only_if_imported=True)
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
 
 
 def quiet_libraries(*, verbose: bool, only_if_imported: bool = False) -> None:

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .eval import check_sample
 from .options import (
     EXIT_OK,
     UsageError,
     add_model_options,
     add_output_options,
+    check_sample,
     existing_path,
     load_embedder,
+    parse_windows,
     positive_int,
     validate_model_args,
     writable_file,
@@ -62,18 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached vectors")
     add_output_options(parser, json_flag=False)
     add_model_options(parser, method=False, max_length=False)
-
-
-def parse_windows(text: str | None) -> list[list[int]] | None:
-    if text is None:
-        return None
-    try:
-        windows = [[int(i) for i in part.split(",") if i.strip()] for part in text.split(";") if part.strip()]
-    except ValueError as exc:
-        raise UsageError(f"--windows takes layer lists separated by ';', e.g. '4,5;8,9'; got {text!r}") from exc
-    if not windows or not all(windows):
-        raise UsageError(f"--windows needs at least one non-empty window; got {text!r}")
-    return windows
 
 
 def run(args: argparse.Namespace) -> int:
