@@ -45,6 +45,7 @@ __all__ = [
     "fit",
     "fit_embedder",
     "load",
+    "read_header",
     "save",
     "shipped_stats",
     "stats_key",
