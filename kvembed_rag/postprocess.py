@@ -46,6 +46,7 @@ __all__ = [
     "fit_embedder",
     "load",
     "parse_spec",
+    "read_header",
     "save",
     "shipped_stats",
     "spec_text",
