@@ -71,10 +71,10 @@ class KVEmbedConfig:
         None, VECTORS, f"tokens per input; longer inputs are cut (default {DEFAULT_MAX_LENGTH} or the model's limit)"
     )
     postprocess: str = _option(
-        "none",
+        "auto",
         VECTORS,
-        "isotropy calibration fitted on the shipped calibration texts: none, center, remove-top:K, whiten[:S],"
-        " optionally @DIM to reduce the width (e.g. center@256)",
+        "isotropy calibration fitted on the shipped calibration texts: auto (the measured default of a shipped"
+        " model and method, else none), none, center, remove-top:K, whiten[:S], optionally @DIM (e.g. center@256)",
     )
     batch_tokens: int = _option(16_384, RUNTIME, "padded tokens per forward pass (inputs are sorted by length)")
     padding_side: str | None = _option(None, RUNTIME, "left or right (default: the tokenizer's)")
@@ -183,8 +183,10 @@ def _normalise_postprocess(text: object) -> str:
     body, _, dim = text.strip().lower().partition("@")
     kind, _, argument = body.partition(":")
     problem = None
-    if kind not in ("none", "center", "remove-top", "whiten"):
-        problem = "the kind must be none, center, remove-top or whiten"
+    if kind == "auto" and (argument or dim):
+        problem = "'auto' takes no argument"
+    elif kind not in ("auto", "none", "center", "remove-top", "whiten"):
+        problem = "the kind must be auto, none, center, remove-top or whiten"
     elif dim and (not dim.isdigit() or int(dim) < 1):
         problem = "@DIM must be a positive integer"
     elif dim and kind == "none":

@@ -40,7 +40,7 @@ from .layer_selection import default_window, validate_layers
 from .loading import ModelSource, load_model, load_tokenizer, pick_device, pick_dtype, resolve
 from .methods import MethodSpec, get_method, token_prepending_layers
 from .pooling import POOLINGS, pool
-from .postprocess import PostprocessStats, parse_spec
+from .postprocess import PostprocessStats, parse_spec, spec_text
 from .postprocess import apply as apply_postprocess
 from .postprocess import fit as fit_postprocess
 from .prompts import PromptTemplate, Role
@@ -128,6 +128,10 @@ class KVEmbedder:
             how = "given"
         else:
             postprocess_stats, how = resolve_postprocess(model, tokenizer, resolved, source=source)
+        if resolved.postprocess == "auto":  # the resolved config names what "auto" chose
+            chosen = "none" if postprocess_stats is None else spec_text(postprocess_stats.spec)
+            resolved = resolved.replace(postprocess=chosen)
+            how = "shipped-default" if postprocess_stats is not None else "none"
         self.model: Any = model  # a transformers PreTrainedModel (typed loosely: its config is dynamic)
         self.tokenizer = tokenizer
         self.source = source
@@ -672,9 +676,15 @@ def resolve_postprocess(
     from . import postprocess as pp
     from ._io import cache_root
 
-    spec = pp.parse_spec(config.postprocess)
     raw = KVEmbedder(model, tokenizer, config.replace(postprocess="none"), source=source)
     key = pp.stats_key(raw.describe())
+    if config.postprocess == "auto":
+        chosen = pp.shipped_default(key)  # shipped data, the same on every machine
+        if chosen is None:
+            return None, "none"
+        spec = chosen
+    else:
+        spec = pp.parse_spec(config.postprocess)
     shipped = pp.shipped_stats(key, spec)
     if shipped is not None:
         return shipped, "shipped"

@@ -48,6 +48,7 @@ __all__ = [
     "parse_spec",
     "read_header",
     "save",
+    "shipped_default",
     "shipped_stats",
     "spec_text",
     "stats_key",
@@ -397,6 +398,19 @@ def fit_embedder(
 
         texts = load_calibration()
     return fit(embedder.encode(texts, role), spec)
+
+
+def shipped_default(key: dict[str, Any]) -> PostprocessSpec | None:
+    """The post-processing chosen for this exact configuration by the dev-data study (docs/RESULTS.md,
+    "Post-processing"), if the package ships one marked ``default``; ``None`` otherwise."""
+    index_path = SHIPPED_DIR / "index.json"
+    if not index_path.is_file():
+        return None
+    wanted = json.loads(json.dumps(key, sort_keys=True))
+    for entry in json.loads(index_path.read_text(encoding="utf-8")):
+        if entry.get("default") and entry["key"] == wanted:
+            return PostprocessSpec.from_dict(entry["spec"])
+    return None
 
 
 def shipped_stats(key: dict[str, Any], spec: PostprocessSpec) -> PostprocessStats | None:

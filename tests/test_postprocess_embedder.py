@@ -13,7 +13,7 @@ TEXTS = ["a short text", "another, somewhat longer text about retrieval", "", "n
 
 
 def test_config_spelling_is_checked_and_canonical() -> None:
-    assert KVEmbedConfig().postprocess == "none"
+    assert KVEmbedConfig().postprocess == "auto"
     assert KVEmbedConfig(postprocess="whiten").postprocess == "whiten:auto"
     assert KVEmbedConfig(postprocess="remove-top").postprocess == "remove-top:1"
     assert KVEmbedConfig(postprocess="Center@16").postprocess == "center@16"
@@ -45,6 +45,19 @@ def test_centred_vectors_are_applied_for_every_caller_and_batch_invariant(make_e
     assert centred.fingerprint != raw.fingerprint
     assert centred.describe()["postprocess"]["fingerprint"] == stats.fingerprint
     assert raw.describe()["postprocess"] is None
+
+
+def test_auto_is_none_where_nothing_is_shipped_and_the_default_where_it_is(make_embedder, monkeypatch) -> None:
+    raw = make_embedder("llama", method="kv")  # a tiny random model: nothing shipped for it
+    assert raw.config.postprocess == "none" and raw.provenance["postprocess"] == "none"
+    key = pp.stats_key(raw.describe())
+    monkeypatch.setattr(pp, "shipped_default", lambda k: pp.PostprocessSpec("center") if k == key else None)
+    monkeypatch.setattr(
+        pp, "shipped_stats", lambda k, spec: pp.PostprocessStats(spec, np.zeros(raw.hidden_size, np.float32), None, 9)
+    )
+    chosen = raw.variant(postprocess="auto")
+    assert chosen.config.postprocess == "center" and chosen.provenance["postprocess"] == "shipped-default"
+    assert chosen.describe()["postprocess"]["n"] == 9
 
 
 def test_zero_mean_centring_is_the_identity(make_embedder) -> None:
