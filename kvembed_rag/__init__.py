@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .attention import ReroutingPlan
+from .chunking import Chunk, chunk_text, text_token_budget
 from .embedder import EmbeddingMemoryError, KVEmbedder, TruncationWarning, shared_embedder
 from .errors import (
     KVEmbedError,
@@ -15,9 +16,11 @@ from .errors import (
 from .index import EmbedderMismatchError, IndexCorruptError, VectorIndex
 from .methods import METHODS
 from .prompts import PromptTemplate
+from .quantization import quantize_embeddings
 
 __all__ = [
     "METHODS",
+    "Chunk",
     "EmbedderMismatchError",
     "EmbeddingMemoryError",
     "IndexCorruptError",
@@ -31,5 +34,8 @@ __all__ = [
     "UnsupportedModelError",
     "VectorIndex",
     "__version__",
+    "chunk_text",
+    "quantize_embeddings",
     "shared_embedder",
+    "text_token_budget",
 ]
