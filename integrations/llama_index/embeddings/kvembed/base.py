@@ -42,12 +42,18 @@ class KVEmbedding(BaseEmbedding):
     device: str | None = Field(default=None, description="cpu, cuda or mps (default: best available)")
     dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="texts per call to the model")
+    fingerprint: str = Field(
+        default="",
+        description="set from the loaded embedder (model, resolved layers, dtype ...): part of to_dict(), so "
+        "IngestionCache keys change with the configuration",
+    )
 
     _embedder: KVEmbedder | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         self._embedder = shared_embedder(self.model_name, **{name: getattr(self, name) for name in ADAPTER_OPTIONS})
+        self.fingerprint = self._embedder.fingerprint  # whatever was passed in: the loaded model decides
 
     @classmethod
     def class_name(cls) -> str:
