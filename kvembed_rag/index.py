@@ -86,8 +86,13 @@ class Hit:
 
 
 def _faiss() -> Any:
-    import faiss
-
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            "kvembed-rag's vector index needs FAISS: pip install 'kvembed-rag[faiss]' (faiss-cpu) or "
+            "'kvembed-rag[faiss-gpu]' (faiss-gpu-cu12); install only one of the two, they share the 'faiss' module"
+        ) from exc
     return faiss
 
 
