@@ -93,3 +93,20 @@ def test_ingestion_cache_hits_and_changed_configuration_misses(checkpoints, monk
     assert [n.embedding for n in changed] != [n.embedding for n in first]
     model = KVEmbedding(model_name=str(checkpoints["llama"]))
     assert model.to_dict()["fingerprint"] == model.embedder.fingerprint
+
+
+@pytest.mark.parametrize("script", ["langchain_long_document.py", "llamaindex_long_document.py"])
+def test_long_document_examples_run(script, checkpoints, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, f"examples/{script}", "--model", str(checkpoints["llama"]), "--data", str(tmp_path)]
+    command += ["--paragraphs", "12", "--chunk-tokens", "256"]  # the generated fallback document, kept small
+    env = {**os.environ, "KVEMBED_CACHE": str(tmp_path), "PYTHONPATH": f"{root}{os.pathsep}{root / 'integrations'}"}
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best passage on the last page:" in result.stdout
+    assert ("chunks:" if script.startswith("langchain") else "nodes:") in result.stdout
