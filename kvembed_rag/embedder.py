@@ -684,12 +684,15 @@ _ROLE_ALIASES: dict[str, Role] = {
 
 def _role_from(role: str | None, prompt_name: str | None) -> Role:
     """The role from the positional ``role`` or sentence-transformers' ``prompt_name`` (both: they must agree)."""
-    names = [name for name in (role, prompt_name) if name is not None]
-    resolved = []
-    for name in names:
-        if name not in _ROLE_ALIASES:
-            raise ValueError(f"unknown role/prompt_name {name!r}; use 'query' or 'document'")
-        resolved.append(_ROLE_ALIASES[name])
+    resolved: list[Role] = []
+    if role is not None:
+        if role not in ("document", "query"):
+            raise ValueError(f"unknown role {role!r}; use 'query' or 'document'")
+        resolved.append("query" if role == "query" else "document")
+    if prompt_name is not None:  # sentence-transformers' prompt names, with the usual aliases
+        if prompt_name not in _ROLE_ALIASES:
+            raise ValueError(f"unknown role/prompt_name {prompt_name!r}; use 'query' or 'document'")
+        resolved.append(_ROLE_ALIASES[prompt_name])
     if len(set(resolved)) > 1:
         raise ValueError(f"role={role!r} and prompt_name={prompt_name!r} disagree; give one of them")
     return resolved[0] if resolved else "document"
