@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     )
     from .methods import METHODS
     from .prompts import PromptTemplate
+    from .quantization import quantize_embeddings
+    from .retrieval.chunking import Chunk, chunk_text, text_token_budget
     from .retrieval.vector_index import VectorIndex
 
 # public name -> submodule. Imported on first use, so that `import kvembed_rag` (and the command line's
@@ -50,6 +52,10 @@ _LAZY = {
     "VectorIndex": "retrieval.vector_index",
     "METHODS": "methods",
     "PromptTemplate": "prompts",
+    "quantize_embeddings": "quantization",
+    "Chunk": "retrieval.chunking",
+    "chunk_text": "retrieval.chunking",
+    "text_token_budget": "retrieval.chunking",
 }
 
 
@@ -67,6 +73,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "METHODS",
+    "Chunk",
     "ConfigError",
     "EmbedderMismatchError",
     "EmbeddingMemoryError",
@@ -82,5 +89,8 @@ __all__ = [
     "UnsupportedModelError",
     "VectorIndex",
     "__version__",
+    "chunk_text",
+    "quantize_embeddings",
     "shared_embedder",
+    "text_token_budget",
 ]

@@ -69,6 +69,17 @@ class KVEmbeddings(BaseModel, Embeddings):
         assert self._embedder is not None
         return self._embedder
 
+    @property
+    def cache_namespace(self) -> str:
+        """A namespace for LangChain's ``CacheBackedEmbeddings``: the embedder's fingerprint (model, method,
+        layers, bias, pooling, prompts, dtype, max_length), so a changed configuration never reads vectors
+        cached by another one::
+
+            CacheBackedEmbeddings.from_bytes_store(emb, store, namespace=emb.cache_namespace,
+                                                   query_embedding_cache=True)
+        """
+        return f"kvembed-{self.embedder.fingerprint}"
+
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed passages; plain Python floats (``ndarray.tolist()``)."""
         return self.embedder.encode_documents(texts, show_progress=self.show_progress).tolist()

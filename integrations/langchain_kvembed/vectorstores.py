@@ -10,6 +10,9 @@ description, and loading it with a different model or method raises ``EmbedderMi
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -53,11 +56,20 @@ class KVFaissVectorStore(VectorStore):
             retriever = store.as_retriever(search_type="mmr", search_kwargs={"k": 5})
     """
 
-    def __init__(self, embedding: Embeddings, index: VectorIndex | None = None, *, factory: str = "Flat") -> None:
+    def __init__(
+        self,
+        embedding: Embeddings,
+        index: VectorIndex | None = None,
+        *,
+        factory: str = "Flat",
+        precision: str = "float32",
+    ) -> None:
         self._embedding = embedding
         self._index = index
         self._factory = factory if index is None else index.factory
+        self._precision = precision if index is None else index.precision
         self._lock = threading.RLock()
+        self._parents: dict[str, Document] = {}  # documents added with split=True, by id (see add_documents)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -97,15 +109,74 @@ class KVFaissVectorStore(VectorStore):
         vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
         with self._lock:
             if self._index is None:
-                self._index = VectorIndex(vectors.shape[1], factory=self._factory, embedder=_describe(self._embedding))
+                self._index = VectorIndex(
+                    vectors.shape[1],
+                    factory=self._factory,
+                    embedder=_describe(self._embedding),
+                    precision=self._precision,
+                )
             return self._index.upsert(final_ids, vectors, texts, metadatas)
 
+    def add_documents(self, documents: list[Document], *, split: bool | Any = False, **kwargs: Any) -> list[str]:
+        """Add documents; with ``split`` they are cut into chunks and retrievable as whole documents.
+
+        ``split=True`` uses :class:`~langchain_kvembed.KVTokenTextSplitter` over this store's embeddings
+        (chunks fit the embedder's window, prompt included); any LangChain ``TextSplitter`` works too. Each
+        chunk is stored as ``<document id>#<n>`` with ``parent_id`` in its metadata; the document itself
+        is kept (and saved by :meth:`save_local`) for :meth:`similarity_search_parents` and
+        ``as_retriever(search_type="parent")``. Plain searches return the chunks. Re-adding a document id
+        replaces its old chunks. Returns the documents' ids.
+        """
+        if not split:
+            return super().add_documents(documents, **kwargs)
+        splitter: Any = split
+        if split is True:
+            from langchain_kvembed.splitters import KVTokenTextSplitter
+
+            splitter = KVTokenTextSplitter(self._embedding)
+        ids = list(kwargs.pop("ids", None) or [None] * len(documents))
+        if len(ids) != len(documents):
+            raise ValueError(f"got {len(ids)} ids for {len(documents)} documents")
+        parent_ids = [given or document.id or str(uuid.uuid4()) for given, document in zip(ids, documents, strict=True)]
+        texts: list[str] = []
+        metadatas: list[dict[str, Any]] = []
+        chunk_ids: list[str] = []
+        for parent_id, document in zip(parent_ids, documents, strict=True):
+            for number, chunk in enumerate(splitter.split_documents([document])):
+                texts.append(chunk.page_content)
+                metadatas.append({**chunk.metadata, PARENT_KEY: parent_id, "chunk_index": number})
+                chunk_ids.append(f"{parent_id}#{number}")
+        with self._lock:
+            self._delete_chunks_of(parent_ids)
+            self.add_texts(texts, metadatas, ids=chunk_ids)
+            for parent_id, document in zip(parent_ids, documents, strict=True):
+                self._parents[parent_id] = Document(
+                    id=parent_id, page_content=document.page_content, metadata=dict(document.metadata)
+                )
+        return parent_ids
+
+    def _delete_chunks_of(self, parent_ids: list[str]) -> None:
+        if self._index is None:
+            return
+        wanted = {item for item in parent_ids if item in self._parents}
+        if wanted:
+            self._index.delete([r.id for r in self._index.get(self._index.ids) if r.metadata.get(PARENT_KEY) in wanted])
+
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete by id; unknown ids are ignored. ``delete()`` with no ids empties the store."""
+        """Delete by id; unknown ids are ignored. ``delete()`` with no ids empties the store. A document
+        added with ``split=True`` is deleted with all its chunks by its own id."""
         with self._lock:
             if self._index is None:
+                self._parents.clear()
                 return True
-            self._index.delete(self._index.ids if ids is None else ids)
+            if ids is None:
+                self._parents.clear()
+                self._index.delete(self._index.ids)
+                return True
+            self._delete_chunks_of(list(ids))
+            for item in ids:
+                self._parents.pop(item, None)
+            self._index.delete(ids)
         return True
 
     # ------------------------------------------------------------------ reads
@@ -132,6 +203,51 @@ class KVFaissVectorStore(VectorStore):
         self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter=filter)
+
+    def similarity_search_parents(
+        self,
+        query: str,
+        k: int = 4,
+        filter: Filter | None = None,
+        fetch_k: int | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        """The ``k`` documents whose best chunk matches ``query`` best (documents added with ``split=True``).
+
+        Each result is the whole document with ``best_passage`` (that chunk's text), ``best_score``,
+        ``best_chunk_index`` and ``best_start_index`` in its metadata; chunks of documents this store does
+        not hold (plain ``add_texts``) are returned as themselves. ``fetch_k`` chunks are searched (default
+        ``max(50, 10·k)``): one long document can own many of the nearest chunks.
+        """
+        hits = self.similarity_search_with_score(query, fetch_k or max(50, 10 * k), filter=filter)
+        results: list[Document] = []
+        seen: set[str] = set()
+        for chunk, score in hits:
+            parent_id = chunk.metadata.get(PARENT_KEY)
+            key = parent_id if isinstance(parent_id, str) and parent_id in self._parents else f"chunk:{chunk.id}"
+            if key in seen:
+                continue
+            seen.add(key)
+            if key.startswith("chunk:"):
+                results.append(
+                    Document(
+                        id=chunk.id, page_content=chunk.page_content, metadata={**chunk.metadata, "best_score": score}
+                    )
+                )
+            else:
+                parent = self._parents[key]
+                best = {
+                    "best_passage": chunk.page_content,
+                    "best_score": score,
+                    "best_chunk_index": chunk.metadata.get("chunk_index"),
+                    "best_start_index": chunk.metadata.get("start_index"),
+                }
+                results.append(
+                    Document(id=parent.id, page_content=parent.page_content, metadata={**parent.metadata, **best})
+                )
+            if len(results) == k:
+                break
+        return results
 
     def similarity_search_by_vector(
         self, embedding: list[float], k: int = 4, filter: Filter | None = None, **kwargs: Any
@@ -202,6 +318,8 @@ class KVFaissVectorStore(VectorStore):
         with self._lock:
             if self._index is None:
                 raise ValueError("nothing to save: the store is empty and has no dimension yet; add texts first")
+            # parents first: an interrupted save leaves a superset of documents, never chunks without theirs
+            _write_parents(Path(folder_path), self._parents)
             self._index.save(folder_path)
 
     @classmethod
@@ -212,4 +330,39 @@ class KVFaissVectorStore(VectorStore):
         built the index, ``IndexCorruptError`` when files are missing, truncated or inconsistent.
         """
         kwargs.pop("allow_dangerous_deserialization", None)  # accepted for drop-in use, never needed
-        return cls(embeddings, VectorIndex.load(folder_path, embedder=_describe(embeddings)))
+        store = cls(embeddings, VectorIndex.load(folder_path, embedder=_describe(embeddings)))
+        store._parents = _read_parents(Path(folder_path))
+        return store
+
+
+PARENT_KEY = "parent_id"
+PARENTS_FILE = "parents.json"
+
+
+def _write_parents(folder: Path, parents: dict[str, Document]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = [{"id": key, "page_content": d.page_content, "metadata": d.metadata} for key, d in parents.items()]
+    handle, temporary = tempfile.mkstemp(prefix=f".{PARENTS_FILE}-", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, ensure_ascii=False)
+        os.replace(temporary, folder / PARENTS_FILE)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _read_parents(folder: Path) -> dict[str, Document]:
+    path = folder / PARENTS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            str(r["id"]): Document(id=str(r["id"]), page_content=str(r["page_content"]), metadata=dict(r["metadata"]))
+            for r in rows
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        from kvembed_rag import IndexCorruptError
+
+        raise IndexCorruptError(f"{path} is not a valid parent-document file ({exc})") from exc

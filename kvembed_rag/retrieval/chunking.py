@@ -31,6 +31,13 @@ def text_copies(embedder: Any, role: str = "document") -> int:
     return max(1, len(prompts.render("", role)[1])) if prompts is not None else 1
 
 
+def text_token_budget(embedder: Any, max_tokens: int | None = None, *, margin: int = 8, role: str = "document") -> int:
+    """Tokens of text one input can hold: ``max_tokens`` (default the embedder's ``max_length``) minus the
+    prompt's tokens and ``margin``, shared between the text's copies when the prompt repeats it (echo)."""
+    total = (max_tokens or embedder.max_length) - prompt_overhead(embedder, role) - margin
+    return total // text_copies(embedder, role)
+
+
 def chunk_text(
     embedder: Any,
     text: str,
@@ -47,8 +54,7 @@ def chunk_text(
     ``margin`` keeps a few tokens spare because a window re-tokenised inside the prompt can merge differently
     at its edges.
     """
-    total = (max_tokens or embedder.max_length) - prompt_overhead(embedder) - margin
-    budget = total // text_copies(embedder)
+    budget = text_token_budget(embedder, max_tokens, margin=margin)
     header = f"{title}\n\n" if title else ""
     offsets = embedder.token_offsets(text)
     header_tokens = len(embedder.token_offsets(header)) if header else 0

@@ -15,6 +15,12 @@ A save writes a new generation of the two data files, then replaces ``manifest.j
 commit point), then removes the old generation: a crash at any moment leaves the previous index or the
 new one, never a mix. Loading verifies the checksums, the counts and that file names stay inside the
 directory, and refuses an index built by another embedder when given the querying embedder's description.
+
+Compact vectors (``precision``): ``"int8"`` stores FAISS scalar-quantised codes (``SQ8``: one byte per
+dimension, per-dimension ranges trained on the first batch added, so make that batch representative);
+``"binary"`` stores one bit per dimension (``IndexBinaryFlat`` / ``IndexBinaryHNSW``, Hamming distance),
+scored as ``1 - 2·hamming/dim``, the cosine of the two sign patterns. ``search(..., rescore=...)`` re-ranks
+a larger candidate list with float vectors the caller keeps elsewhere (a float index, a memory map).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ import numpy as np
 
 from .._io import file_sha256, write_bytes_atomically
 from ..errors import EmbedderMismatchError, IndexCorruptError
+from ..quantization import quantize_embeddings, unpack_binary
 from .filters import Filter, compile_filter
 
 FORMAT_VERSION = 1
@@ -49,6 +56,10 @@ COMPATIBILITY_KEYS = (
     "postprocess",
 )
 _EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
+#: what ``VectorIndex(precision=...)`` accepts; uint8/ubinary are the same storage as int8/binary
+INDEX_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+#: float vectors to re-rank with: a function from ids to ``(n, dim)`` rows, or a mapping id -> vector
+Rescorer = Callable[[list[str]], Any] | Mapping[str, Any]
 
 
 @dataclass
@@ -67,8 +78,13 @@ class Hit:
 
 
 def _faiss() -> Any:
-    import faiss
-
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError(
+            "kvembed-rag's vector index needs FAISS: pip install 'kvembed-rag[faiss]' (faiss-cpu) or "
+            "'kvembed-rag[faiss-gpu]' (faiss-gpu-cu12); install only one of the two, they share the 'faiss' module"
+        ) from exc
     return faiss
 
 
@@ -95,17 +111,42 @@ def check_compatible(stored: Mapping[str, Any] | None, querying: Mapping[str, An
 class VectorIndex:
     """FAISS-backed vectors with string ids, texts and metadata."""
 
-    def __init__(self, dim: int, *, factory: str = "Flat", embedder: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        factory: str = "Flat",
+        embedder: Mapping[str, Any] | None = None,
+        precision: str = "float32",
+    ) -> None:
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int; got {dim!r}")
+        if precision not in INDEX_PRECISIONS:
+            raise ValueError(f"precision must be one of {INDEX_PRECISIONS}; got {precision!r}")
         faiss = _faiss()
         self.dim = dim
         self.factory = factory
+        self.precision = {"uint8": "int8", "ubinary": "binary"}.get(precision, precision)
+        self.binary = self.precision == "binary"
         self.embedder: dict[str, Any] | None = dict(embedder) if embedder else None
+        self._records: dict[int, Record] = {}
+        self._label_of: dict[str, int] = {}
+        self._tombstones: set[int] = set()  # labels deleted from indexes that cannot remove (HNSW)
+        self._next_label = 0
+        if self.binary:
+            if dim % 8:
+                raise ValueError(f"binary precision packs 8 dimensions per byte; dim={dim} is not a multiple of 8")
+            binary_factory = _binary_factory(factory)
+            try:
+                self._faiss: Any = faiss.IndexBinaryIDMap2(faiss.index_binary_factory(dim, binary_factory))
+            except RuntimeError as exc:
+                raise ValueError(f"invalid FAISS binary factory {binary_factory!r} (from {factory!r}): {exc}") from exc
+            return
+        effective = _sq8_factory(factory) if self.precision == "int8" else factory
         try:
-            base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+            base = faiss.index_factory(dim, effective, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
-            raise ValueError(f"invalid FAISS factory string {factory!r}: {exc}") from exc
+            raise ValueError(f"invalid FAISS factory string {effective!r}: {exc}") from exc
         ivf = faiss.try_extract_index_ivf(base)
         if ivf is not None:
             # IVF indexes take our ids natively; a hashtable direct map lets them remove and reconstruct by id.
@@ -115,10 +156,6 @@ class VectorIndex:
             self._faiss = base
         else:
             self._faiss = faiss.IndexIDMap2(base)
-        self._records: dict[int, Record] = {}
-        self._label_of: dict[str, int] = {}
-        self._tombstones: set[int] = set()  # labels deleted from indexes that cannot remove (HNSW)
-        self._next_label = 0
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -170,10 +207,11 @@ class VectorIndex:
             records.append(Record(item, text, clean))
         if n == 0:
             return []
-        self._train_if_needed(matrix)
+        codes = self._codes(matrix)
+        self._train_if_needed(codes)
         self.delete([item for item in ids if item in self._label_of])
         labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
-        self._faiss.add_with_ids(matrix, labels)
+        self._faiss.add_with_ids(codes, labels)
         self._next_label += n
         for label, record in zip(labels.tolist(), records, strict=True):
             self._records[label] = record
@@ -204,8 +242,8 @@ class VectorIndex:
         if not self._tombstones:
             return
         live = sorted(self._records)
-        vectors = self._reconstruct(live)
-        fresh = VectorIndex(self.dim, factory=self.factory, embedder=self.embedder)
+        vectors = self._reconstruct(live, raw=True)
+        fresh = VectorIndex(self.dim, factory=self.factory, embedder=self.embedder, precision=self.precision)
         if live:
             fresh._train_if_needed(vectors)
             fresh._faiss.add_with_ids(vectors, np.asarray(live, dtype=np.int64))
@@ -217,7 +255,8 @@ class VectorIndex:
         return [self._records[self._label_of[item]] for item in ids if item in self._label_of]
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
-        """Stored (normalised) vectors ``(n, dim)`` of existing ids, in order."""
+        """Stored (normalised) vectors ``(n, dim)`` of existing ids, in order (decoded: int8 codes give
+        approximate floats, binary codes ±1/√dim sign vectors)."""
         return self._reconstruct([self._label_of[item] for item in ids if item in self._label_of])
 
     def search(
@@ -226,29 +265,70 @@ class VectorIndex:
         k: int = 4,
         *,
         filter: Filter | None = None,
+        rescore: Rescorer | None = None,
+        rescore_multiplier: int = 4,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits per query row, highest cosine first. A 1-D query gives a one-row result."""
+        """Top-``k`` hits per query row, highest cosine first. A 1-D query gives a one-row result.
+
+        With ``rescore`` (float vectors by id: a function such as ``float_index.vectors``, or a mapping), the
+        ``k * rescore_multiplier`` best hits by this index's own codes are re-ranked by the exact cosine with
+        those vectors: most of float32's ranking at the codes' memory cost, plus wherever the floats live.
+        """
         if not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be a non-negative int; got {k!r}")
+        if rescore is not None:
+            return self._rescored(queries, k, filter, rescore, rescore_multiplier)
         matrix = self._check_vectors(queries, what="query")
         if k == 0 or not self._records or matrix.shape[0] == 0:
             return [[] for _ in range(matrix.shape[0])]
         predicate = compile_filter(filter)
         if predicate is None and not self._tombstones:
-            scores, labels = self._faiss.search(matrix, min(k, len(self._records)))
+            scores, labels = self._faiss.search(self._codes(matrix), min(k, len(self._records)))
+            scores = self._scores(scores)
             return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
         allowed = [label for label, record in self._records.items() if predicate is None or predicate(record.metadata)]
         if not allowed:
             return [[] for _ in range(matrix.shape[0])]
         if len(allowed) <= _EXACT_FILTER_LIMIT:  # exact over the candidates: no recall loss from graph search
             candidates = self._reconstruct(allowed)  # (m, dim)
+            if self.binary:  # score sign patterns against sign patterns, as the unfiltered search does
+                matrix = unpack_binary(self._codes(matrix), self.dim)
             similarity = matrix @ candidates.T  # (q, m)
             top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
             return [[self._hit(allowed[j], float(similarity[row, j])) for j in top[row]] for row in range(len(matrix))]
         faiss = _faiss()
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
-        scores, labels = self._faiss.search(matrix, min(k, len(allowed)), params=params)
+        scores, labels = self._faiss.search(self._codes(matrix), min(k, len(allowed)), params=params)
+        scores = self._scores(scores)
         return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
+
+    def _rescored(
+        self, queries: Any, k: int, filter: Filter | None, rescore: Rescorer, multiplier: int
+    ) -> list[list[Hit]]:
+        if not isinstance(multiplier, int) or multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be a positive int; got {multiplier!r}")
+        matrix = self._check_vectors(queries, what="query")
+        results: list[list[Hit]] = []
+        for row, candidates in zip(matrix, self.search(matrix, k * multiplier, filter=filter), strict=True):
+            if not candidates:
+                results.append([])
+                continue
+            ids = [hit.id for hit in candidates]
+            if isinstance(rescore, Mapping):
+                floats = np.asarray([rescore[item] for item in ids], dtype=np.float32)
+            else:
+                floats = np.asarray(rescore(ids), dtype=np.float32)
+            if floats.shape != (len(ids), self.dim):
+                raise ValueError(
+                    f"rescore returned shape {floats.shape} for {len(ids)} ids; expected ({len(ids)}, {self.dim})"
+                )
+            floats = floats / np.maximum(np.linalg.norm(floats, axis=1, keepdims=True), 1e-12)
+            exact = floats @ row
+            order = np.argsort(-exact, kind="stable")[:k]
+            results.append(
+                [Hit(candidates[i].id, float(exact[i]), candidates[i].text, candidates[i].metadata) for i in order]
+            )
+        return results
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -270,13 +350,15 @@ class VectorIndex:
         write_bytes_atomically(
             folder / names["docstore"], json.dumps(docstore, ensure_ascii=False).encode("utf-8"), fsync=True
         )
-        write_bytes_atomically(folder / names["index"], faiss.serialize_index(self._faiss).tobytes(), fsync=True)
+        serialize = faiss.serialize_index_binary if self.binary else faiss.serialize_index
+        write_bytes_atomically(folder / names["index"], serialize(self._faiss).tobytes(), fsync=True)
         manifest = {
             "format": FORMAT_VERSION,
             "generation": generation,
             "dim": self.dim,
             "factory": self.factory,
-            "metric": "inner_product",
+            "precision": self.precision,
+            "metric": "hamming" if self.binary else "inner_product",
             "count": len(self._records),
             "next_label": self._next_label,
             "embedder": self.embedder,
@@ -314,13 +396,21 @@ class VectorIndex:
             if file_sha256(path, memoise=False) != manifest.get("sha256", {}).get(key):
                 raise IndexCorruptError(f"{path} does not match its checksum: truncated or modified")
         check_compatible(manifest.get("embedder"), embedder)
+        precision = str(manifest.get("precision", "float32"))  # indexes saved before precisions existed: float32
+        if precision not in INDEX_PRECISIONS:
+            raise IndexCorruptError(f"{folder / MANIFEST}: unknown precision {precision!r}")
         try:
             docstore = json.loads((folder / files["docstore"]).read_text(encoding="utf-8"))
             raw = np.frombuffer((folder / files["index"]).read_bytes(), dtype=np.uint8)
-            index = faiss.deserialize_index(raw)
+            index = (faiss.deserialize_index_binary if precision == "binary" else faiss.deserialize_index)(raw)
         except (ValueError, RuntimeError) as exc:
             raise IndexCorruptError(f"{folder}: unreadable index data ({exc})") from exc
-        self = cls(int(manifest["dim"]), factory=str(manifest["factory"]), embedder=manifest.get("embedder"))
+        self = cls(
+            int(manifest["dim"]),
+            factory=str(manifest["factory"]),
+            embedder=manifest.get("embedder"),
+            precision=precision,
+        )
         if index.d != self.dim:
             raise IndexCorruptError(f"{folder}: FAISS index has dim {index.d}, manifest says {self.dim}")
         self._faiss = index
@@ -376,10 +466,24 @@ class VectorIndex:
                 f"({exc}); add a larger first batch or use factory='Flat'"
             ) from exc
 
-    def _reconstruct(self, labels: Sequence[int]) -> np.ndarray:
+    def _codes(self, matrix: np.ndarray) -> np.ndarray:
+        """What FAISS stores for normalised float rows: the rows themselves, or packed sign bits."""
+        return np.ascontiguousarray(quantize_embeddings(matrix, "ubinary")) if self.binary else matrix
+
+    def _scores(self, scores: np.ndarray) -> np.ndarray:
+        """FAISS's raw results as similarities: Hamming distances become ``1 - 2·hamming/dim``."""
+        return 1.0 - 2.0 * scores.astype(np.float32) / self.dim if self.binary else scores
+
+    def _reconstruct(self, labels: Sequence[int], *, raw: bool = False) -> np.ndarray:
+        """Stored rows as floats (binary: ±1/√dim sign vectors), or with ``raw`` the codes FAISS holds."""
         if not labels:
+            if self.binary:
+                return np.zeros((0, self.dim // 8), np.uint8) if raw else np.zeros((0, self.dim), np.float32)
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._faiss.reconstruct(int(label)) for label in labels]).astype(np.float32)
+        rows = np.stack([self._faiss.reconstruct(int(label)) for label in labels])
+        if self.binary:
+            return rows.astype(np.uint8) if raw else unpack_binary(rows.astype(np.uint8), self.dim)
+        return rows.astype(np.float32)
 
     def _hit(self, label: int, score: float) -> Hit:
         record = self._records[label]
@@ -404,3 +508,30 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise IndexCorruptError(f"{path} must hold a JSON object")
     return manifest
+
+
+def _sq8_factory(factory: str) -> str:
+    """The scalar-quantised version of a float factory string (``Flat`` -> ``SQ8``, ``HNSW32`` -> ``HNSW32,SQ8``)."""
+    if "SQ" in factory.upper():
+        return factory
+    if factory == "Flat":
+        return "SQ8"
+    if factory.endswith(",Flat"):
+        return factory.removesuffix(",Flat") + ",SQ8"
+    if factory.upper().startswith("HNSW") and "," not in factory:
+        return f"{factory},SQ8"
+    raise ValueError(f"cannot derive an int8 (SQ8) index from factory {factory!r}; pass a factory containing SQ8")
+
+
+def _binary_factory(factory: str) -> str:
+    """FAISS's binary factory string for ours (``Flat`` -> ``BFlat``, ``HNSW32`` -> ``BHNSW32``, ``IVF256,Flat``
+    -> ``BIVF256``); strings already starting with ``B`` pass through."""
+    if factory.startswith("B"):
+        return factory
+    if factory == "Flat":
+        return "BFlat"
+    if factory.upper().startswith("HNSW") and "," not in factory:
+        return f"B{factory}"
+    if factory.upper().startswith("IVF") and factory.endswith(",Flat"):
+        return "B" + factory.removesuffix(",Flat")
+    raise ValueError(f"no binary FAISS index for factory {factory!r}; use 'Flat', 'HNSW<M>' or 'IVF<n>,Flat'")

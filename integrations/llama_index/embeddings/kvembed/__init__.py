@@ -1,5 +1,7 @@
-"""LlamaIndex integration of kvembed-rag: ``KVEmbedding``."""
+"""LlamaIndex integration of kvembed-rag: ``KVEmbedding``, ``KVTokenNodeParser``, document-level retrieval."""
 
 from llama_index.embeddings.kvembed.base import KVEmbedding
+from llama_index.embeddings.kvembed.node_parser import KVTokenNodeParser
+from llama_index.embeddings.kvembed.retrievers import BestNodePerDocument, KVDocumentRetriever, best_node_per_document
 
-__all__ = ["KVEmbedding"]
+__all__ = ["BestNodePerDocument", "KVDocumentRetriever", "KVEmbedding", "KVTokenNodeParser", "best_node_per_document"]

@@ -51,12 +51,18 @@ class KVEmbedding(BaseEmbedding):
     postprocess: str = Field(default=option_default("postprocess"), description=option_help("postprocess"))
     show_progress: bool = Field(default=option_default("show_progress"), description=option_help("show_progress"))
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, description="texts per call to the model")
+    fingerprint: str = Field(
+        default="",
+        description="set from the loaded embedder (model, resolved layers, dtype ...): part of to_dict(), so "
+        "IngestionCache keys change with the configuration",
+    )
 
     _embedder: KVEmbedder | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
         self._embedder = shared_embedder(self.config)
+        self.fingerprint = self._embedder.fingerprint  # whatever was passed in: the loaded model decides
 
     @property
     def config(self) -> KVEmbedConfig:

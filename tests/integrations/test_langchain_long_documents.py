@@ -1,0 +1,115 @@
+"""Long documents through LangChain alone: token-budget splitting, parent-document retrieval, caching."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from langchain_core.documents import Document
+from langchain_kvembed import KVEmbeddings, KVFaissVectorStore, KVParentDocumentRetriever, KVTokenTextSplitter
+from long_document import NEEDLE, long_document
+
+#: identical prompts for both roles: a query equal to a chunk's text gets that chunk's vector exactly, so
+#: the planted passage is found even by a random tiny model (what is tested here is the plumbing)
+SAME_PROMPTS = {"document": "Passage: {text}", "query": "Passage: {text}"}
+
+
+@pytest.fixture(scope="module")
+def embeddings(checkpoints) -> KVEmbeddings:
+    return KVEmbeddings(model=str(checkpoints["llama"]), prompts=SAME_PROMPTS, max_length=1024)
+
+
+@pytest.fixture(scope="module")
+def document(embeddings) -> tuple[str, int]:
+    return long_document(30_000, lambda text: len(embeddings.embedder.token_offsets(text)))
+
+
+def test_splitter_chunks_fit_the_window_with_the_prompt(embeddings, document):
+    text, _ = document
+    splitter = KVTokenTextSplitter(embeddings, chunk_overlap=32)
+    chunks = splitter.split_documents([Document(page_content=text, metadata={"source": "long.txt"})])
+    assert len(chunks) > 30
+    embedder = embeddings.embedder
+    for chunk in chunks:
+        assert chunk.metadata["source"] == "long.txt"
+        start, end = chunk.metadata["start_index"], chunk.metadata["end_index"]
+        assert text[start:end] == chunk.page_content  # exact offsets into the original
+        encoded = embedder.tokenize([chunk.page_content])[0]
+        assert encoded.truncated_by == 0 and len(encoded.ids) <= embedder.max_length
+    assert chunks[-1].metadata["end_index"] == len(text.rstrip()) or chunks[-1].metadata["end_index"] == len(text)
+    # overlap: each chunk starts before the previous one ends
+    assert all(b.metadata["start_index"] < a.metadata["end_index"] for a, b in itertools.pairwise(chunks))
+
+
+def test_short_text_stays_whole(embeddings):
+    splitter = KVTokenTextSplitter(embeddings)
+    assert splitter.split_text("a short text") == ["a short text"]
+    with pytest.raises(TypeError, match="KVEmbeddings or KVEmbedder"):
+        KVTokenTextSplitter(object())
+
+
+def test_30k_token_document_finds_the_planted_passage_near_its_end(embeddings, document, tmp_path):
+    text, needle_at = document
+    store = KVFaissVectorStore(embeddings)
+    ids = store.add_documents(
+        [
+            Document(page_content=text, metadata={"title": "long"}, id="long"),
+            Document(page_content="short one", id="s"),
+        ],
+        split=True,
+    )
+    assert ids == ["long", "s"]
+    needle_chunk = next(d for d in store.get_by_ids([f"long#{n}" for n in range(500)]) if NEEDLE in d.page_content)
+    assert needle_chunk.metadata["start_index"] > 0.9 * len(text)
+    # plain search returns chunks
+    best = store.similarity_search(needle_chunk.page_content, k=1)[0]
+    assert best.id == needle_chunk.id and best.metadata["parent_id"] == "long"
+    # parent search returns the whole document with its best passage
+    for retriever in (KVParentDocumentRetriever(vectorstore=store, k=2), store.as_retriever(search_type="parent", k=2)):
+        top = retriever.invoke(needle_chunk.page_content)[0]
+        assert top.id == "long" and top.page_content == text
+        assert NEEDLE in top.metadata["best_passage"]
+        assert (
+            top.metadata["best_start_index"]
+            <= needle_at
+            < top.metadata["best_start_index"] + len(top.metadata["best_passage"])
+        )
+    # persistence keeps the parents; re-adding replaces the chunks; deleting the parent removes them
+    store.save_local(tmp_path / "idx")
+    loaded = KVFaissVectorStore.load_local(tmp_path / "idx", embeddings)
+    assert loaded.similarity_search_parents(needle_chunk.page_content, k=1)[0].id == "long"
+    count = len(loaded.index)
+    loaded.add_documents([Document(page_content=text, id="long")], split=True)
+    assert len(loaded.index) == count
+    loaded.delete(["long"])
+    assert len(loaded.index) == 1 and loaded.similarity_search_parents("short one", k=1)[0].id == "s"
+
+
+def test_cache_backed_embeddings_namespace_follows_the_configuration(checkpoints):
+    cache_module = pytest.importorskip("langchain_classic.embeddings")
+    from langchain_core.stores import InMemoryByteStore
+
+    store = InMemoryByteStore()
+    texts = ["alpha beta", "gamma delta"]
+
+    def cached(**options):
+        embeddings = KVEmbeddings(model=str(checkpoints["llama"]), **options)
+        return embeddings, cache_module.CacheBackedEmbeddings.from_bytes_store(
+            embeddings, store, namespace=embeddings.cache_namespace, query_embedding_cache=True, key_encoder="sha256"
+        )
+
+    plain, first = cached()
+    assert plain.cache_namespace == f"kvembed-{plain.embedder.fingerprint}"
+    vectors = first.embed_documents(texts)
+    np.testing.assert_allclose(vectors, plain.embed_documents(texts), atol=1e-6)
+    keys = set(store.yield_keys())
+    assert len(keys) == 2 and all(key.startswith(plain.cache_namespace) for key in keys)
+    _, again = cached()
+    assert again.embed_documents(texts) == vectors and set(store.yield_keys()) == keys  # served from the cache
+    other, changed = cached(bias=-2.0)
+    assert other.cache_namespace != plain.cache_namespace
+    fresh = changed.embed_documents(texts)
+    np.testing.assert_allclose(fresh, other.embed_documents(texts), atol=1e-6)
+    assert not np.allclose(fresh, vectors, atol=1e-4)  # not the stale vectors of the other configuration
+    assert len(set(store.yield_keys())) == 4
