@@ -1,5 +1,6 @@
 """Before/after, in one run: re-routed layers through the explicit ``(B, 1, Q, K+1)`` float mask (before)
-versus the stock causal kernel plus a merged slot (after, ``attention._rerouted_by_lse_merge``), on CPU.
+versus the stock causal kernel plus a merged slot (after), on CPU; ``attention.explicit_mask_path()`` selects
+the before path.
 
     python benchmarks/attention_paths.py [--model default] [--lengths 512,2048,4096] [--json]
 
@@ -12,12 +13,13 @@ for one attention call at Gemma-3-270M's shape (``--op-only`` stops there).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 import torch
 
 from kvembed_rag import KVEmbedder, attention
-from kvembed_rag.eval.throughput import _measure, _synthetic
+from kvembed_rag.eval.throughput import measure, synthetic_input
 from kvembed_rag.tokenization import EncodedText
 
 
@@ -29,7 +31,6 @@ def op_level(lengths: list[int], repeats: int = 3) -> list[dict[str, float]]:
 
     from kvembed_rag.attention import build_plan, kv_sdpa_attention_forward
 
-    fast_kernel = attention._CPU_FLASH_WITH_LSE
     module = types.SimpleNamespace(layer_idx=0, head_dim=256, num_key_value_groups=4)
     rows = []
     for length in lengths:
@@ -39,15 +40,15 @@ def op_level(lengths: list[int], repeats: int = 3) -> list[dict[str, float]]:
         plan = build_plan(torch.ones(1, length, dtype=torch.long), layers=[0], bias=1.0)
         times: dict[str, float] = {}
         outputs = {}
-        for name, kernel in (("before", None), ("after", attention._CPU_FLASH_WITH_LSE), ("before", None)):
-            attention._CPU_FLASH_WITH_LSE = kernel
+        for name in ("before", "after", "before"):
+            path = attention.explicit_mask_path() if name == "before" else contextlib.nullcontext()
             runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                outputs[name] = kv_sdpa_attention_forward(module, q, k, v, None, kv_plan=plan)[0]
-                runs.append(time.perf_counter() - start)
+            with path:
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    outputs[name] = kv_sdpa_attention_forward(module, q, k, v, None, kv_plan=plan)[0]
+                    runs.append(time.perf_counter() - start)
             times[name] = min(times.get(name, float("inf")), statistics.median(runs))
-        attention._CPU_FLASH_WITH_LSE = fast_kernel
         difference = (outputs["before"] - outputs["after"]).abs().max().item()
         rows.append({"length": length, "before_s": times["before"], "after_s": times["after"], "max_diff": difference})
     return rows
@@ -70,11 +71,10 @@ def main() -> int:
     if args.op_only:
         return 0
     embedder = KVEmbedder.from_pretrained(args.model, max_length=8192)
-    fast_kernel = attention._CPU_FLASH_WITH_LSE
     rows = []
     for length in (int(x) for x in args.lengths.split(",")):
         batch = max(1, args.batch_tokens // length)
-        items = [_synthetic(length, int(embedder.model.config.vocab_size), False, seed) for seed in range(batch)]
+        items = [synthetic_input(length, int(embedder.model.config.vocab_size), False, seed) for seed in range(batch)]
         ids, mask, _ = embedder.collate(items)
 
         def plain(ids: torch.Tensor = ids, mask: torch.Tensor = mask) -> None:
@@ -85,14 +85,13 @@ def main() -> int:
             embedder.embed_encoded(items)
 
         results: dict[str, tuple[float, float]] = {}
-        for name, kernel, run in (
-            ("plain", fast_kernel, plain),
-            ("kv explicit mask (before)", None, kv),
-            ("kv merged slot (after)", fast_kernel, kv),
+        for name, explicit, run in (
+            ("plain", False, plain),
+            ("kv explicit mask (before)", True, kv),
+            ("kv merged slot (after)", False, kv),
         ):
-            attention._CPU_FLASH_WITH_LSE = kernel
-            results[name] = _measure(run, embedder.device, args.repeats)
-        attention._CPU_FLASH_WITH_LSE = fast_kernel
+            with attention.explicit_mask_path() if explicit else contextlib.nullcontext():
+                results[name] = measure(run, embedder.device, args.repeats)
         plain_s = results["plain"][0]
         for name, (seconds, peak) in results.items():
             rows.append(

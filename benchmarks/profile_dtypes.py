@@ -7,7 +7,7 @@ Part 1 (skipped with --kernel-only): ``torch.profiler`` over one ``kv`` forward 
 and length (after a warm-up), operators sorted by self CPU time. Part 2: torch's CPU flash kernel at
 Gemma-3-270M's attention shape (4 heads of 256) over 4,096 tokens per dtype: causal (no mask), with a
 sliding-window float mask over all keys (what stock SDPA does for a masked layer), and the banded path
-(:func:`kvembed_rag.attention._cpu_flash_with_lse`, query blocks against their window of keys).
+(:func:`kvembed_rag.attention.cpu_attention_with_lse`, query blocks against their window of keys).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from kvembed_rag import KVEmbedder, attention
-from kvembed_rag.eval.throughput import _synthetic
+from kvembed_rag.eval.throughput import synthetic_input
 
 
 def median_ms(run: Callable[[], object], repeats: int = 3) -> float:
@@ -34,7 +34,7 @@ def median_ms(run: Callable[[], object], repeats: int = 3) -> float:
 
 
 def kernel_table(dtypes: list[str], length: int = 4096, heads: int = 4, dim: int = 256, window: int = 512) -> None:
-    flash = attention._CPU_FLASH_WITH_LSE
+    flash = attention.cpu_flash_kernel()
     if flash is None:
         print("this torch has no CPU flash kernel with log-sum-exp")
         return
@@ -50,7 +50,7 @@ def kernel_table(dtypes: list[str], length: int = 4096, heads: int = 4, dim: int
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
         causal = median_ms(lambda q=q, k=k, v=v: flash(q, k, v, 0.0, True, scale=scale))
         masked = median_ms(lambda q=q, k=k, v=v, m=mask: flash(q, k, v, 0.0, False, attn_mask=m, scale=scale))
-        banded = median_ms(lambda q=q, k=k, v=v: attention._cpu_flash_with_lse(q, k, v, allowed, scale, window))
+        banded = median_ms(lambda q=q, k=k, v=v: attention.cpu_attention_with_lse(q, k, v, allowed, scale, window))
         print(f"{name:10s} {causal:8.0f} {masked:8.0f} {banded:8.0f}", flush=True)
 
 
@@ -61,7 +61,7 @@ def operator_tables(model: str, dtypes: list[str], lengths: list[int], batch_tok
         embedder = KVEmbedder.from_pretrained(model, dtype=name, layers="auto")
         vocab = int(embedder.model.config.vocab_size)
         for length in lengths:
-            items = [_synthetic(length, vocab, False, seed) for seed in range(max(1, batch_tokens // length))]
+            items = [synthetic_input(length, vocab, False, seed) for seed in range(max(1, batch_tokens // length))]
             seconds = median_ms(lambda e=embedder, b=items: e._forward(b), repeats=1) / 1000
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 embedder._forward(items)

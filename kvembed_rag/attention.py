@@ -22,7 +22,8 @@ Two backends are registered:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +230,7 @@ def kv_sdpa_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if not plan.bidirectional:
+    if not plan.bidirectional and _MERGED_SLOT[0]:
         merged = _rerouted_by_lse_merge(module, query, key, value, attention_mask, plan, scaling, kwargs)
         if merged is not None:
             return merged, None
@@ -239,6 +240,27 @@ def kv_sdpa_attention_forward(
         query, key, value, attn_mask=mask, dropout_p=0.0, scale=_scaling(module, query, scaling)
     )  # (B, Hq, Q, D)
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, D)
+
+
+#: whether re-routed layers may take the merged-slot fast path (benchmarks compare it with the explicit one)
+_MERGED_SLOT = [True]
+
+
+@contextlib.contextmanager
+def explicit_mask_path() -> Iterator[None]:
+    """Within this block re-routed layers use the explicit-mask reference path instead of the merged slot
+    (same result to ~1e-6; benchmarks time the two). Not thread-safe: it switches the path process-wide."""
+    before = _MERGED_SLOT[0]
+    _MERGED_SLOT[0] = False
+    try:
+        yield
+    finally:
+        _MERGED_SLOT[0] = before
+
+
+def cpu_flash_kernel() -> Any:
+    """torch's CPU flash kernel that also returns the log-sum-exp (``None`` where this torch lacks it)."""
+    return _CPU_FLASH_WITH_LSE
 
 
 #: torch's CPU flash kernel, which (unlike the public SDPA call) also returns each row's log-sum-exp
@@ -311,6 +333,10 @@ def _cpu_flash_with_lse(
         out[:, :, s:e] = block
         lse[:, :, s:e] = block_lse
     return out, lse
+
+
+#: the CPU attention kernel with log-sum-exp, public for benchmarks (causal, masked or banded by window)
+cpu_attention_with_lse = _cpu_flash_with_lse
 
 
 def _cuda_with_lse(

@@ -309,6 +309,25 @@ class KVEmbedder:
         return self.postprocess_stats.out_dim if self.postprocess_stats is not None else self.hidden_size
 
     @property
+    def reducible(self) -> bool:
+        """True when the post-processing ends in principal directions ordered by variance (``@DIM``): then the
+        first ``k`` coordinates, re-normalised, are the same post-processing reduced to ``k`` dimensions."""
+        return self.postprocess_stats is not None and self.postprocess_stats.spec.dim is not None
+
+    def reduce_dimensions(self, vectors: np.ndarray, dim: int) -> np.ndarray:
+        """``vectors`` ``(n, self.dim)`` from :meth:`encode` shortened to ``dim`` (needs :attr:`reducible`)."""
+        if not self.reducible:
+            raise ValueError(
+                f"this embedder's post-processing ({self.config.postprocess}) cannot shorten vectors; "
+                "configure one with @DIM, e.g. postprocess='whiten:0.3@256'"
+            )
+        if not 1 <= dim <= self.dim:
+            raise ValueError(f"dim must be between 1 and {self.dim}; got {dim}")
+        cut = np.asarray(vectors, dtype=np.float32)[..., :dim]
+        norms = np.linalg.norm(cut, axis=-1, keepdims=True)
+        return np.divide(cut, norms, out=np.zeros_like(cut), where=norms > 0)
+
+    @property
     def hidden_size(self) -> int:
         """The backbone's hidden size (the width before post-processing)."""
         return int(self.model.config.hidden_size)

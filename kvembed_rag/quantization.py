@@ -10,7 +10,8 @@
   ``np.packbits``: ``dim / 8`` bytes per vector (``binary`` is the packed byte minus 128, as int8).
 
 KV-Embedding vectors are unit-norm floats, so the sign bit keeps their direction coarsely; FAISS compares
-binary vectors by Hamming distance (:class:`kvembed_rag.retrieval.vector_index.VectorIndex` with ``precision="binary"``).
+binary vectors by Hamming distance (:class:`~kvembed_rag.retrieval.vector_index.VectorIndex`,
+``precision="binary"``).
 """
 
 from __future__ import annotations

@@ -74,6 +74,10 @@ def test_reduced_width_and_corpus_fit(make_embedder, own_cache) -> None:
     raw = make_embedder("mistral", method="kv")
     small = raw.variant(postprocess="center@8")
     assert small.dim == 8 and small.encode(TEXTS).shape == (len(TEXTS), 8)
+    # PCA directions come ordered by variance: the first k coordinates are the @k post-processing
+    smaller = raw.variant(postprocess="center@4")
+    np.testing.assert_allclose(small.reduce_dimensions(small.encode(TEXTS), 4), smaller.encode(TEXTS), atol=1e-5)
+    assert small.reducible and not raw.variant(postprocess="center").reducible
     corpus = raw.fit_postprocess([f"corpus document {i} about topic {i % 4}" for i in range(20)])
     assert corpus.provenance["postprocess"] == "given" and corpus.config.postprocess == "center"
     assert corpus.fingerprint != raw.variant(postprocess="center").fingerprint  # other statistics, other vectors

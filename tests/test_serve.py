@@ -233,6 +233,24 @@ def test_a_reducer_hook_serves_other_dimensions(embedder: Any) -> None:
     np.testing.assert_allclose(_vectors(response.json()), first_k(embedder.encode(["a", "b"]), 8), atol=ATOL)
 
 
+def test_a_post_processing_with_ordered_directions_serves_smaller_dimensions(embedder: Any) -> None:
+    reduced = embedder.variant(postprocess="center@8")  # PCA to 8 dims: its first k coordinates are @k
+    app = create_app(reduced, ServeSettings())
+
+    async def go(dimensions: int) -> Any:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                body = {"input": ["a", "b"], "model": "kvembed-rag", "dimensions": dimensions}
+                return await http.post("/v1/embeddings", json=body)
+
+    response = asyncio.run(go(4))
+    assert response.status_code == 200
+    expected = embedder.variant(postprocess="center@4").encode(["a", "b"])
+    np.testing.assert_allclose(_vectors(response.json()), expected, atol=ATOL)
+    assert asyncio.run(go(9)).status_code == 400  # more than the embedder has
+
+
 def test_health_models_and_metrics(client: Any, embedder: Any) -> None:
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"

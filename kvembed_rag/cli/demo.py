@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import DEMO_BATCH_TOKENS, DEMO_MAX_LENGTH, default_demo_dir, demo_documents, run_demo
 
-    out = creatable_folder(args.out, "--out") if args.out else default_demo_dir(args.method)
+    chosen = creatable_folder(args.out, "--out") if args.out else None
     validate_model_args(args)
     show = not args.quiet
     start = time.perf_counter()
@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         args, max_length=args.max_length or DEMO_MAX_LENGTH, batch_tokens=args.batch_tokens or DEMO_BATCH_TOKENS
     )
     loaded = time.perf_counter() - start
+    # the default index lives per embedder fingerprint: a changed default (method, post-processing ...) builds
+    # its own index next to the old one instead of refusing it
+    out = chosen or default_demo_dir(args.method) / embedder.fingerprint
     print(
         f"model: {embedder.source.spec} ({embedder.describe()['architecture']}, {embedder.num_layers} layers), "
         f"method {embedder.method}, layers {embedder.layers}, ready after {loaded:.1f} s"

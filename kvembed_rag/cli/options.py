@@ -173,9 +173,11 @@ def add_model_options(
 
     group = parser.add_argument_group("embedder (the options of KVEmbedConfig)")
     skip = {name for name, keep in (("method", method), ("max_length", max_length)) if not keep}
+    added = []
     for name in field_names():
         if name not in FLAG_TYPES or name in skip or (runtime_only and name not in RUNTIME_FLAGS):
             continue
+        added.append(name)
         kind, extra = FLAG_TYPES[name]
         default = option_default(name)
         text = option_help(name)
@@ -186,6 +188,8 @@ def add_model_options(
             # --model shows its default (messages name it); the others stay None = "the config's default"
             keywords.update(type=kind, default=default if name == "model" else None)
         group.add_argument("--" + name.replace("_", "-"), dest=name, **keywords)
+    # config_from_args reads these flags only: a command's own --max-length list (eval) is not an option value
+    parser.set_defaults(_config_flags=tuple(added))
 
 
 def _prompts(text: str) -> Any:
@@ -204,7 +208,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     from ..config import KVEmbedConfig
 
     options: dict[str, Any] = {}
-    for name in FLAG_TYPES:
+    for name in getattr(args, "_config_flags", tuple(FLAG_TYPES)):
         value = getattr(args, name, None)
         if value is not None and value is not False:
             options[name] = _prompts(value) if name == "prompts" else value

@@ -132,7 +132,7 @@ def random_model(shape: str, *, device: torch.device, dtype: torch.dtype) -> tor
     return model.eval()
 
 
-def _synthetic(length: int, vocab: int, echo: bool, seed: int) -> EncodedText:
+def synthetic_input(length: int, vocab: int, echo: bool, seed: int) -> EncodedText:
     generator = torch.Generator().manual_seed(seed)
     if echo:  # the text twice (the method's cost), pooled over the second half
         half = torch.randint(10, vocab, (length,), generator=generator).tolist()
@@ -155,7 +155,7 @@ def _release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _measure(run: Any, device: torch.device, repeats: int) -> tuple[float, float]:
+def measure(run: Any, device: torch.device, repeats: int) -> tuple[float, float]:
     """Median seconds of ``repeats`` runs after one warm-up, and the peak memory (MB) above the start."""
     run()
     _sync(device)
@@ -213,7 +213,7 @@ def _bench_length(embedders: dict[str, Any], length: int, batch_tokens: int, rep
     model, device = first.model, first.device
     vocab = int(model.config.vocab_size)
     batch = max(1, batch_tokens // length)
-    texts = [_synthetic(length, vocab, False, seed) for seed in range(batch)]
+    texts = [synthetic_input(length, vocab, False, seed) for seed in range(batch)]
     ids, mask, _ = first.collate(texts)
     ids, mask = ids.to(device), mask.to(device)
 
@@ -222,14 +222,14 @@ def _bench_length(embedders: dict[str, Any], length: int, batch_tokens: int, rep
             model(input_ids=ids, attention_mask=mask)
 
     dtype = str(first.dtype).removeprefix("torch.") if not first.describe().get("weights") else "int8"
-    seconds, peak = _measure(plain, device, repeats)
+    seconds, peak = measure(plain, device, repeats)
     plain_rate = batch * length / seconds
     flops = matmul_flops_per_token(model, length) * batch * length
     rows = [BenchRow("plain", length, batch, plain_rate, 1.0, peak, seconds, dtype, flops / seconds / 1e9)]
     for name, embedder in embedders.items():
-        items = [_synthetic(length, vocab, embedder.spec.pool_last_copy, seed) for seed in range(batch)]
+        items = [synthetic_input(length, vocab, embedder.spec.pool_last_copy, seed) for seed in range(batch)]
         embedder.insert_placeholder(items)
-        seconds, peak = _measure(lambda e=embedder, b=items: e.embed_encoded(b), device, repeats)
+        seconds, peak = measure(lambda e=embedder, b=items: e.embed_encoded(b), device, repeats)
         rate = batch * length / seconds
         work = sum(matmul_flops_per_token(model, len(item.ids)) * len(item.ids) for item in items)
         rows.append(BenchRow(name, length, batch, rate, rate / plain_rate, peak, seconds, dtype, work / seconds / 1e9))

@@ -247,11 +247,13 @@ def create_app(
         payload = await asyncio.to_thread(decode_json, body) if len(body) > _OFFLOAD_BYTES else decode_json(body)
         parsed = parse_request(payload, model_name=settings.model_name, max_inputs=settings.max_inputs)
         embedder = state.embedder
-        reduce_to = check_dimensions(parsed.dimensions, embedder.dim, state.reducer)
+        # an embedder whose post-processing ends in ordered principal directions (@DIM) reduces itself
+        reducer = state.reducer or (embedder.reduce_dimensions if getattr(embedder, "reducible", False) else None)
+        reduce_to = check_dimensions(parsed.dimensions, embedder.dim, reducer)
         result = await batcher.submit(parsed.texts, parsed.role)
         vectors = result.vectors
-        if reduce_to is not None and state.reducer is not None:
-            vectors = state.reducer(vectors, reduce_to)
+        if reduce_to is not None and reducer is not None:
+            vectors = reducer(vectors, reduce_to)
 
         def render() -> bytes:
             response = embeddings_response(
