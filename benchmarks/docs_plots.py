@@ -5,6 +5,7 @@
 * ``qmsum_gemma.png``, ``qmsum_smollm2.png``: the QMSum length sweeps, from ``docs/results/qmsum_*.json``
 * ``id_gemma3_270m.png``, ``id_smollm2_135m.png``: the ID curves, from ``kvembed_rag/data/layer_selections.json``
 * ``bench_cpu_gemma.png``: throughput and memory, from ``docs/results/bench_cpu_gemma.json``
+* ``bench_dtypes_gemma.png``: tokens/s and fraction of the matmul peak per dtype, from ``bench_dtypes_gemma.json``
 
 Nothing is recomputed; the figures change only in how they are drawn.
 """
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kvembed_rag.eval.harness import EvalRow, plot_length_sweep  # noqa: E402
-from kvembed_rag.eval.throughput import BenchRow, plot_rows  # noqa: E402
+from kvembed_rag.eval.throughput import BenchRow, plot_dtype_rows, plot_rows  # noqa: E402
 from kvembed_rag.layer_selection import LayerSelection, plot_curve  # noqa: E402
 from kvembed_rag.plotting import bench_title, model_name  # noqa: E402
 
@@ -56,6 +57,10 @@ def main() -> int:
     payload = json.loads((ROOT / "docs" / "results" / "bench_cpu_gemma.json").read_text())
     plot_rows([BenchRow(**r) for r in payload["rows"]], str(out / "bench_cpu_gemma.png"), bench_title(payload["meta"]))
     written.append("bench_cpu_gemma.png")
+    payload = json.loads((ROOT / "docs" / "results" / "bench_dtypes_gemma.json").read_text())
+    rows = [BenchRow(**r) for r in payload["rows"]]
+    plot_dtype_rows(rows, str(out / "bench_dtypes_gemma.png"), bench_title(payload["meta"]))
+    written.append("bench_dtypes_gemma.png")
     print("wrote", ", ".join(written), "to", out)
     return 0
 

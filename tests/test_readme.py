@@ -18,6 +18,8 @@ def _needs(block: str) -> str | None:
     """Why ``block`` cannot run here, or None."""
     if "import mteb" in block and importlib.util.find_spec("mteb") is None:
         return "needs `pip install mteb` and a network (MTEB downloads its tasks)"
+    if "http://127.0.0.1:8000" in block:
+        return "a client of a running `kvembed-rag serve`: tests/test_serve.py runs these clients against a server"
     return None
 
 
@@ -43,9 +45,9 @@ def test_readme_has_the_blocks_it_promises():
 @pytest.fixture
 def tiny_default(checkpoints, monkeypatch):
     """``"default"`` resolves to the tiny Llama checkpoint, so the snippets run in seconds."""
-    from kvembed_rag import embedder, models
+    from kvembed_rag import embedder, loading
 
-    real = models.resolve
+    real = loading.resolve
 
     def resolve(spec, **kwargs):
         if str(spec) == "default":
