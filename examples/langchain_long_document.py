@@ -12,42 +12,14 @@ is a sentence from the document's last page, so the right answer is known.
 from __future__ import annotations
 
 import argparse
-import random
 from pathlib import Path
 
 from langchain_core.documents import Document
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore, KVTokenTextSplitter
 
+from kvembed_rag.demo import long_document
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "paul_graham_essays"
-FACT = "The archive's spare key is kept in the blue tin under the third stair of the east tower."
-
-
-def load_document(folder: Path, essays: int, paragraphs: int = 300) -> tuple[str, str]:
-    """(text, a sentence from its last page to ask about)."""
-    files = sorted(folder.glob("*.txt"))[:essays] if folder.is_dir() else []
-    if files:
-        text = "\n\n".join(path.read_text(encoding="utf-8", errors="replace") for path in files)
-        tail = text[-3000:]  # the last page: about 3,000 characters
-        sentences = [s.strip() for s in tail.replace("\n", " ").split(". ") if len(s.split()) >= 8]
-        return text, (sentences[len(sentences) // 2] if sentences else tail[-300:])
-    rng = random.Random(0)
-    words = [
-        "budget",
-        "river",
-        "planning",
-        "archive",
-        "tower",
-        "ledger",
-        "council",
-        "harvest",
-        "bridge",
-        "report",
-        "winter",
-        "survey",
-    ]
-    lines = [" ".join(rng.choice(words) for _ in range(120)).capitalize() + "." for _ in range(paragraphs)]
-    lines.insert(max(0, len(lines) - 3), FACT)
-    return "\n\n".join(lines), "Where is the spare key of the archive kept?"
 
 
 def main() -> int:
@@ -60,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
 
     embeddings = KVEmbeddings(model=args.model, max_length=args.chunk_tokens)
-    text, question = load_document(args.data, args.essays, args.paragraphs)
+    text, question = long_document(args.data, args.essays, args.paragraphs)
     tokens = len(embeddings.embedder.token_offsets(text))
     print(f"document: {len(text):,} characters, {tokens:,} tokens (window {args.chunk_tokens} tokens)")
 

@@ -7,6 +7,7 @@ The index lives in the kvembed-rag cache (one per method) and is reused: a secon
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -106,3 +107,37 @@ def run_demo(
         hits = search_documents(index, embedder.encode_queries(item.question), k=k)
         result.answers.append(DemoAnswer(item.question, hits, time.perf_counter() - start, item.expected))
     return result
+
+
+FACT = "The archive's spare key is kept in the blue tin under the third stair of the east tower."
+
+
+def long_document(folder: Path, essays: int, paragraphs: int = 300) -> tuple[str, str]:
+    """One document far longer than an embedder's window, and a question whose answer is on its last page:
+    the first ``essays`` texts of ``folder`` joined (e.g. ../shared/data/paul_graham_essays), or, when the
+    folder is absent, a generated report of ``paragraphs`` paragraphs with a planted fact near its end.
+    Returns ``(text, question)``; the long-document examples and their tests use it."""
+    files = sorted(folder.glob("*.txt"))[:essays] if folder.is_dir() else []
+    if files:
+        text = "\n\n".join(path.read_text(encoding="utf-8", errors="replace") for path in files)
+        tail = text[-3000:]  # the last page: about 3,000 characters
+        sentences = [s.strip() for s in tail.replace("\n", " ").split(". ") if len(s.split()) >= 8]
+        return text, (sentences[len(sentences) // 2] if sentences else tail[-300:])
+    rng = random.Random(0)
+    words = [
+        "budget",
+        "river",
+        "planning",
+        "archive",
+        "tower",
+        "ledger",
+        "council",
+        "harvest",
+        "bridge",
+        "report",
+        "winter",
+        "survey",
+    ]
+    lines = [" ".join(rng.choice(words) for _ in range(120)).capitalize() + "." for _ in range(paragraphs)]
+    lines.insert(max(0, len(lines) - 3), FACT)
+    return "\n\n".join(lines), "Where is the spare key of the archive kept?"
