@@ -174,3 +174,14 @@ def test_demo_runs_offline(checkpoints, tmp_path, capsys):
     assert "Q: How do I parse JSON?" in text and "1. " in text and "stdlib:" in text
     assert main(argv) == 0  # second run reuses the index
     assert "0 embedded" in capsys.readouterr().out
+
+
+def test_demo_default_index_lives_per_embedder_in_the_cache(checkpoints, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KVEMBED_CACHE", str(tmp_path / "cache"))
+    argv = ["demo", "--model", str(checkpoints["gemma3"]), "--max-length", "256", "--limit", "2", "-q"]
+    assert main([*argv, "--question", "How do I parse JSON?"]) == 0  # no --out: the default folder
+    folders = list((tmp_path / "cache" / "demo-index" / "kv").iterdir())
+    assert len(folders) == 1 and (folders[0] / "manifest.json").is_file()  # one index, named by fingerprint
+    assert main([*argv, "--method", "prompteol", "--question", "How do I parse JSON?"]) == 0
+    assert (tmp_path / "cache" / "demo-index" / "prompteol").is_dir()  # another embedder, its own index
+    capsys.readouterr()

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = time.perf_counter() - start
     # the default index lives per embedder fingerprint: a changed default (method, post-processing ...) builds
     # its own index next to the old one instead of refusing it
-    out = chosen or default_demo_dir(args.method) / embedder.fingerprint
+    out = chosen or default_demo_dir(embedder.method) / embedder.fingerprint
     print(
         f"model: {embedder.source.spec} ({embedder.describe()['architecture']}, {embedder.num_layers} layers), "
         f"method {embedder.method}, layers {embedder.layers}, ready after {loaded:.1f} s"
