@@ -11,8 +11,6 @@ description, and loading it with a different model or method raises ``EmbedderMi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +23,9 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
+from kvembed_rag._io import write_bytes_atomically
 from kvembed_rag.retrieval.filters import Filter
+from kvembed_rag.retrieval.pipeline import best_per_document
 from kvembed_rag.retrieval.vector_index import Hit, VectorIndex
 from langchain_kvembed.retrievers import KVFaissRetriever
 
@@ -220,14 +220,14 @@ class KVFaissVectorStore(VectorStore):
         ``max(50, 10·k)``): one long document can own many of the nearest chunks.
         """
         hits = self.similarity_search_with_score(query, fetch_k or max(50, 10 * k), filter=filter)
+
+        def document_of(hit: tuple[Document, float]) -> str:
+            parent_id = hit[0].metadata.get(PARENT_KEY)
+            return parent_id if isinstance(parent_id, str) and parent_id in self._parents else f"chunk:{hit[0].id}"
+
         results: list[Document] = []
-        seen: set[str] = set()
-        for chunk, score in hits:
-            parent_id = chunk.metadata.get(PARENT_KEY)
-            key = parent_id if isinstance(parent_id, str) and parent_id in self._parents else f"chunk:{chunk.id}"
-            if key in seen:
-                continue
-            seen.add(key)
+        for chunk, score in best_per_document(hits, document_of, k):
+            key = document_of((chunk, score))
             if key.startswith("chunk:"):
                 results.append(
                     Document(
@@ -245,8 +245,6 @@ class KVFaissVectorStore(VectorStore):
                 results.append(
                     Document(id=parent.id, page_content=parent.page_content, metadata={**parent.metadata, **best})
                 )
-            if len(results) == k:
-                break
         return results
 
     def similarity_search_by_vector(
@@ -340,16 +338,8 @@ PARENTS_FILE = "parents.json"
 
 
 def _write_parents(folder: Path, parents: dict[str, Document]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     payload = [{"id": key, "page_content": d.page_content, "metadata": d.metadata} for key, d in parents.items()]
-    handle, temporary = tempfile.mkstemp(prefix=f".{PARENTS_FILE}-", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, ensure_ascii=False)
-        os.replace(temporary, folder / PARENTS_FILE)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_bytes_atomically(folder / PARENTS_FILE, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
 
 
 def _read_parents(folder: Path) -> dict[str, Document]:

@@ -2,7 +2,14 @@
 
 from .chunking import Chunk, chunk_text
 from .documents import SourceDocument, read_sources
-from .pipeline import BuildReport, DocumentHit, build_index, load_for_search, search_documents
+from .pipeline import (
+    BuildReport,
+    DocumentHit,
+    best_per_document,
+    build_index,
+    load_for_search,
+    search_documents,
+)
 from .vector_index import Hit, Record, VectorIndex, check_compatible
 
 __all__ = [
@@ -13,6 +20,7 @@ __all__ = [
     "Record",
     "SourceDocument",
     "VectorIndex",
+    "best_per_document",
     "build_index",
     "check_compatible",
     "chunk_text",

@@ -12,16 +12,18 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .chunking import chunk_text
 from .documents import SourceDocument
 from .vector_index import MANIFEST, VectorIndex
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LONG_DOC_POLICIES = ("chunk", "truncate")
 
@@ -204,6 +206,25 @@ class DocumentHit:
     snippet: str
 
 
+def best_per_document(hits: Iterable[T], document_of: Callable[[T], str], k: int | None = None) -> list[T]:
+    """The first (best-ranked) hit of each document, in rank order, at most ``k`` of them.
+
+    ``hits`` come best first; ``document_of(hit)`` names a hit's document. The one rule behind document-level
+    retrieval by best chunk, for this pipeline and both framework adapters.
+    """
+    seen: set[str] = set()
+    kept: list[T] = []
+    for hit in hits:
+        key = document_of(hit)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(hit)
+        if k is not None and len(kept) == k:
+            break
+    return kept
+
+
 def search_documents(
     index: VectorIndex, query_vector: Any, k: int = 5, *, snippet_chars: int = 240
 ) -> list[DocumentHit]:
@@ -211,26 +232,23 @@ def search_documents(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}")
     hits = index.search(query_vector, k=max(k * 8, 32))[0]
-    best: dict[str, DocumentHit] = {}
-    for hit in hits:
-        doc = str(hit.metadata.get("document", hit.id))
-        if doc in best:
-            continue
+    results = []
+    for hit in best_per_document(hits, lambda h: str(h.metadata.get("document", h.id)), k):
         text = (hit.text or "").strip()
         title = str(hit.metadata.get("title", ""))
         if title and text.startswith(title):
             text = text[len(title) :].strip()
-        best[doc] = DocumentHit(
-            doc,
-            hit.score,
-            title,
-            str(hit.metadata.get("source", "")),
-            int(hit.metadata.get("chunk", 0)),
-            " ".join(text[:snippet_chars].split()),
+        results.append(
+            DocumentHit(
+                str(hit.metadata.get("document", hit.id)),
+                hit.score,
+                title,
+                str(hit.metadata.get("source", "")),
+                int(hit.metadata.get("chunk", 0)),
+                " ".join(text[:snippet_chars].split()),
+            )
         )
-        if len(best) == k:
-            break
-    return list(best.values())
+    return results
 
 
 def load_for_search(out_dir: str | Path, **overrides: Any) -> tuple[VectorIndex, Any]:

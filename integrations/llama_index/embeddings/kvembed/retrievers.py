@@ -9,6 +9,8 @@ from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
+from kvembed_rag.retrieval.pipeline import best_per_document
+
 
 def _document_key(item: NodeWithScore) -> str:
     return item.node.ref_doc_id or item.node.node_id
@@ -17,14 +19,7 @@ def _document_key(item: NodeWithScore) -> str:
 def best_node_per_document(nodes: list[NodeWithScore], top_n: int | None = None) -> list[NodeWithScore]:
     """Keep the highest-scoring node of each source document (``ref_doc_id``), best first."""
     ranked = sorted(nodes, key=lambda item: item.score if item.score is not None else float("-inf"), reverse=True)
-    seen: set[str] = set()
-    kept: list[NodeWithScore] = []
-    for item in ranked:
-        key = _document_key(item)
-        if key not in seen:
-            seen.add(key)
-            kept.append(item)
-    return kept if top_n is None else kept[:top_n]
+    return best_per_document(ranked, _document_key, top_n)
 
 
 class BestNodePerDocument(BaseNodePostprocessor):
