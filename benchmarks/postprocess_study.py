@@ -260,6 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-only", action="store_true", help="fill the cache, score nothing")
     parser.add_argument("--cached-only", action="store_true", help="score only what the cache already holds")
     parser.add_argument("--json", help="write every score here")
+    parser.add_argument(
+        "--include", action="append", default=[], help="also report the rows of an earlier --json file (repeatable)"
+    )
+    parser.add_argument(
+        "--base-postprocess",
+        default="none",
+        help="the embedders' own post-processing: none (raw vectors, every variant scored) or auto (each "
+        "method's shipped default inside encode; only that is scored, as post-processing 'shipped')",
+    )
+    parser.add_argument(
+        "--reference",
+        default="kv:whiten-s0.3-d256",
+        help="SETTING:POST compared head to head with every other setting at its own best (default: Gemma's "
+        "shipped kv default; SmolLM2's is kv:whiten-s0.3)",
+    )
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"no data at {DATA}: skipping", file=sys.stderr)
@@ -271,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
 
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     settings = [m.strip() for m in args.methods.split(",") if m.strip()]
-    base = KVEmbedder.from_pretrained(args.model, max_length=args.max_length, dtype=args.dtype, layers="id")
+    # raw vectors: every variant (incl. the shipped default, fitted again here) is applied by this script
+    base = KVEmbedder.from_pretrained(
+        args.model, max_length=args.max_length, dtype=args.dtype, layers="id", postprocess=args.base_postprocess
+    )
     cache = EmbeddingCache("default")
     calibration = load_calibration()
     rows: list[dict[str, Any]] = []
@@ -306,22 +324,27 @@ def main(argv: list[str] | None = None) -> int:
         cal = get(calibration, "document")
         if cal is None:
             continue
-        rows += score_setting(args.model, setting, embedder, cal, samples, get)
+        rows += score_setting(args.model, setting, embedder, cal, samples, get, shipped=args.base_postprocess != "none")
         del missing
     if args.embed_only:
         return 0
+    for earlier in args.include:  # e.g. the shipped-default rows of a --base-postprocess auto run
+        rows += json.loads(Path(earlier).read_text())["rows"]
     report(rows)
+    setting, _, post = args.reference.partition(":")
+    head_to_head(rows, (setting, post))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0
 
 
 def score_setting(
-    model: str, setting: str, embedder: Any, cal: np.ndarray, samples: list[Sample], get: Any
+    model: str, setting: str, embedder: Any, cal: np.ndarray, samples: list[Sample], get: Any, shipped: bool = False
 ) -> list[dict[str, Any]]:
-    from kvembed_rag.postprocess import apply, fit
+    from kvembed_rag.postprocess import PostprocessSpec, apply, fit
 
-    specs = variants()
+    # shipped: the vectors already carry the embedder's own post-processing; score them as they are
+    specs = {"shipped": PostprocessSpec("none")} if shipped else variants()
     fitted = {name: fit(cal, spec) for name, spec in specs.items() if name != "corpus-center"}
     rows = []
     for s in samples:
@@ -350,10 +373,47 @@ def mean_ranks(
     return {c: float(np.mean(r)) for c, r in ranks.items()}
 
 
+def head_to_head(rows: list[dict[str, Any]], reference: tuple[str, str]) -> None:
+    """``reference`` (a fixed, already chosen candidate) against every other setting at its best: the variant
+    with the best mean rank over the families on A (chosen on A, scored on B), and the per-family best on A
+    (an oracle that favours the baseline). The verdict is read on B, which chose nothing."""
+    table: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+    for r in rows:
+        table.setdefault((r["setting"], r["post"]), {})[(r["family"], r["sample"])] = r["score"]
+    if reference not in table:
+        return
+    families = [f for f in (*FAMILIES, "qmsum") if (f, "A") in table[reference]]
+    others = [s for s in dict.fromkeys(r["setting"] for r in rows) if s != reference[0]]
+    print(f"\nhead to head on B: {reference[0]} {reference[1]} against each setting at its best")
+    print(
+        "| family | "
+        + f"{reference[0]} {reference[1]} A / B | "
+        + " | ".join(f"{s} chosen A / B | {s} per-family best on A (A / B)" for s in others)
+        + " | best other on B (chosen on A) |"
+    )
+    for f in families:
+        ref = table[reference]
+        cells = [f"{ref[(f, 'A')]:.4f} / {ref.get((f, 'B'), np.nan):.4f}"]
+        best_b = -np.inf
+        for s in others:
+            cands = [c for c in table if c[0] == s and all((g, "A") in table[c] for g in families)]
+            if not cands:
+                cells += ["–", "–"]
+                continue
+            ranks = mean_ranks(table, cands, families)
+            chosen = min(cands, key=lambda c: (ranks[c], -np.mean([table[c][(g, "A")] for g in families])))
+            oracle = max(cands, key=lambda c: table[c][(f, "A")])
+            cells.append(f"{chosen[1]} {table[chosen][(f, 'A')]:.4f} / {table[chosen].get((f, 'B'), np.nan):.4f}")
+            cells.append(f"{oracle[1]} {table[oracle][(f, 'A')]:.4f} / {table[oracle].get((f, 'B'), np.nan):.4f}")
+            best_b = max(best_b, table[chosen].get((f, "B"), -np.inf))
+        gap = ref.get((f, "B"), np.nan) - best_b
+        print(f"| {f} | " + " | ".join(cells) + f" | {best_b:.4f} (kv {gap:+.4f}) |")
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     """Per family: every setting x post-processing on both samples; then the mixed objective (mean rank on A),
     within each setting (which post-processing) and across all candidates that have every family."""
-    families = [f for f in FAMILIES if any(r["family"] == f for r in rows)]
+    families = [f for f in (*FAMILIES, "qmsum") if any(r["family"] == f for r in rows)]
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     posts = list(dict.fromkeys(r["post"] for r in rows))
     table: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
