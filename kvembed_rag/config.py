@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,8 @@ class KVEmbedConfig:
         "auto",
         VECTORS,
         "isotropy calibration fitted on the shipped calibration texts: auto (the measured default of a shipped"
-        " model and method, else none), none, center, remove-top:K, whiten[:S], optionally @DIM (e.g. center@256)",
+        " model and method, else none), none, center, remove-top:K, whiten[:S], optionally @DIM (e.g. center@256);"
+        " or a .safetensors file of statistics ('kvembed-rag postprocess fit')",
     )
     batch_tokens: int = _option(16_384, RUNTIME, "padded tokens per forward pass (inputs are sorted by length)")
     padding_side: str | None = _option(None, RUNTIME, "left or right (default: the tokenizer's)")
@@ -176,17 +178,37 @@ class KVEmbedConfig:
         return dataclasses.replace(self, device=None, show_progress=False, model_kwargs=None)
 
 
+#: what a ``postprocess`` value that names a statistics file ends with (``kvembed-rag postprocess fit`` writes one)
+STATS_SUFFIX = ".safetensors"
+
+
+def is_stats_path(postprocess: str) -> bool:
+    """True when a (normalised) ``postprocess`` value names a statistics file rather than a kind to fit."""
+    return postprocess.lower().endswith(STATS_SUFFIX)
+
+
 def _normalise_postprocess(text: object) -> str:
-    """Check the post-processing spelling here (no numpy import: a config is read by ``--help`` too)."""
+    """Check the post-processing spelling here (no numpy import: a config is read by ``--help`` too).
+
+    A value ending in ``.safetensors`` is a path to fitted statistics: kept as given (stripped), not read here
+    (nothing in a config reads machine state); the embedder resolves and loads it when it is built.
+    """
+    if isinstance(text, os.PathLike):
+        text = os.fspath(text)
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"postprocess must be a string such as 'none', 'center' or 'whiten:auto'; got {text!r}")
+        raise ConfigError(
+            "postprocess must be a string such as 'none', 'center' or 'whiten:auto', or a path to a .safetensors "
+            f"statistics file; got {text!r}"
+        )
+    if is_stats_path(text.strip()):
+        return text.strip()
     body, _, dim = text.strip().lower().partition("@")
     kind, _, argument = body.partition(":")
     problem = None
     if kind == "auto" and (argument or dim):
         problem = "'auto' takes no argument"
     elif kind not in ("auto", "none", "center", "remove-top", "whiten"):
-        problem = "the kind must be auto, none, center, remove-top or whiten"
+        problem = "the kind must be auto, none, center, remove-top or whiten, or a path ending in .safetensors"
     elif dim and (not dim.isdigit() or int(dim) < 1):
         problem = "@DIM must be a positive integer"
     elif dim and kind == "none":
@@ -269,9 +291,11 @@ __all__ = [
     "DEFAULT_BIAS",
     "DEFAULT_MAX_LENGTH",
     "LAYER_RULES",
+    "STATS_SUFFIX",
     "KVEmbedConfig",
     "coerce_config",
     "field_names",
+    "is_stats_path",
     "option_default",
     "option_help",
 ]

@@ -10,6 +10,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -34,6 +35,7 @@ from .config import (
     KVEmbedConfig,
     coerce_config,
     field_names,
+    is_stats_path,
 )
 from .errors import ConfigError, EmbeddingMemoryError, TruncationWarning
 from .layer_selection import default_window, validate_layers
@@ -114,6 +116,8 @@ class KVEmbedder:
         separate, fully built embedder with the default window (see :func:`resolve_config`), and the
         post-processing statistics are read (shipped or cached) or fitted the same way
         (:func:`resolve_postprocess`). ``postprocess_stats`` gives fitted statistics directly (a corpus fit).
+        A ``postprocess`` that names a statistics file becomes an absolute path in :attr:`config`, so that the
+        configuration an index records rebuilds this embedder from any working directory.
         """
         model_config: Any = getattr(model, "config", None)
         source = source or ModelSource(getattr(model_config, "_name_or_path", "") or type(model).__name__, "object", "")
@@ -124,6 +128,8 @@ class KVEmbedder:
             resolved, provenance, selection = check_resolved(model, tokenizer, requested), None, None
         else:
             resolved, provenance, selection = resolve_config(model, tokenizer, requested, source=source)
+        if is_stats_path(resolved.postprocess):
+            resolved = resolved.replace(postprocess=str(Path(resolved.postprocess).expanduser().resolve()))
         if postprocess_stats is not None:
             how = "given"
         else:
@@ -296,11 +302,43 @@ class KVEmbedder:
         ``spec`` defaults to the config's ``postprocess`` (``"center"`` if that is ``"none"``). The result's
         ``describe()`` records the statistics' fingerprint, so an index built with it refuses other embedders.
         """
-        text = spec or (self.config.postprocess if self.config.postprocess != "none" else "center")
+        if spec:
+            text = spec
+        elif self.postprocess_stats is not None:  # e.g. statistics read from a file: refit the same kind
+            text = spec_text(self.postprocess_stats.spec)
+        else:
+            text = "center"
         config = self.config.replace(postprocess=text)
         raw = KVEmbedder(self.model, self.tokenizer, config.replace(postprocess="none"), source=self.source)
         stats = fit_postprocess(raw.encode(_check_texts(texts), role), parse_spec(config.postprocess))
         return KVEmbedder(self.model, self.tokenizer, config, source=self.source, postprocess_stats=stats)
+
+    @property
+    def postprocess_key(self) -> dict[str, Any]:
+        """The configuration this embedder's post-processing statistics are fitted for (and checked against on
+        load): :func:`~kvembed_rag.postprocess.stats_key` of the vectors *before* post-processing."""
+        from .postprocess import stats_key
+
+        return stats_key({**self.describe(), "dim": self.hidden_size})  # the width the statistics take in
+
+    def save_postprocess(self, path: str | os.PathLike[str]) -> Path:
+        """Write this embedder's post-processing statistics to ``path`` (safetensors, atomically), keyed by its
+        configuration: ``postprocess=path`` then rebuilds the same vectors, for this configuration only.
+
+        Raises :class:`ValueError` when the embedder has none (``postprocess="none"``, or ``"auto"`` that chose
+        none).
+        """
+        from .postprocess import save
+
+        if self.postprocess_stats is None:
+            raise ValueError(
+                f"this embedder has no post-processing statistics to save (postprocess={self.config.postprocess!r});"
+                " build it with e.g. postprocess='center', or fit them on your texts with fit_postprocess(texts)"
+            )
+        target = Path(path)
+        if target.suffix.lower() != ".safetensors":
+            raise ValueError(f"a statistics file must end in .safetensors (postprocess= recognises it so); got {path}")
+        return save(target, self.postprocess_stats, key=self.postprocess_key)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -895,10 +933,11 @@ def _check_max_length(max_length: int | None, model_config: Any) -> None:
 def resolve_postprocess(
     model: torch.nn.Module, tokenizer: Any, config: KVEmbedConfig, *, source: ModelSource
 ) -> tuple[PostprocessStats | None, str]:
-    """The statistics of ``config.postprocess`` and where they came from: ``"shipped"`` with the package,
-    ``"cached"`` on this machine (fitted once before), or ``"fitted"`` now on the 222 shipped calibration texts
-    (as documents, by a separate embedder without post-processing), then cached. Deterministic: the same
-    configuration fits the same statistics on every machine."""
+    """The statistics of ``config.postprocess`` and where they came from: ``"file"`` when it names a statistics
+    file (checked against this configuration), ``"shipped"`` with the package, ``"cached"`` on this machine
+    (fitted once before), or ``"fitted"`` now on the 222 shipped calibration texts (as documents, by a separate
+    embedder without post-processing), then cached. Deterministic: the same configuration fits the same
+    statistics on every machine."""
     if config.postprocess == "none":
         return None, "none"
     from . import postprocess as pp
@@ -906,6 +945,22 @@ def resolve_postprocess(
 
     raw = KVEmbedder(model, tokenizer, config.replace(postprocess="none"), source=source)
     key = pp.stats_key(raw.describe())
+    if is_stats_path(config.postprocess):
+        path = Path(config.postprocess).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"postprocess={config.postprocess!r}: no such statistics file; write one with 'kvembed-rag "
+                "postprocess fit' or KVEmbedder.save_postprocess(path), or give a kind such as 'center'"
+            )
+        try:
+            return pp.load(path, key=key), "file"
+        except pp.PostprocessMismatchError as exc:
+            raise pp.PostprocessMismatchError(
+                f"postprocess={config.postprocess!r}: {exc}. 'kvembed-rag postprocess show {path}' prints the "
+                "configuration the file was fitted for; 'kvembed-rag postprocess fit' fits one for this configuration"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"postprocess={config.postprocess!r}: cannot read the statistics file ({exc})") from None
     if config.postprocess == "auto":
         chosen = pp.shipped_default(key)  # shipped data, the same on every machine
         if chosen is None:
@@ -972,8 +1027,13 @@ def resolve_config(
     elif layers == "auto":
         from .layer_selection import select_layers
 
+        # without post-processing: the selection reads hidden states (its cache key ignores post-processing), and
+        # statistics fitted for the final window (a file) do not fit the default one
         calibrating = KVEmbedder(
-            model, tokenizer, cheap.replace(layers=tuple(default_window(num_layers))), source=source
+            model,
+            tokenizer,
+            cheap.replace(layers=tuple(default_window(num_layers)), postprocess="none"),
+            source=source,
         )
         selection = select_layers(calibrating)
         window = list(selection.layers)

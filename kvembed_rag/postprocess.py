@@ -305,22 +305,33 @@ def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any], half
 
 def read_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of a statistics file (format, spec, key, n, shrinkage, fingerprint), decoded."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="numpy") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as exc:  # truncated or not safetensors at all (its error is no OSError/ValueError)
+        raise PostprocessMismatchError(f"{path}: not a readable safetensors file ({exc}); fit it again") from None
     if metadata.get("format") != FORMAT:
         raise PostprocessMismatchError(
             f"{path}: not a kvembed-rag post-processing file (format {metadata.get('format')!r})"
         )
-    return {
-        "format": metadata["format"],
-        "spec": json.loads(metadata["spec"]),
-        "key": json.loads(metadata["key"]),
-        "n": int(metadata["n"]),
-        "shrinkage": json.loads(metadata.get("shrinkage", "null")),
-        "fingerprint": metadata.get("fingerprint"),
-    }
+    try:
+        return {
+            "format": metadata["format"],
+            "spec": json.loads(metadata["spec"]),
+            "key": json.loads(metadata["key"]),
+            "n": int(metadata["n"]),
+            "shrinkage": json.loads(metadata.get("shrinkage", "null")),
+            "fingerprint": metadata.get("fingerprint"),
+        }
+    except (KeyError, ValueError) as exc:
+        raise PostprocessMismatchError(f"{path}: damaged post-processing header ({exc!r}); fit it again") from None
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None = None) -> PostprocessStats:
@@ -329,19 +340,28 @@ def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None 
     from safetensors.numpy import load_file
 
     header = read_header(path)
-    if header["key"] != json.loads(json.dumps(key, sort_keys=True)):
-        differing = sorted(
-            k for k in set(header["key"]) | set(key) if header["key"].get(k) != json.loads(json.dumps(key)).get(k)
+    wanted = json.loads(json.dumps(key, sort_keys=True))
+    if header["key"] != wanted:
+        differing = sorted(k for k in set(header["key"]) | set(wanted) if header["key"].get(k) != wanted.get(k))
+        detail = "; ".join(
+            f"{k}: file={_short(header['key'].get(k))} vs this={_short(wanted.get(k))}" for k in differing[:3]
         )
         raise PostprocessMismatchError(
-            f"{path} was fitted for another embedder configuration (differs in {differing}); "
+            f"{path} was fitted for another embedder configuration (differs in {differing}: {detail}); "
             "refit the post-processing for this configuration (fit on its calibration vectors) or load the file "
             "that matches it"
         )
     stored = PostprocessSpec.from_dict(header["spec"])
     if spec is not None and stored != spec:
         raise PostprocessMismatchError(f"{path} holds post-processing {stored}, not the requested {spec}")
-    tensors = {name: array.astype(np.float32) for name, array in load_file(str(path)).items()}
+    from safetensors import SafetensorError
+
+    try:
+        tensors = {name: array.astype(np.float32) for name, array in load_file(str(path)).items()}
+    except SafetensorError as exc:
+        raise PostprocessMismatchError(f"{path}: unreadable statistics ({exc}); fit them again") from None
+    if "mean" not in tensors:
+        raise PostprocessMismatchError(f"{path}: no 'mean' tensor (damaged file?); fit it again")
     stats = PostprocessStats(
         stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"], tensors.get("removed")
     )

@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     ".index",
     ".search",
     ".embed",
+    ".postprocess",
     ".select_layers",
     ".bench",
     ".eval",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from .options import (
     EXIT_FAILURE,
@@ -28,18 +29,16 @@ EXAMPLES = """examples:
   kvembed-rag index docs/ --out my-index --long-docs truncate --max-length 2048
   kvembed-rag index docs/ --out my-index --method echo --overwrite   # rebuild with another embedder
   kvembed-rag index corpus.jsonl --out my-index --engine ray --address auto --workers 8
-Re-running the same command resumes an interrupted build and skips unchanged documents.
+  kvembed-rag index docs/ --out my-index --fit-postprocess center    # centre on this corpus' own mean
+Re-running the same command resumes an interrupted build and skips unchanged documents. An index built with
+--fit-postprocess keeps its statistics (in the index folder; 'search' applies them to queries): re-running with
+the same --fit-postprocess appends new documents with them, without refitting; --overwrite refits.
 Input files must be UTF-8: a file with an invalid byte is refused, naming the file and the byte's offset."""
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input flags shared by ``index`` and ``postprocess fit``: paths, JSONL fields, long documents."""
     parser.add_argument("paths", nargs="+", help="folders, .txt/.md files or .jsonl files")
-    parser.add_argument("--out", required=True, help="index directory (created, or updated in place)")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="rebuild --out from scratch when it holds an index made by another embedder (default: refuse)",
-    )
     parser.add_argument(
         "--long-docs",
         choices=["chunk", "truncate"],
@@ -49,6 +48,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
     parser.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")
     parser.add_argument("--title-field", default="title", help="JSONL field with the title (default: title)")
+
+
+def read_documents(args: argparse.Namespace) -> list[Any]:
+    """The documents ``args.paths`` hold (see :func:`add_input_arguments`); problems are usage errors."""
+    from ..retrieval.documents import read_sources
+
+    for path in args.paths:
+        existing_path(path)
+    try:
+        documents = read_sources(
+            args.paths, text_field=args.text_field, id_field=args.id_field, title_field=args.title_field
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    if not documents:
+        raise UsageError(f"no documents found in {', '.join(args.paths)} (.txt, .md, .rst files or .jsonl)")
+    return documents
+
+
+def fit_spec(text: str, flag: str) -> str:
+    """A post-processing kind to fit (``center``, ``remove-top:K``, ``whiten[:S]``, ``@DIM``), checked by the
+    config's own rule; ``auto``, ``none`` and file paths are refused (nothing to fit)."""
+    from ..config import KVEmbedConfig, is_stats_path
+
+    if is_stats_path(text.strip()) or text.strip().lower() in ("auto", "none"):
+        raise UsageError(f"{flag} needs a kind to fit, e.g. center, remove-top:2 or whiten:0.3@256; got {text!r}")
+    try:
+        return KVEmbedConfig(postprocess=text).postprocess
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_arguments(parser)
+    parser.add_argument("--out", required=True, help="index directory (created, or updated in place)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild --out from scratch when it holds an index made by another embedder (default: refuse)",
+    )
+    parser.add_argument(
+        "--fit-postprocess",
+        metavar="KIND",
+        help="fit this post-processing (center, remove-top:K, whiten[:S], @DIM) on the raw document vectors of the "
+        "chunks being indexed, store it in --out and apply it to documents and (in 'search') queries; replaces "
+        "--postprocess. Costs one more embedding pass over the corpus (or --fit-limit chunks)",
+    )
+    parser.add_argument(
+        "--fit-limit",
+        type=positive_int,
+        help="with --fit-postprocess: fit on a seeded random sample of N chunks (default: all of them)",
+    )
     parser.add_argument(
         "--engine",
         choices=["local", "ray"],
@@ -61,24 +112,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..retrieval.documents import read_sources
+def _mismatch(out: Any, exc: Exception) -> int:
+    from ..retrieval.pipeline import corpus_postprocess
 
-    for path in args.paths:
+    fitted = corpus_postprocess(out)
+    hint = (
+        f"This index's post-processing was fitted on its corpus ({fitted}): to append, re-run with "
+        f"--fit-postprocess {fitted} (its statistics are reused, not refitted); to rebuild, add --overwrite."
+        if fitted
+        else "To rebuild it with this embedder, re-run the command with --overwrite (every document is "
+        "re-embedded), or choose another --out."
+    )
+    print(f"kvembed-rag index: error: {out}: {exc}.\n{hint}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in args.paths:  # usage errors first, before any file is read
         existing_path(path)
     out = creatable_folder(args.out, "--out")
     validate_model_args(args)
-    try:
-        documents = read_sources(
-            args.paths, text_field=args.text_field, id_field=args.id_field, title_field=args.title_field
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
-    if not documents:
-        raise UsageError(f"no documents found in {', '.join(args.paths)} (.txt, .md, .rst files or .jsonl)")
+    spec = None
+    if args.fit_postprocess is not None:
+        spec = fit_spec(args.fit_postprocess, "--fit-postprocess")
+        if args.postprocess is not None:
+            raise UsageError("--fit-postprocess fits the post-processing on the corpus; drop --postprocess")
+    elif args.fit_limit is not None:
+        raise UsageError("--fit-limit applies to --fit-postprocess only")
+    documents = read_documents(args)
     show = not args.quiet and not args.json
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
-    embedder = load_embedder(args)
+    from ..errors import EmbedderMismatchError
+
+    if spec is None:
+        embedder = load_embedder(args)
+    else:
+        from ..retrieval.pipeline import fit_index_postprocess
+
+        # raw vectors to fit on: no calibration statistics are fitted (or read) for nothing
+        embedder = load_embedder(args, postprocess="none")
+        status(f"fitting post-processing {spec} on the corpus (or reusing the index's) ...", enabled=show)
+        try:
+            embedder = fit_index_postprocess(
+                embedder,
+                documents,
+                out,
+                spec,
+                long_docs=args.long_docs,
+                overwrite=args.overwrite,
+                limit=args.fit_limit,
+            )
+        except EmbedderMismatchError as exc:
+            return _mismatch(out, exc)
     encode, group_tokens = None, 32_768
     if args.engine == "ray":
         import tempfile
@@ -92,7 +177,6 @@ def run(args: argparse.Namespace) -> int:
             address=args.address,
         )
         group_tokens = 1_000_000  # one cluster job per million tokens: checkpoints without per-job overhead
-    from ..errors import EmbedderMismatchError
     from ..retrieval.pipeline import build_index
 
     progress = BuildProgress("indexing", len(documents), enabled=show)
@@ -108,13 +192,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except EmbedderMismatchError as exc:
-        print(
-            f"kvembed-rag index: error: {out}: {exc}.\n"
-            "To rebuild it with this embedder, re-run the command with --overwrite (every document is "
-            "re-embedded), or choose another --out.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        return _mismatch(out, exc)
     except KeyboardInterrupt:
         progress.close()
         print(f"interrupted: finished documents are saved in {out}; run the same command to resume", file=sys.stderr)

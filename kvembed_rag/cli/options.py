@@ -147,7 +147,7 @@ FLAG_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
     "pooling": (str, {"choices": ["hybrid", "mean", "last"]}),
     "prompts": (str, {"metavar": "JSON|TEMPLATE"}),
     "max_length": (positive_int, {}),
-    "postprocess": (str, {"metavar": "KIND"}),
+    "postprocess": (str, {"metavar": "KIND|FILE"}),
     "batch_tokens": (positive_int, {}),
     "padding_side": (str, {"choices": ["left", "right"]}),
     "device": (str, {}),

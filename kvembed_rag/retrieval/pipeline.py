@@ -4,6 +4,12 @@ Each indexed unit is a chunk (a whole document is one chunk) whose metadata name
 document's content hash, its title and source. ``build_index`` saves checkpoints as it goes, so an
 interrupted build resumes without re-embedding finished documents, and re-indexing skips documents whose
 content hash has not changed. ``search_documents`` ranks documents by their best chunk.
+
+Corpus-fitted post-processing (``kvembed-rag index --fit-postprocess center``): :func:`fit_index_postprocess`
+fits the statistics on the raw document vectors of the chunks being indexed, writes them into the index folder
+(``postprocess-<fingerprint>.safetensors``, its sha256 in the manifest) and returns the embedder that applies
+them; the index records that embedder, so :func:`load_for_search` gives its queries the same statistics. An
+index that has them keeps them: appending reuses them without refitting, ``overwrite`` refits.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
 from .chunking import chunk_text
 from .documents import SourceDocument
-from .vector_index import MANIFEST, VectorIndex
+from .vector_index import MANIFEST, POSTPROCESS_RECORD, VectorIndex, own_postprocess_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +62,112 @@ def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False) -> Vect
     even if ``out_dir`` holds an index (built by any embedder); the old one is replaced at the first save.
     """
     info = embedder.describe()
+    own = _own_stats(Path(out_dir), embedder)
+    if own is not None:  # statistics fitted on this index's corpus: the manifest names them and their checksum
+        from .._io import file_sha256
+
+        info[POSTPROCESS_RECORD] = {"name": own.name, "sha256": file_sha256(own, memoise=False)}
     if (out_dir / MANIFEST).is_file() and not overwrite:
         return VectorIndex.load(out_dir, embedder=info)
     return VectorIndex(embedder.dim, embedder=info)
+
+
+def _own_stats(folder: Path, embedder: Any) -> Path | None:
+    """The statistics file ``embedder`` reads when it lies inside the index folder (a corpus fit), else None."""
+    from ..config import is_stats_path
+
+    value = str(getattr(getattr(embedder, "config", None), "postprocess", ""))
+    if not is_stats_path(value) or getattr(embedder, "provenance", {}).get("postprocess") != "file":
+        return None
+    path = Path(value)
+    return path if path.parent == folder.resolve() else None
+
+
+def corpus_postprocess(out_dir: str | Path) -> str | None:
+    """The post-processing the index at ``out_dir`` fitted on its own corpus (e.g. ``"center"``), or None."""
+    from .. import postprocess as pp
+
+    folder = Path(out_dir)
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("embedder") or {}
+        own = own_postprocess_file(folder, record)
+        return None if own is None else pp.spec_text(pp.PostprocessSpec.from_dict(pp.read_header(own)["spec"]))
+    except (ValueError, AttributeError, IndexCorruptError):
+        return None
+
+
+def sample_texts(texts: list[str], limit: int | None, *, seed: int = 0) -> list[str]:
+    """``texts`` or, when there are more than ``limit``, a seeded random ``limit`` of them in their order."""
+    if limit is None or len(texts) <= limit:
+        return texts
+    import numpy as np
+
+    chosen = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
+    return [texts[i] for i in chosen]
+
+
+def index_texts(embedder: Any, document: SourceDocument, *, long_docs: str = "chunk", overlap: int = 64) -> list[str]:
+    """The texts a document is indexed as: titled overlapping chunks (``long_docs="chunk"``) or the whole text
+    (cut at ``max_length`` when embedded). Chunking needs the tokenizer only."""
+    if long_docs == "chunk":
+        return [c.text for c in chunk_text(embedder, document.text, title=document.title, overlap=overlap)]
+    return [f"{document.title}\n\n{document.text}" if document.title else document.text]
+
+
+def fit_index_postprocess(
+    embedder: Any,
+    documents: Sequence[SourceDocument],
+    out_dir: str | Path,
+    spec: str,
+    *,
+    long_docs: str = "chunk",
+    overlap: int = 64,
+    overwrite: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """``embedder`` with post-processing ``spec`` fitted on the corpus of the index at ``out_dir``; build the index
+    with the embedder returned (:func:`build_index`).
+
+    A new index (or ``overwrite``): the statistics are fitted on the raw (un-post-processed) document vectors of
+    every chunk of ``documents`` (a seeded sample of ``limit`` chunks, if given), saved atomically into
+    ``out_dir`` and read back by the returned embedder (provenance ``"file"``). An existing index fitted before:
+    its statistics are reused, not refitted (new documents are embedded like the old ones); it refuses a
+    different ``spec`` or an index that was built without a corpus fit (:class:`EmbedderMismatchError`).
+    """
+    from .. import postprocess as pp
+
+    folder = Path(out_dir)
+    wanted = pp.parse_spec(spec)  # a bad spelling fails before any work
+    if (folder / MANIFEST).is_file() and not overwrite:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        record = manifest.get("embedder") or {}
+        own = own_postprocess_file(folder, record)
+        if own is None:
+            raise EmbedderMismatchError(
+                f"{folder} was built without a post-processing fitted on its corpus; fitting one now would make its "
+                "new vectors incomparable with the stored ones. Append without fitting, or rebuild it with overwrite"
+            )
+        stored = pp.PostprocessSpec.from_dict(pp.read_header(own)["spec"])
+        if stored != wanted:
+            raise EmbedderMismatchError(
+                f"{folder}'s post-processing was fitted on its corpus as {pp.spec_text(stored)!r}, not {spec!r}; "
+                f"append with {pp.spec_text(stored)!r} (its statistics are reused), or rebuild it with overwrite"
+            )
+        return embedder.variant(postprocess=str(own))  # reused as stored: no refit
+    texts = [
+        text for document in documents for text in index_texts(embedder, document, long_docs=long_docs, overlap=overlap)
+    ]
+    if not texts:
+        raise ValueError("no documents to fit the post-processing on")
+    texts = sample_texts(texts, limit, seed=seed)
+    fitted = embedder.fit_postprocess(texts, spec)  # raw document vectors, one shared mean (see the issue's study)
+    assert fitted.postprocess_stats is not None
+    target = folder / f"postprocess-{fitted.postprocess_stats.fingerprint}.safetensors"
+    fitted.save_postprocess(target)  # atomic (a .part file renamed); the manifest names it at the first save
+    return fitted.variant(postprocess=str(target))
 
 
 def stored_config(info: dict[str, Any]) -> Any:
@@ -126,10 +236,7 @@ def build_index(
     # work units: (document, digest, chunk texts, tokens per chunk); chunking needs the tokenizer only
     units = []
     for document, digest in pending:
-        if long_docs == "chunk":
-            texts = [c.text for c in chunk_text(embedder, document.text, title=document.title, overlap=overlap)]
-        else:
-            texts = [f"{document.title}\n\n{document.text}" if document.title else document.text]
+        texts = index_texts(embedder, document, long_docs=long_docs, overlap=overlap)
         tokens = [len(e.ids) for e in embedder.tokenize(texts)]
         units.append((document, digest, texts, tokens))
     total_tokens = sum(sum(tokens) for *_, tokens in units)
@@ -253,16 +360,31 @@ def search_documents(
 
 def load_for_search(out_dir: str | Path, **overrides: Any) -> tuple[VectorIndex, Any]:
     """Open an index and rebuild the embedder that made it (from its manifest); ``overrides`` that are not
-    None (``device``, ``dtype``, ``batch_tokens`` ...) replace the recorded options."""
+    None (``device``, ``dtype``, ``batch_tokens`` ...) replace the recorded options.
+
+    Post-processing fitted on the index's corpus is read from the index folder (wherever it was moved), after
+    its checksum is verified (:class:`IndexCorruptError` when it was damaged or replaced)."""
     from ..embedder import KVEmbedder
 
     folder = Path(out_dir)
     if not (folder / MANIFEST).is_file():
         raise FileNotFoundError(f"{folder} is not a kvembed-rag index (no {MANIFEST}); build one with 'index'")
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    config = stored_config(manifest.get("embedder") or {})
+    record = manifest.get("embedder") or {}
+    config = stored_config(record)
     if config is None:
         raise ValueError(f"{folder}: the index does not record the embedder that built it; pass --model")
-    embedder = KVEmbedder.from_pretrained(config.replace(**{k: v for k, v in overrides.items() if v is not None}))
+    own = own_postprocess_file(folder, record)
+    if own is not None:  # the recorded absolute path may be where the index was built, not where it is now
+        config = config.replace(postprocess=str(own))
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        embedder = KVEmbedder.from_pretrained(config)
+    except PostprocessMismatchError as exc:
+        if own is None:
+            raise
+        raise IndexCorruptError(
+            f"{folder}: the index's post-processing statistics are not its embedder's ({exc})"
+        ) from None
     index = VectorIndex.load(folder, embedder=embedder.describe())
     return index, embedder

@@ -10,6 +10,8 @@ On disk an index is a directory::
     manifest.json           format, dim, factory, counts, the embedder's describe(), file names, sha256s
     index-<gen>.faiss       FAISS's own binary format
     docstore-<gen>.json     ids, texts and metadata (JSON: nothing executes when it is read)
+    postprocess-<fp>.safetensors   optional: post-processing statistics fitted on this index's own corpus
+                            (``kvembed-rag index --fit-postprocess``), named with its sha256 in the embedder record
 
 A save writes a new generation of the two data files, then replaces ``manifest.json`` atomically (the
 commit point), then removes the old generation: a crash at any moment leaves the previous index or the
@@ -42,6 +44,9 @@ from .filters import Filter, compile_filter
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: the embedder record's entry naming the index's own post-processing statistics: {"name": ..., "sha256": ...}
+POSTPROCESS_RECORD = "postprocess_file"
+POSTPROCESS_FILE = re.compile(r"postprocess-[0-9a-f]{16}\.safetensors")
 #: describe() fields that must agree for vectors to be comparable (dtype and max_length only nudge them)
 COMPATIBILITY_KEYS = (
     "architecture",
@@ -106,6 +111,30 @@ def check_compatible(stored: Mapping[str, Any] | None, querying: Mapping[str, An
             f"this index was built with a different embedder ({detail}); query it with the embedder that built "
             "it, or re-index with the new one"
         )
+
+
+def own_postprocess_file(folder: str | os.PathLike[str], embedder: Mapping[str, Any] | None) -> Path | None:
+    """The post-processing statistics file an index's embedder record names (fitted on its corpus), verified:
+    a plain name inside ``folder``, present, and matching the sha256 recorded in the manifest. ``None`` when the
+    index has none. Raises :class:`IndexCorruptError` when it is missing, damaged or was replaced."""
+    entry = (embedder or {}).get(POSTPROCESS_RECORD)
+    if entry is None:
+        return None
+    name = entry.get("name") if isinstance(entry, Mapping) else None
+    if not isinstance(name, str) or not POSTPROCESS_FILE.fullmatch(name):
+        raise IndexCorruptError(f"{Path(folder) / MANIFEST}: post-processing file entry {entry!r} is not valid")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise IndexCorruptError(
+            f"{path} is missing: the post-processing statistics this index was built with (fitted on its corpus); "
+            "restore it, or rebuild the index with --overwrite"
+        )
+    if file_sha256(path, memoise=False) != entry.get("sha256"):
+        raise IndexCorruptError(
+            f"{path} does not match its checksum in {MANIFEST}: the index's post-processing statistics were "
+            "damaged or replaced; restore the original file, or rebuild the index with --overwrite"
+        )
+    return path
 
 
 class VectorIndex:
@@ -369,8 +398,13 @@ class VectorIndex:
             folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"), fsync=True
         )  # the commit point
         keep = set(names.values()) | {MANIFEST}
+        own = (self.embedder or {}).get(POSTPROCESS_RECORD)
+        if isinstance(own, Mapping):
+            keep.add(str(own.get("name")))
         for stale in folder.iterdir():
-            if stale.name not in keep and re.fullmatch(r"(index|docstore)-\d+\.(faiss|json)", stale.name):
+            old_data = re.fullmatch(r"(index|docstore)-\d+\.(faiss|json)", stale.name)
+            # statistics of an earlier corpus fit (an --overwrite rebuild refits): only the named file is current
+            if stale.name not in keep and (old_data or POSTPROCESS_FILE.fullmatch(stale.name)):
                 stale.unlink(missing_ok=True)
         return folder
 
@@ -395,6 +429,7 @@ class VectorIndex:
                 raise IndexCorruptError(f"{path} is missing (the {key} of this index)")
             if file_sha256(path, memoise=False) != manifest.get("sha256", {}).get(key):
                 raise IndexCorruptError(f"{path} does not match its checksum: truncated or modified")
+        own_postprocess_file(folder, manifest.get("embedder"))  # its corpus-fitted statistics, if any, verified
         check_compatible(manifest.get("embedder"), embedder)
         precision = str(manifest.get("precision", "float32"))  # indexes saved before precisions existed: float32
         if precision not in INDEX_PRECISIONS:
