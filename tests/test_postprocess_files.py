@@ -251,3 +251,13 @@ def test_the_langchain_store_reuses_the_index_statistics(checkpoints, corpus_fol
         langchain_kvembed.KVFaissVectorStore.load_local(
             out, langchain_kvembed.KVEmbeddings(model=model, max_length=128, postprocess="none")
         )
+
+
+def test_index_fit_limit_fits_on_a_seeded_sample(checkpoints, corpus_folder, tmp_path, capsys) -> None:
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus_folder, out, "--fit-limit", "5") == 2  # only with --fit-postprocess
+    assert _index(model, corpus_folder, out, "--fit-postprocess", "none") == 2  # nothing to fit
+    capsys.readouterr()
+    assert _index(model, corpus_folder, out, "--fit-postprocess", "center", "--fit-limit", "5", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["embedder"]["postprocess"]["n"] == 5 and report["embedded"] == len(CORPUS)
