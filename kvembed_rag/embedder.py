@@ -146,7 +146,7 @@ class KVEmbedder:
         self.spec: MethodSpec = get_method(resolved.method)
         #: how each resolved option was chosen ("given", "method", "model", "intrinsic-dimension", "tuned" ...)
         self.provenance: dict[str, str] = provenance or {name: "given" for name in ("layers", "bias", "pooling")}
-        self.provenance["postprocess"] = how
+        self.provenance.setdefault("postprocess", how)  # "tuned" when resolve_config took the tuned one
         #: the fitted isotropy calibration applied to every vector (None: config.postprocess == "none")
         self.postprocess_stats: PostprocessStats | None = postprocess_stats
         if postprocess_stats is not None and postprocess_stats.in_dim != int(model_config.hidden_size):
@@ -931,13 +931,21 @@ def _check_max_length(max_length: int | None, model_config: Any) -> None:
 
 
 def resolve_postprocess(
-    model: torch.nn.Module, tokenizer: Any, config: KVEmbedConfig, *, source: ModelSource
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: KVEmbedConfig,
+    *,
+    source: ModelSource,
+    encode: Callable[[list[str], str], np.ndarray] | None = None,
 ) -> tuple[PostprocessStats | None, str]:
     """The statistics of ``config.postprocess`` and where they came from: ``"file"`` when it names a statistics
     file (checked against this configuration), ``"shipped"`` with the package, ``"cached"`` on this machine
     (fitted once before), or ``"fitted"`` now on the 222 shipped calibration texts (as documents, by a separate
     embedder without post-processing), then cached. Deterministic: the same configuration fits the same
-    statistics on every machine."""
+    statistics on every machine.
+
+    ``encode(texts, role)``, when given, supplies that separate embedder's vectors instead of encoding them
+    again (``kvembed-rag tune`` passes the raw vectors it already holds for the same configuration)."""
     if config.postprocess == "none":
         return None, "none"
     from . import postprocess as pp
@@ -978,7 +986,12 @@ def resolve_postprocess(
             return pp.load(path, key=key, spec=spec), "cached"
         except (OSError, ValueError, KeyError) as exc:
             warnings.warn(f"post-processing cache {path} is unreadable ({exc}); refitting it", RuntimeWarning, 2)
-    stats = pp.fit_embedder(raw, spec)
+    if encode is None:
+        stats = pp.fit_embedder(raw, spec)
+    else:
+        from .layer_selection import load_calibration
+
+        stats = pp.fit(encode(load_calibration(), "document"), spec)
     pp.save(path, stats, key=key)
     return stats, "fitted"
 
@@ -1055,6 +1068,10 @@ def resolve_config(
         if config.pooling is None and tuned.get("pooling") in POOLINGS:
             cheap = cheap.replace(pooling=str(tuned["pooling"]))
             provenance["pooling"] = "tuned"
+        if config.postprocess == "auto" and tuned.get("postprocess") is not None:
+            # tuned with its post-processing (a mixed tune searches both): the pair is what won
+            cheap = cheap.replace(postprocess=str(tuned["postprocess"]))
+            provenance["postprocess"] = "tuned"
     else:
         assert isinstance(layers, tuple)
         window = validate_layers(list(layers), num_layers)

@@ -29,7 +29,8 @@ def tuned_path(source: Any, num_layers: int) -> Path:
 
 
 def load_tuned(source: Any, num_layers: int) -> dict[str, Any] | None:
-    """The saved winner (``layers``, ``bias``, ``pooling`` ...) or None; an unreadable file is ignored (warning)."""
+    """The saved winner (``layers``, ``bias``, ``pooling``, ``postprocess`` or None ...) or None; an unreadable
+    file is ignored (warning)."""
     path = tuned_path(source, num_layers)
     if not path.is_file():
         return None
@@ -38,7 +39,20 @@ def load_tuned(source: Any, num_layers: int) -> dict[str, Any] | None:
         layers = [int(i) for i in payload["layers"]]
         if not layers or max(layers) >= num_layers or min(layers) < 0:
             raise ValueError(f"layers {layers} do not fit a {num_layers}-layer model")
-        return {**payload, "layers": layers, "bias": float(payload["bias"]), "pooling": payload.get("pooling")}
+        postprocess = payload.get("postprocess")  # saved by a tune that searched post-processing too
+        if postprocess is not None:
+            from .config import KVEmbedConfig
+
+            postprocess = KVEmbedConfig(postprocess=str(postprocess)).postprocess  # ConfigError: a ValueError
+            if postprocess == "auto":
+                raise ValueError("postprocess 'auto' is not a tuned choice")
+        return {
+            **payload,
+            "layers": layers,
+            "bias": float(payload["bias"]),
+            "pooling": payload.get("pooling"),
+            "postprocess": postprocess,
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warnings.warn(f"ignoring the tuned configuration {path}: {exc}", RuntimeWarning, stacklevel=3)
         return None

@@ -161,18 +161,24 @@ RUNTIME_FLAGS = ("device", "dtype", "batch_tokens")
 
 
 def add_model_options(
-    parser: argparse.ArgumentParser, *, method: bool = True, max_length: bool = True, runtime_only: bool = False
+    parser: argparse.ArgumentParser,
+    *,
+    method: bool = True,
+    max_length: bool = True,
+    postprocess: bool = True,
+    runtime_only: bool = False,
 ) -> None:
     """One flag per :class:`~kvembed_rag.config.KVEmbedConfig` option, with the config's help text.
 
-    ``method``/``max_length`` False: the command takes lists of them instead (eval, tune). ``runtime_only``:
-    only ``--device --dtype --batch-tokens`` (search: the index records everything else). Unset flags keep
-    the config's defaults (the flags default to None). The config module imports no torch.
+    ``method``/``max_length``/``postprocess`` False: the command takes lists of them instead (eval, tune).
+    ``runtime_only``: only ``--device --dtype --batch-tokens`` (search: the index records everything else).
+    Unset flags keep the config's defaults (the flags default to None). The config module imports no torch.
     """
     from ..config import field_names, option_default, option_help
 
     group = parser.add_argument_group("embedder (the options of KVEmbedConfig)")
-    skip = {name for name, keep in (("method", method), ("max_length", max_length)) if not keep}
+    listed = (("method", method), ("max_length", max_length), ("postprocess", postprocess))
+    skip = {name for name, keep in listed if not keep}
     added = []
     for name in field_names():
         if name not in FLAG_TYPES or name in skip or (runtime_only and name not in RUNTIME_FLAGS):

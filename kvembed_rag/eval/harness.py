@@ -10,6 +10,7 @@ from typing import Any
 from .cache import EmbeddingCache
 from .scoring import (
     CachedEncoder,
+    Encoder,
     Score,
     evaluate_classification,
     evaluate_clustering,
@@ -105,7 +106,7 @@ def load_task(task: str, path: str | Path, options: EvalOptions) -> list[tuple[s
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def score_task(task: str, encoder: CachedEncoder, embedder: Any, data: Any, options: EvalOptions) -> Score:
+def score_task(task: str, encoder: Encoder, embedder: Any, data: Any, options: EvalOptions) -> Score:
     if task == "sts":
         return evaluate_sts(encoder, data)
     if task == "retrieval":
