@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from dev_pairs import STS_PAIRS
 
 from kvembed_rag import ConfigError, KVEmbedder
 from kvembed_rag.cli import main
@@ -19,14 +20,7 @@ from kvembed_rag.eval.tuning import (
 )
 from kvembed_rag.tuned import load_tuned, tuned_path
 
-PAIRS = [
-    ("The quick brown fox jumps.", "A fox jumps quickly.", 4.5),
-    ("Meeting transcripts are long.", "Transcripts of meetings run long.", 4.0),
-    ("Key and value states.", "The final token.", 1.0),
-    ("Scientific abstracts.", "Essays make a corpus.", 0.5),
-    ("Compress the context in one word.", "One word compresses the context.", 4.0),
-    ("Retrieval needs embeddings.", "The lazy dog sleeps.", 0.0),
-]
+PAIRS = STS_PAIRS
 
 
 @pytest.fixture

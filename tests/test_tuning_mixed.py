@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dev_pairs import STS_PAIRS
 
 from kvembed_rag import KVEmbedder
 from kvembed_rag.cli import main
@@ -30,12 +31,7 @@ from kvembed_rag.eval.tuning import (
 from kvembed_rag.tuned import load_tuned, tuned_path
 
 PAIRS = [
-    ("The quick brown fox jumps.", "A fox jumps quickly.", 4.5),
-    ("Meeting transcripts are long.", "Transcripts of meetings run long.", 4.0),
-    ("Key and value states.", "The final token.", 1.0),
-    ("Scientific abstracts.", "Essays make a corpus.", 0.5),
-    ("Compress the context in one word.", "One word compresses the context.", 4.0),
-    ("Retrieval needs embeddings.", "The lazy dog sleeps.", 0.0),
+    *STS_PAIRS,
     ("A dog sleeps in the sun.", "The lazy dog sleeps.", 3.5),
     ("Long documents need chunks.", "The fox is quick.", 0.2),
 ]
