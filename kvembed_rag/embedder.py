@@ -295,12 +295,21 @@ class KVEmbedder:
             postprocess_stats=self.postprocess_stats if keep else None,
         )
 
-    def fit_postprocess(self, texts: Sequence[str], spec: str | None = None, *, role: Role = "document") -> KVEmbedder:
+    def fit_postprocess(
+        self,
+        texts: Sequence[str],
+        spec: str | None = None,
+        *,
+        role: Role = "document",
+        raw_vectors: np.ndarray | None = None,
+    ) -> KVEmbedder:
         """This embedder with its post-processing fitted on ``texts`` (e.g. your own corpus) instead of the
         shipped calibration texts: the same statistics, fitted on the ``role`` vectors before post-processing.
 
         ``spec`` defaults to the config's ``postprocess`` (``"center"`` if that is ``"none"``). The result's
         ``describe()`` records the statistics' fingerprint, so an index built with it refuses other embedders.
+        ``raw_vectors`` ``(len(texts), hidden)``: the texts' vectors before post-processing, already computed with
+        this configuration (:meth:`raw`), so that nothing is embedded again.
         """
         if spec:
             text = spec
@@ -309,9 +318,30 @@ class KVEmbedder:
         else:
             text = "center"
         config = self.config.replace(postprocess=text)
-        raw = KVEmbedder(self.model, self.tokenizer, config.replace(postprocess="none"), source=self.source)
-        stats = fit_postprocess(raw.encode(_check_texts(texts), role), parse_spec(config.postprocess))
+        checked = _check_texts(texts)
+        if raw_vectors is None:
+            raw_vectors = self.raw().encode(checked, role)
+        elif raw_vectors.shape != (len(checked), self.hidden_size):
+            raise ValueError(
+                f"raw_vectors must have shape {(len(checked), self.hidden_size)} (one raw vector per text); "
+                f"got {raw_vectors.shape}"
+            )
+        stats = fit_postprocess(raw_vectors, parse_spec(config.postprocess))
         return KVEmbedder(self.model, self.tokenizer, config, source=self.source, postprocess_stats=stats)
+
+    def raw(self) -> KVEmbedder:
+        """This embedder without post-processing (the same backbone, ``postprocess="none"``): its vectors are
+        the ones post-processing statistics are fitted on and applied to (:meth:`apply_postprocess`)."""
+        if self.postprocess_stats is None:
+            return self
+        return KVEmbedder(self.model, self.tokenizer, self.config.replace(postprocess="none"), source=self.source)
+
+    def apply_postprocess(self, raw_vectors: np.ndarray) -> np.ndarray:
+        """This embedder's post-processing applied to vectors of :meth:`raw` ``(n, hidden)``: row by row, so the
+        result equals what :meth:`encode` gives for the same texts (up to batching round-off)."""
+        if self.postprocess_stats is None:
+            return np.asarray(raw_vectors, dtype=np.float32)
+        return apply_postprocess(raw_vectors, self.postprocess_stats)
 
     @property
     def postprocess_key(self) -> dict[str, Any]:

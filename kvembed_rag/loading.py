@@ -249,6 +249,9 @@ def load_model(
             "attn_implementation=..., revision=..., trust_remote_code=...)"
         )
     placed = "device_map" in extra or "quantization_config" in extra
+    # typed as Any: transformers' stubs type **kwargs by their first keyword, which no bool/dict value matches
+    options: dict[str, Any] = {"use_safetensors": True} if safetensors_only else {}
+    options.update(extra)
     try:
         model = AutoModel.from_pretrained(
             location,
@@ -256,8 +259,7 @@ def load_model(
             dtype=dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
-            **({"use_safetensors": True} if safetensors_only else {}),
-            **extra,
+            **options,
         )
     except OSError as exc:
         raise ModelLoadError(

@@ -176,6 +176,44 @@ def test_index_fit_postprocess_then_search_uses_the_same_statistics(
     assert relocated.fingerprint == embedder.fingerprint and Path(relocated.config.postprocess).parent == moved
 
 
+def test_index_fit_postprocess_embeds_each_chunk_once(
+    checkpoints, corpus_folder, tmp_path, capsys, monkeypatch
+) -> None:
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    forwarded: list[int] = []
+    embed_encoded = KVEmbedder.embed_encoded
+
+    def counting(self: KVEmbedder, items: list) -> np.ndarray:
+        forwarded.append(len(items))
+        return embed_encoded(self, items)
+
+    monkeypatch.setattr(KVEmbedder, "embed_encoded", counting)
+    assert _index(model, corpus_folder, out, "--fit-postprocess", "whiten:0.5@8", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    # the fit's raw vectors are post-processed for the index: one forward pass per chunk, not two
+    assert (
+        sum(forwarded) == report["chunks"]
+        and report["reused"] == report["chunks"] == report["embedder"]["postprocess"]["n"]
+    )
+    index, embedder = load_for_search(out)
+    records = index.get(index.ids)
+    again = embedder.encode_documents([r.text for r in records])  # what a fresh post-processed encode gives
+    np.testing.assert_allclose(index.vectors([r.id for r in records]), again, atol=1e-5)
+    # with --fit-limit only the sampled chunks are reused; the rest are embedded with the fitted statistics
+    forwarded.clear()
+    assert (
+        _index(model, corpus_folder, out, "--fit-postprocess", "center", "--fit-limit", "5", "--overwrite", "--json")
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["reused"] == 5 and sum(forwarded) == report["chunks"]
+    index, embedder = load_for_search(out)
+    records = index.get(index.ids)
+    np.testing.assert_allclose(
+        index.vectors([r.id for r in records]), embedder.encode_documents([r.text for r in records]), atol=1e-5
+    )
+
+
 def test_index_append_reuses_the_statistics_and_refuses_others(checkpoints, corpus_folder, tmp_path, capsys) -> None:
     model, out = str(checkpoints["llama"]), tmp_path / "idx"
     assert _index(model, corpus_folder, out, "--fit-postprocess", "center") == 0

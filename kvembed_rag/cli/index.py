@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KIND",
         help="fit this post-processing (center, remove-top:K, whiten[:S], @DIM) on the raw document vectors of the "
         "chunks being indexed, store it in --out and apply it to documents and (in 'search') queries; replaces "
-        "--postprocess. Costs one more embedding pass over the corpus (or --fit-limit chunks)",
+        "--postprocess. The chunks fitted on are embedded once: their raw vectors are post-processed, not re-embedded",
     )
     parser.add_argument(
         "--fit-limit",
@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
     from ..errors import EmbedderMismatchError
 
+    raw_vectors: dict[str, Any] = {}  # chunk text -> raw vector the corpus fit computed (not embedded twice)
     if spec is None:
         embedder = load_embedder(args)
     else:
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 long_docs=args.long_docs,
                 overwrite=args.overwrite,
                 limit=args.fit_limit,
+                raw_vectors=raw_vectors,
             )
         except EmbedderMismatchError as exc:
             return _mismatch(out, exc)
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             encode=encode,
             group_tokens=group_tokens,
             overwrite=args.overwrite,
+            raw_vectors=raw_vectors,
         )
     except EmbedderMismatchError as exc:
         return _mismatch(out, exc)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ..errors import EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
 from .chunking import chunk_text
 from .documents import SourceDocument
@@ -43,6 +45,7 @@ def content_hash(text: str) -> str:
 class BuildReport:
     documents: int = 0
     embedded: int = 0
+    reused: int = 0  # chunks post-processed from raw vectors the corpus fit had computed (not embedded again)
     skipped: int = 0
     replaced: int = 0
     chunks: int = 0
@@ -102,8 +105,6 @@ def sample_texts(texts: list[str], limit: int | None, *, seed: int = 0) -> list[
     """``texts`` or, when there are more than ``limit``, a seeded random ``limit`` of them in their order."""
     if limit is None or len(texts) <= limit:
         return texts
-    import numpy as np
-
     chosen = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
     return [texts[i] for i in chosen]
 
@@ -127,6 +128,7 @@ def fit_index_postprocess(
     overwrite: bool = False,
     limit: int | None = None,
     seed: int = 0,
+    raw_vectors: dict[str, Any] | None = None,
 ) -> Any:
     """``embedder`` with post-processing ``spec`` fitted on the corpus of the index at ``out_dir``; build the index
     with the embedder returned (:func:`build_index`).
@@ -136,6 +138,9 @@ def fit_index_postprocess(
     ``out_dir`` and read back by the returned embedder (provenance ``"file"``). An existing index fitted before:
     its statistics are reused, not refitted (new documents are embedded like the old ones); it refuses a
     different ``spec`` or an index that was built without a corpus fit (:class:`EmbedderMismatchError`).
+
+    ``raw_vectors``, a dict, receives each fitted chunk text's raw vector: give it to :func:`build_index` and
+    those chunks are post-processed from it instead of being embedded a second time.
     """
     from .. import postprocess as pp
 
@@ -163,7 +168,10 @@ def fit_index_postprocess(
     if not texts:
         raise ValueError("no documents to fit the post-processing on")
     texts = sample_texts(texts, limit, seed=seed)
-    fitted = embedder.fit_postprocess(texts, spec)  # raw document vectors, one shared mean (see the issue's study)
+    raw = embedder.raw().encode_documents(texts)  # (n, hidden) raw document vectors: one shared mean, as studied
+    if raw_vectors is not None:
+        raw_vectors.update(zip(texts, raw, strict=True))
+    fitted = embedder.fit_postprocess(texts, spec, raw_vectors=raw)
     assert fitted.postprocess_stats is not None
     target = folder / f"postprocess-{fitted.postprocess_stats.fingerprint}.safetensors"
     fitted.save_postprocess(target)  # atomic (a .part file renamed); the manifest names it at the first save
@@ -206,6 +214,7 @@ def build_index(
     progress: Callable[[int, int, int], None] | None = None,
     encode: Callable[[list[str]], Any] | None = None,
     overwrite: bool = False,
+    raw_vectors: dict[str, Any] | None = None,
 ) -> BuildReport:
     """Embed ``documents`` into the index at ``out_dir`` (created or updated). See the module docstring.
 
@@ -214,6 +223,8 @@ def build_index(
     count when their group is stored). ``encode`` replaces ``embedder.encode_documents`` (the Ray engine
     embeds each group on a cluster; progress then moves per group). ``overwrite`` rebuilds an index that
     another embedder made instead of refusing it (:class:`~kvembed_rag.errors.EmbedderMismatchError`).
+    ``raw_vectors`` (text -> vector of ``embedder.raw()``, as :func:`fit_index_postprocess` fills it): chunks found
+    there get ``embedder.apply_postprocess`` of that vector instead of a forward pass (``report.reused``).
     """
     custom_encode = encode
     if long_docs not in LONG_DOC_POLICIES:
@@ -252,16 +263,27 @@ def build_index(
         if not group:
             return
         texts = [text for _, _, chunk_texts, _ in group for text in chunk_texts]
-        group_tokens_done = sum(sum(tokens) for *_, tokens in group)
-        if custom_encode is not None:
-            vectors = custom_encode(texts)
-        else:
+        text_tokens = [n for *_, tokens in group for n in tokens]
+        group_tokens_done = sum(text_tokens)
+        known = [i for i, text in enumerate(texts) if raw_vectors and text in raw_vectors]
+        todo = sorted(set(range(len(texts))) - set(known))
+        vectors = np.empty((len(texts), embedder.dim), dtype=np.float32)  # (chunks, dim) unit rows
+        if known:  # the corpus fit embedded these already: post-process their raw vectors, row by row
+            assert raw_vectors is not None
+            vectors[known] = embedder.apply_postprocess(np.stack([raw_vectors[texts[i]] for i in known]))
+            report.reused += len(known)
+        reused_tokens = sum(text_tokens[i] for i in known)
+        todo_texts = [texts[i] for i in todo]
+        if todo and custom_encode is not None:
+            vectors[todo] = np.asarray(custom_encode(todo_texts), dtype=np.float32)
+        elif todo:
 
             def on_batch(_texts_done: int, tokens_done: int) -> None:
                 if progress is not None:
-                    progress(report.embedded + report.skipped, done_tokens + tokens_done, total_tokens)
+                    done = done_tokens + reused_tokens + tokens_done
+                    progress(report.embedded + report.skipped, done, total_tokens)
 
-            vectors = embedder.encode_documents(texts, on_batch=on_batch if progress is not None else None)
+            vectors[todo] = embedder.encode_documents(todo_texts, on_batch=on_batch if progress is not None else None)
         ids, metadatas = [], []
         for document, digest, chunk_texts, _ in group:
             if document.id in stored:
