@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--setting", default="kv", help=f"one of {sorted(SETTINGS)}")
     parser.add_argument("--spec", default='{"kind": "center"}', help="PostprocessSpec as JSON")
     parser.add_argument("--half", action="store_true", help="store a projection in float16")
+    parser.add_argument(
+        "--default", action="store_true", help="mark it what postprocess='auto' picks for this configuration"
+    )
     args = parser.parse_args(argv)
 
     from kvembed_rag import KVEmbedder
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.postprocess import SHIPPED_DIR, PostprocessSpec, fit, save, stats_key
 
     spec = PostprocessSpec.from_dict(json.loads(args.spec))
-    base = KVEmbedder.from_pretrained(args.model, max_length=512, dtype="float32", layers="id")
+    # postprocess="none": the statistics are fitted on raw vectors ("auto" would hand the setting the shipped ones)
+    base = KVEmbedder.from_pretrained(args.model, max_length=512, dtype="float32", layers="id", postprocess="none")
     embedder = make_embedder(base, args.setting)
     vectors, _ = EmbeddingCache("default").encode(embedder, load_calibration(), "document")
     stats = fit(vectors, spec)
@@ -46,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     path = save(SHIPPED_DIR / name, stats, key=key, half=args.half)
     index_path = SHIPPED_DIR / "index.json"
     entries = json.loads(index_path.read_text()) if index_path.is_file() else []
-    entries = [e for e in entries if not (e["key"] == key and e["spec"] == spec.to_dict())]
+    replaced = [e for e in entries if e["key"] == key and e["spec"] == spec.to_dict()]
+    entries = [e for e in entries if e not in replaced]
+    if args.default:  # one default per configuration
+        for entry in entries:
+            if entry["key"] == key:
+                entry["default"] = False
     from kvembed_rag.postprocess import load
 
     stored = load(path, key=key, spec=spec)
@@ -60,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             "fingerprint": stored.fingerprint,
             "n": stats.n,
             "bytes": path.stat().st_size,
+            "default": args.default or any(e.get("default") for e in replaced),
         }
     )
     entries.sort(key=lambda e: e["file"])

@@ -113,3 +113,38 @@ def test_docs_plots_redraws_every_figure_from_stored_json(tmp_path, monkeypatch)
     expected = {p.name for p in docs.glob("*.png")}
     assert {p.name for p in tmp_path.glob("*.png")} == expected  # every figure in docs/ can be redrawn
     assert all((tmp_path / name).stat().st_size > 10_000 for name in expected)
+
+
+def test_rank_families_renames_families_and_ranks_only_complete_candidates(tmp_path: Path, capsys) -> None:
+    ranker = load_script("rank_families")
+
+    def rows(setting: str, post: str, family: str, a: float, b: float) -> list[dict]:
+        return [
+            {"setting": setting, "post": post, "family": family, "sample": s, "score": v}
+            for s, v in (("A", a), ("B", b))
+        ]
+
+    short = tmp_path / "short.json"
+    short.write_text(
+        json.dumps(
+            {
+                "rows": rows("kv", "none", "sts", 0.7, 0.6)
+                + rows("kv", "center", "sts", 0.8, 0.7)
+                + rows("kv-last", "none", "sts", 0.9, 0.8)
+            }
+        )
+    )
+    long = tmp_path / "long.json"
+    long.write_text(
+        json.dumps({"rows": rows("kv", "none", "qmsum", 0.9, 0.9) + rows("kv", "center", "qmsum", 0.5, 0.5)})
+    )
+    assert ranker.parse_source(f"{long}:qmsum=qmsum4096") == (long, {"qmsum": "qmsum4096"})
+    with pytest.raises(SystemExit, match="OLD=NEW"):
+        ranker.parse_source(f"{long}:qmsum")
+    families, table, ranks = ranker.ranked(ranker.load_rows([(short, {}), (long, {"qmsum": "qmsum4096"})]))
+    assert families == ["qmsum4096", "sts"]
+    assert ranks == {("kv", "none"): 1.5, ("kv", "center"): 1.5}  # kv-last has no qmsum4096: not ranked
+    assert table[("kv-last", "none")] == {("sts", "A"): 0.9, ("sts", "B"): 0.8}
+    assert ranker.main([str(short), f"{long}:qmsum=qmsum4096", "--settings", "kv"]) == 0
+    out = capsys.readouterr().out
+    assert "2 candidates with every family (qmsum4096, sts)" in out and "| 1 | kv | none | 1.50 |" in out

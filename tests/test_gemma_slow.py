@@ -34,6 +34,15 @@ def test_default_model_is_gemma3_with_its_shipped_post_processing(gemma):
     assert info["dim"] == 256 and gemma.encode(TEXTS).shape == (len(TEXTS), 256)
 
 
+def test_short_text_setting_gets_its_own_shipped_whitening(gemma):
+    # last-token pooling with bias 2: the short-text setting of docs/RESULTS.md, whitened at shrinkage 0.6
+    short = gemma.variant(pooling="last", bias=2.0, postprocess="auto")
+    assert short.config.postprocess == "whiten:0.6" and short.provenance["postprocess"] == "shipped-default"
+    assert short.dim == 640 and short.fingerprint != gemma.fingerprint
+    hybrid_b2 = gemma.variant(bias=2.0, postprocess="auto")  # a configuration nothing was shipped for
+    assert hybrid_b2.config.postprocess == "none"
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batched_equals_alone_on_real_weights(gemma, side):
     embedder = gemma.variant(padding_side=side)

@@ -223,3 +223,6 @@ def test_shipped_index_entries_load_with_their_keys() -> None:
         assert stats.in_dim == entry["key"]["dim"]
         with pytest.raises(PostprocessMismatchError):
             load(SHIPPED_DIR / entry["file"], key={**entry["key"], "bias": -1.0})
+    # postprocess="auto" picks the entry marked default: at most one per configuration
+    defaults = [json.dumps(e["key"], sort_keys=True) for e in entries if e.get("default")]
+    assert len(defaults) == len(set(defaults))
