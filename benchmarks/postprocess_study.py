@@ -345,7 +345,15 @@ def score_setting(
 
     # shipped: the vectors already carry the embedder's own post-processing; score them as they are
     specs = {"shipped": PostprocessSpec("none")} if shipped else variants()
-    fitted = {name: fit(cal, spec) for name, spec in specs.items() if name != "corpus-center"}
+    fitted = {}
+    for name, spec in specs.items():
+        if name == "corpus-center":
+            continue
+        try:
+            fitted[name] = fit(cal, spec)
+        except ValueError as exc:  # e.g. @256 from 222 calibration texts: directions the texts do not determine
+            print(f"[{setting}] {name}: not scored ({exc})", flush=True)
+    specs = {name: spec for name, spec in specs.items() if name in fitted or name == "corpus-center"}
     rows = []
     for s in samples:
         raw = {p: get(t, r) for p, (t, r) in s.texts.items()}

@@ -49,11 +49,14 @@ def load_rows(sources: list[tuple[Path, dict[str, str]]]) -> list[dict[str, Any]
     return list(merged.values())
 
 
-def ranked(rows: list[dict[str, Any]], settings: list[str] | None = None) -> tuple[list[str], Table, dict]:
-    """The families, the score table and the mean rank on A of every candidate that has all of them."""
+def ranked(
+    rows: list[dict[str, Any]], settings: list[str] | None = None, without: tuple[str, ...] = ()
+) -> tuple[list[str], Table, dict]:
+    """The families, the score table and the mean rank on A of every candidate that has all of them
+    (``without``: post-processing variants left out of the ranking)."""
     table: Table = {}
     for r in rows:
-        if settings is None or r["setting"] in settings:
+        if (settings is None or r["setting"] in settings) and r["post"] not in without:
             table.setdefault((r["setting"], r["post"]), {})[(r["family"], r["sample"])] = r["score"]
     families = sorted({f for scores in table.values() for f, _ in scores})
     full = [c for c in table if all((f, "A") in table[c] for f in families)]
@@ -65,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sources", nargs="+", help="FILE or FILE:OLD=NEW (family renames)")
     parser.add_argument("--settings", help="comma-separated settings to rank (default: every one)")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--without", action="append", default=[], help="leave this post-processing variant out")
     parser.add_argument("--show", action="append", default=[], help="also print SETTING:POST wherever it ranks")
     args = parser.parse_args(argv)
     settings = args.settings.split(",") if args.settings else None
-    families, table, ranks = ranked(load_rows([parse_source(s) for s in args.sources]), settings)
+    families, table, ranks = ranked(load_rows([parse_source(s) for s in args.sources]), settings, tuple(args.without))
     if not ranks:
         print("no candidate has sample A of every family", file=sys.stderr)
         return 1

@@ -387,7 +387,7 @@ class KVEmbedder:
         if not self.reducible:
             raise ValueError(
                 f"this embedder's post-processing ({self.config.postprocess}) cannot shorten vectors; "
-                "configure one with @DIM, e.g. postprocess='whiten:0.3@256'"
+                "configure one with @DIM, e.g. postprocess='whiten:0.3@128'"
             )
         if not 1 <= dim <= self.dim:
             raise ValueError(f"dim must be between 1 and {self.dim}; got {dim}")
@@ -1013,15 +1013,23 @@ def resolve_postprocess(
     path = cache_root() / "postprocess" / f"{digest[:24]}.safetensors"
     if path.is_file():
         try:
-            return pp.load(path, key=key, spec=spec), "cached"
+            cached = pp.load(path, key=key, spec=spec)
+            pp.check_determined(spec, cached.n, cached.in_dim)  # a fit older releases allowed: refit (refused)
+            return cached, "cached"
         except (OSError, ValueError, KeyError) as exc:
-            warnings.warn(f"post-processing cache {path} is unreadable ({exc}); refitting it", RuntimeWarning, 2)
-    if encode is None:
-        stats = pp.fit_embedder(raw, spec)
-    else:
-        from .layer_selection import load_calibration
+            warnings.warn(f"post-processing cache {path} is unusable ({exc}); refitting it", RuntimeWarning, 2)
+    try:
+        if encode is None:
+            stats = pp.fit_embedder(raw, spec)
+        else:
+            from .layer_selection import load_calibration
 
-        stats = pp.fit(encode(load_calibration(), "document"), spec)
+            stats = pp.fit(encode(load_calibration(), "document"), spec)
+    except ValueError as exc:  # e.g. @DIM beyond what the calibration texts determine
+        raise ConfigError(
+            f"postprocess={config.postprocess!r} cannot be fitted on the shipped calibration texts: {exc}; "
+            "or fit it on your own texts with embedder.fit_postprocess(texts) / 'kvembed-rag postprocess fit'"
+        ) from None
     pp.save(path, stats, key=key)
     return stats, "fitted"
 

@@ -29,9 +29,13 @@ def test_default_model_is_gemma3_with_its_shipped_post_processing(gemma):
     info = gemma.describe()
     assert info["model_type"] == "gemma3_text" and info["num_layers"] == 18 and gemma.hidden_size == 640
     assert info["model"]["kind"] == "default" and len(info["model"]["identity"]) == 64
-    # postprocess="auto": the whitening the dev-data study chose for Gemma kv (docs/RESULTS.md), 256 dims
-    assert gemma.config.postprocess == "whiten:0.3@256" and info["provenance"]["postprocess"] == "shipped-default"
-    assert info["dim"] == 256 and gemma.encode(TEXTS).shape == (len(TEXTS), 256)
+    # postprocess="auto": the whitening the dev-data study chose for Gemma kv (docs/RESULTS.md), all 640 dims
+    assert gemma.config.postprocess == "whiten:0.6" and info["provenance"]["postprocess"] == "shipped-default"
+    assert info["dim"] == 640 and gemma.encode(TEXTS).shape == (len(TEXTS), 640)
+    # the earlier default (256 dims) still loads, for indexes built with it; it can no longer be fitted from
+    # the 222 calibration texts (they determine 221 directions)
+    older = gemma.variant(postprocess="whiten:0.3@256")
+    assert older.dim == 256 and older.provenance["postprocess"] != "fitted"
 
 
 def test_short_text_setting_gets_its_own_shipped_whitening(gemma):

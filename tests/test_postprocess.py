@@ -110,6 +110,31 @@ def test_reduction_gives_the_requested_dim() -> None:
         fit(x, PostprocessSpec("center", dim=33))
 
 
+def test_fewer_vectors_than_directions_kept_is_refused_and_full_whitening_is_stable() -> None:
+    # 20 vectors determine 19 directions of 64: beyond them the covariance has one repeated eigenvalue, and which
+    # basis eigh returns is rounding noise; keeping or removing part of that subspace would be arbitrary
+    x = anisotropic(n=20, d=64)
+    for spec in (
+        PostprocessSpec("whiten", shrinkage=0.3, dim=32),
+        PostprocessSpec("center", dim=20),
+        PostprocessSpec("remove-top", components=25),
+        PostprocessSpec("remove-top", components=4, dim=16),
+    ):
+        with pytest.raises(ValueError, match="determine only 19"):
+            fit(x, spec)
+    for spec in (
+        PostprocessSpec("whiten", shrinkage=0.3),  # every direction: the repeated eigenspace is scaled as a whole
+        PostprocessSpec("whiten", shrinkage=0.3, dim=19),
+        PostprocessSpec("whiten", shrinkage=0.3, dim=64),
+        PostprocessSpec("remove-top", components=4, dim=15),
+    ):
+        queries = anisotropic(n=10, d=64, seed=1)
+        nudged = _unit(x + np.random.default_rng(2).normal(size=x.shape).astype(np.float32) * 1e-6)
+        a, b = apply(queries, fit(x, spec)), apply(queries, fit(nudged, spec))
+        # a tiny change of the fit's input changes the similarities little (dim=64 may rotate the coordinates)
+        assert np.abs(a @ a.T - b @ b.T).max() < 1e-3, spec
+
+
 def test_remove_top_removes_the_top_directions() -> None:
     x = anisotropic(d=16)
     stats = fit(x, PostprocessSpec("remove-top", components=2))

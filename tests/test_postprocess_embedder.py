@@ -93,7 +93,7 @@ def test_a_planted_statistics_file_for_another_configuration_is_refused(make_emb
     (path,) = (cache_root() / "postprocess").glob("*.safetensors")
     wrong = pp.PostprocessStats(pp.PostprocessSpec("center"), np.ones(raw.hidden_size, np.float32), None, 3)
     pp.save(path, wrong, key={"model": "someone else's"})  # planted over the cache entry
-    with pytest.warns(RuntimeWarning, match="unreadable"):
+    with pytest.warns(RuntimeWarning, match="unusable"):
         again = raw.variant(postprocess="center")
     assert again.provenance["postprocess"] == "fitted"
     assert (
@@ -119,3 +119,28 @@ def test_an_index_refuses_queries_from_another_post_processing(make_embedder, ow
 @pytest.fixture
 def own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KVEMBED_CACHE", str(tmp_path / "cache"))
+
+
+def test_a_reduction_the_calibration_cannot_determine_is_refused_and_a_stale_cached_one_refitted(
+    make_embedder, own_cache, monkeypatch, tmp_path
+) -> None:
+    import hashlib
+    import json
+
+    import kvembed_rag.layer_selection as selection
+
+    raw = make_embedder("llama", method="kv")
+    few = selection.load_calibration()[:10]  # 10 texts determine 9 principal directions
+    monkeypatch.setattr(selection, "load_calibration", lambda: few)
+    assert raw.variant(postprocess="whiten:0.3@9").dim == 9
+    with pytest.raises(ConfigError, match=r"whiten:0\.3@12.*determine only 9.*fit_postprocess"):
+        raw.variant(postprocess="whiten:0.3@12")
+    # a cache entry an older release wrote for that spec (arbitrary directions) is not used either
+    spec = pp.PostprocessSpec("whiten", shrinkage=0.3, dim=12)
+    projection = np.eye(raw.hidden_size, 12, dtype=np.float32)
+    stale = pp.PostprocessStats(spec, np.zeros(raw.hidden_size, np.float32), projection, 10)
+    key = pp.stats_key(raw.describe())
+    digest = hashlib.sha256(json.dumps({"key": key, "spec": spec.to_dict()}, sort_keys=True).encode()).hexdigest()
+    pp.save(tmp_path / "cache" / "postprocess" / f"{digest[:24]}.safetensors", stale, key=key)
+    with pytest.warns(RuntimeWarning, match="unusable"), pytest.raises(ConfigError, match="determine only 9"):
+        raw.variant(postprocess="whiten:0.3@12")

@@ -73,7 +73,7 @@ def fit_spec(text: str, flag: str) -> str:
     from ..config import KVEmbedConfig, is_stats_path
 
     if is_stats_path(text.strip()) or text.strip().lower() in ("auto", "none"):
-        raise UsageError(f"{flag} needs a kind to fit, e.g. center, remove-top:2 or whiten:0.3@256; got {text!r}")
+        raise UsageError(f"{flag} needs a kind to fit, e.g. center, remove-top:2 or whiten:0.3@128; got {text!r}")
     try:
         return KVEmbedConfig(postprocess=text).postprocess
     except ValueError as exc:

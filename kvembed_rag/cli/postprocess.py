@@ -25,7 +25,7 @@ NAME = "postprocess"
 HELP = "Fit post-processing statistics (isotropy calibration) on your own texts, or show a statistics file."
 EXAMPLES = """examples:
   kvembed-rag postprocess fit docs/ notes.jsonl --spec center --out my-stats.safetensors
-  kvembed-rag postprocess fit docs/ --spec whiten:0.3@256 --out my-stats.safetensors --method kv --max-length 512
+  kvembed-rag postprocess fit docs/ --spec whiten:0.3@128 --out my-stats.safetensors --method kv --max-length 512
   kvembed-rag postprocess show my-stats.safetensors --json
   kvembed-rag index docs/ --out my-index --postprocess my-stats.safetensors      # use the file
 The statistics are fitted on the raw document vectors of the texts (long documents chunked as 'index' chunks

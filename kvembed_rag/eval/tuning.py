@@ -268,7 +268,7 @@ class PostprocessedEncoder:
 
 
 def check_postprocess(texts: Sequence[str]) -> list[str]:
-    """The canonical spellings of post-processing variants to try (``none``, ``center``, ``whiten:0.3@256`` ...);
+    """The canonical spellings of post-processing variants to try (``none``, ``center``, ``whiten:0.3@128`` ...);
     duplicates dropped. ``auto`` is refused: it is a rule per configuration, not one variant; so is a statistics
     file, fitted for one configuration (each variant is fitted for every point instead)."""
     from ..config import KVEmbedConfig, is_stats_path
