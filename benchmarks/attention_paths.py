@@ -1,6 +1,6 @@
 """Before/after, in one run: re-routed layers through the explicit ``(B, 1, Q, K+1)`` float mask (before)
-versus the stock causal kernel plus a merged slot (after), on CPU; ``attention.explicit_mask_path()`` selects
-the before path.
+versus the stock causal kernel plus a merged slot (after), on CPU; the ``attention.ATTN_SDPA_EXPLICIT``
+registry key selects the before path.
 
     python benchmarks/attention_paths.py [--model default] [--lengths 512,2048,4096] [--json]
 
@@ -13,7 +13,6 @@ for one attention call at Gemma-3-270M's shape (``--op-only`` stops there).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 import torch
@@ -29,7 +28,7 @@ def op_level(lengths: list[int], repeats: int = 3) -> list[dict[str, float]]:
     import time
     import types
 
-    from kvembed_rag.attention import build_plan, kv_sdpa_attention_forward
+    from kvembed_rag.attention import build_plan, kv_sdpa_attention_forward, kv_sdpa_explicit_attention_forward
 
     module = types.SimpleNamespace(layer_idx=0, head_dim=256, num_key_value_groups=4)
     rows = []
@@ -41,13 +40,12 @@ def op_level(lengths: list[int], repeats: int = 3) -> list[dict[str, float]]:
         times: dict[str, float] = {}
         outputs = {}
         for name in ("before", "after", "before"):
-            path = attention.explicit_mask_path() if name == "before" else contextlib.nullcontext()
+            forward = kv_sdpa_explicit_attention_forward if name == "before" else kv_sdpa_attention_forward
             runs = []
-            with path:
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    outputs[name] = kv_sdpa_attention_forward(module, q, k, v, None, kv_plan=plan)[0]
-                    runs.append(time.perf_counter() - start)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                outputs[name] = forward(module, q, k, v, None, kv_plan=plan)[0]
+                runs.append(time.perf_counter() - start)
             times[name] = min(times.get(name, float("inf")), statistics.median(runs))
         difference = (outputs["before"] - outputs["after"]).abs().max().item()
         rows.append({"length": length, "before_s": times["before"], "after_s": times["after"], "max_diff": difference})
@@ -90,8 +88,10 @@ def main() -> int:
             ("kv explicit mask (before)", True, kv),
             ("kv merged slot (after)", False, kv),
         ):
-            with attention.explicit_mask_path() if explicit else contextlib.nullcontext():
-                results[name] = measure(run, embedder.device, args.repeats)
+            # the transformers way to switch a model's attention: its registry key
+            embedder.model.set_attn_implementation(attention.ATTN_SDPA_EXPLICIT if explicit else attention.ATTN_SDPA)
+            results[name] = measure(run, embedder.device, args.repeats)
+        embedder.model.set_attn_implementation(attention.ATTN_SDPA)
         plain_s = results["plain"][0]
         for name, (seconds, peak) in results.items():
             rows.append(

@@ -1,6 +1,6 @@
-"""Quality cost of bfloat16 and int8 weights against float32, one process, same data (issue 17).
+"""Quality cost of bfloat16 against float32, one process, same data (issue 17).
 
-python benchmarks/dtype_quality.py [--model default] [--dtypes float32,bfloat16,int8] [--sts-limit 400]
+python benchmarks/dtype_quality.py [--model default] [--dtypes float32,bfloat16] [--sts-limit 400]
     [--scifact-queries 50 --scifact-corpus 150] [--json FILE]
 
 STS-B dev: Spearman on a seeded random sample of ``--sts-limit`` pairs (seed 0). SciFact dev: nDCG@10 over
@@ -28,15 +28,13 @@ TOLERANCE = 0.003
 
 
 def _load(model: str, label: str) -> KVEmbedder:
-    if label == "int8":
-        return KVEmbedder.from_pretrained(model, weights="int8")
     return KVEmbedder.from_pretrained(model, dtype=label)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--dtypes", default="float32,bfloat16,int8")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--sts", type=Path, default=DATA / "stsb" / "dev.tsv")
     parser.add_argument("--scifact", type=Path, default=DATA / "scifact")
     parser.add_argument("--sts-limit", type=int, default=400)

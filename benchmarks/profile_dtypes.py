@@ -34,7 +34,7 @@ def median_ms(run: Callable[[], object], repeats: int = 3) -> float:
 
 
 def kernel_table(dtypes: list[str], length: int = 4096, heads: int = 4, dim: int = 256, window: int = 512) -> None:
-    flash = attention.cpu_flash_kernel()
+    flash = attention._CPU_FLASH_WITH_LSE  # torch's CPU flash kernel with the log-sum-exp
     if flash is None:
         print("this torch has no CPU flash kernel with log-sum-exp")
         return
@@ -50,7 +50,7 @@ def kernel_table(dtypes: list[str], length: int = 4096, heads: int = 4, dim: int
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
         causal = median_ms(lambda q=q, k=k, v=v: flash(q, k, v, 0.0, True, scale=scale))
         masked = median_ms(lambda q=q, k=k, v=v, m=mask: flash(q, k, v, 0.0, False, attn_mask=m, scale=scale))
-        banded = median_ms(lambda q=q, k=k, v=v: attention.cpu_attention_with_lse(q, k, v, allowed, scale, window))
+        banded = median_ms(lambda q=q, k=k, v=v: attention._cpu_flash_with_lse(q, k, v, allowed, scale, window))
         print(f"{name:10s} {causal:8.0f} {masked:8.0f} {banded:8.0f}", flush=True)
 
 
@@ -62,9 +62,9 @@ def operator_tables(model: str, dtypes: list[str], lengths: list[int], batch_tok
         vocab = int(embedder.model.config.vocab_size)
         for length in lengths:
             items = [synthetic_input(length, vocab, False, seed) for seed in range(max(1, batch_tokens // length))]
-            seconds = median_ms(lambda e=embedder, b=items: e._forward(b), repeats=1) / 1000
+            seconds = median_ms(lambda e=embedder, b=items: e.embed_encoded(b), repeats=1) / 1000
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                embedder._forward(items)
+                embedder.embed_encoded(items)
             print(f"\n==== {name}, {len(items)} x {length} tokens: {len(items) * length / seconds:.0f} tokens/s")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), flush=True)
         del embedder

@@ -22,8 +22,7 @@ Two backends are registered:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,8 @@ from .errors import UnsupportedAttentionError
 
 ATTN_SDPA = "kvembed"
 ATTN_EAGER = "kvembed_eager"
+#: SDPA with re-routed layers always on the explicit-mask path (the merged slot's reference: benchmarks and checks)
+ATTN_SDPA_EXPLICIT = "kvembed_explicit"
 PLAN_KWARG = "kv_plan"
 
 #: attention implementations a user may ask for, mapped to the registry keys this module owns
@@ -199,6 +200,7 @@ def kv_sdpa_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     kv_plan: ReroutingPlan | None = None,
+    _merged_slot: bool = True,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """SDPA attention with KV re-routing in the layers the plan names; stock SDPA everywhere else."""
@@ -230,7 +232,7 @@ def kv_sdpa_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if not plan.bidirectional and _MERGED_SLOT[0]:
+    if not plan.bidirectional and _merged_slot:
         merged = _rerouted_by_lse_merge(module, query, key, value, attention_mask, plan, scaling, kwargs)
         if merged is not None:
             return merged, None
@@ -242,25 +244,11 @@ def kv_sdpa_attention_forward(
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, D)
 
 
-#: whether re-routed layers may take the merged-slot fast path (benchmarks compare it with the explicit one)
-_MERGED_SLOT = [True]
-
-
-@contextlib.contextmanager
-def explicit_mask_path() -> Iterator[None]:
-    """Within this block re-routed layers use the explicit-mask reference path instead of the merged slot
-    (same result to ~1e-6; benchmarks time the two). Not thread-safe: it switches the path process-wide."""
-    before = _MERGED_SLOT[0]
-    _MERGED_SLOT[0] = False
-    try:
-        yield
-    finally:
-        _MERGED_SLOT[0] = before
-
-
-def cpu_flash_kernel() -> Any:
-    """torch's CPU flash kernel that also returns the log-sum-exp (``None`` where this torch lacks it)."""
-    return _CPU_FLASH_WITH_LSE
+def kv_sdpa_explicit_attention_forward(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`kv_sdpa_attention_forward` with re-routed layers on the explicit ``(B, 1, Q, K+1)`` mask path (the
+    same result to ~1e-6): registered as :data:`ATTN_SDPA_EXPLICIT`, so a model switches paths the transformers
+    way, ``model.set_attn_implementation(ATTN_SDPA_EXPLICIT)``, per model rather than process-wide."""
+    return kv_sdpa_attention_forward(*args, _merged_slot=False, **kwargs)
 
 
 #: torch's CPU flash kernel, which (unlike the public SDPA call) also returns each row's log-sum-exp
@@ -586,8 +574,12 @@ def kv_eager_attention_forward(
 
 
 def register() -> None:
-    """Register both backends and their mask function with transformers (idempotent)."""
-    for key, fn in ((ATTN_SDPA, kv_sdpa_attention_forward), (ATTN_EAGER, kv_eager_attention_forward)):
+    """Register the backends and their mask function with transformers (idempotent)."""
+    for key, fn in (
+        (ATTN_SDPA, kv_sdpa_attention_forward),
+        (ATTN_SDPA_EXPLICIT, kv_sdpa_explicit_attention_forward),
+        (ATTN_EAGER, kv_eager_attention_forward),
+    ):
         AttentionInterface.register(key, fn)
         # boolean masks for both: the functions turn them into additive masks with the prefix column
         AttentionMaskInterface.register(key, sdpa_mask)
@@ -596,7 +588,7 @@ def register() -> None:
 def resolve_backend(attn_implementation: str | None) -> str:
     """Map a user's ``attn_implementation`` to a registry key, refusing kernels with no place for the bias."""
     name = (attn_implementation or "sdpa").lower()
-    if name in BACKENDS.values():
+    if name in (*BACKENDS.values(), ATTN_SDPA_EXPLICIT):
         return name
     if name in BACKENDS:
         return BACKENDS[name]

@@ -4,10 +4,14 @@ This is the single place where an option and its default are written. Everything
 ``KVEmbedder.from_pretrained`` keyword arguments, the CLI's model flags, both framework adapters' fields, the
 MTEB wrapper, and the configuration an index records (and restores exactly) for its queries.
 
-A configuration is *resolved* against a loaded model before an embedder is built (see
-``kvembed_rag.embedder.resolve_config``): ``None`` options become concrete values (the method's pooling and
-prompts, ``max_length`` at the model's limit) and ``layers="auto"`` becomes the intrinsic-dimension window.
-Nothing here reads machine state: ``layers="tuned"`` (what ``kvembed-rag tune`` saved) applies only when asked.
+A configuration is *resolved* against a loaded model before an embedder is built (``kvembed_rag.resolve``):
+``None`` options become concrete values (the method's pooling and prompts, ``max_length`` at the model's limit),
+``layers="auto"`` becomes the intrinsic-dimension window and ``postprocess="auto"`` the shipped choice. The result is
+a :class:`ResolvedConfig`, whose fields have concrete types. Nothing here reads machine state: ``layers="tuned"``
+(what ``kvembed-rag tune`` saved) applies only when asked.
+
+What determines the vectors is written here once (:data:`RAW_VECTOR_FIELDS`, :data:`VECTOR_FIELDS`): the
+embedder's fingerprint, the post-processing statistics' key and an index's compatibility check all derive from it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,53 @@ POOLINGS: tuple[str, ...] = ("hybrid", "mean", "last")
 #: field groups: what loads the backbone, what determines the vectors, how encoding runs
 LOAD, VECTORS, RUNTIME = "load", "vectors", "runtime"
 
+#: ``describe()`` fields that shape a vector before post-processing (besides the model's identity): the key
+#: post-processing statistics are fitted for. Not dtype or max_length: calibration texts are short, and bf16 vectors
+#: agree with float32 ones to cos >= 0.999, so the same statistics serve both.
+RAW_VECTOR_FIELDS = (
+    "architecture",
+    "num_layers",
+    "dim",
+    "method",
+    "layers",
+    "bias",
+    "token_prepending_layers",
+    "pooling",
+    "prompts",
+)
+#: ``describe()`` fields that must agree for two embedders' vectors to be comparable (an index checks them)
+VECTOR_FIELDS = (*RAW_VECTOR_FIELDS, "postprocess")
+#: ``describe()`` fields that never change a vector: left out of the fingerprint
+NOT_VECTOR_FIELDS = ("version", "provenance", "config")
+
+
+def model_identity(description: Mapping[str, Any]) -> Any:
+    """The weights' identity in a ``describe()`` record (a content hash or a resolved hub commit)."""
+    model = description.get("model")
+    return model.get("identity") if isinstance(model, Mapping) else model
+
+
+def raw_vector_key(description: Mapping[str, Any]) -> dict[str, Any]:
+    """What post-processing statistics are fitted for: the model's identity and :data:`RAW_VECTOR_FIELDS`."""
+    key = {name: description.get(name) for name in RAW_VECTOR_FIELDS}
+    key["model"] = model_identity(description)
+    return dict(json.loads(json.dumps(key, sort_keys=True)))
+
+
+def vector_fingerprint(description: Mapping[str, Any]) -> str:
+    """A short hash of everything in ``describe()`` that determines the vectors: equal fingerprints, comparable
+    vectors."""
+    payload = {k: v for k, v in description.items() if k not in NOT_VECTOR_FIELDS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def vector_differences(stored: Mapping[str, Any], querying: Mapping[str, Any]) -> list[str]:
+    """The :data:`VECTOR_FIELDS` (and ``model``) in which two ``describe()`` records disagree."""
+    differences = [key for key in VECTOR_FIELDS if key in stored and stored.get(key) != querying.get(key)]
+    if model_identity(stored) != model_identity(querying):
+        differences.insert(0, "model")
+    return differences
+
 
 def _option(default: Any, group: str, help: str, **extra: Any) -> Any:
     return field(default=default, metadata={"group": group, "help": help, **extra})
@@ -53,7 +104,6 @@ class KVEmbedConfig:
     dtype: str | None = _option(
         None, LOAD, "auto (default: bf16 on CUDA and on CPUs with native, faster bf16; else fp32), float32, bfloat16"
     )
-    weights: str | None = _option(None, LOAD, "float (default) or int8: dynamic int8 Linear layers (CPU only)")
     attn_implementation: str = _option("sdpa", LOAD, "sdpa (fast) or eager (reference); flash/flex are refused")
     trust_remote_code: bool = _option(False, LOAD, "run model code from the hub (off unless you turn it on)")
     model_kwargs: dict[str, Any] | None = _option(  # noqa: RUF009 - a dataclasses.field, not a shared default
@@ -113,8 +163,6 @@ class KVEmbedConfig:
             raise ConfigError(f"padding_side must be 'left' or 'right'; got {self.padding_side!r}")
         if self.dtype is not None and not (isinstance(self.dtype, str) and self.dtype in DTYPES):
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
-        if self.weights is not None and self.weights not in ("float", "int8"):
-            raise ConfigError(f"weights must be one of ('float', 'int8'); got {self.weights!r}")
         if self.model_kwargs is not None and not isinstance(self.model_kwargs, Mapping):
             raise ConfigError(f"model_kwargs must be a dict of from_pretrained arguments; got {self.model_kwargs!r}")
         if not isinstance(self.attn_implementation, str):
@@ -168,7 +216,8 @@ class KVEmbedConfig:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of :meth:`vector_options`. ``KVEmbedder.fingerprint`` also covers the weights' identity."""
+        """A short hash of the options alone (before resolution). ``KVEmbedder.fingerprint`` is the one that names
+        vectors: it hashes the resolved ``describe()`` with the weights' identity (:func:`vector_fingerprint`)."""
         payload = json.dumps(self.vector_options(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -176,6 +225,75 @@ class KVEmbedConfig:
         """This configuration without the machine-specific choices (device, progress bar, ``model_kwargs`` such as a
         device map, which need not be JSON): what an index keeps."""
         return dataclasses.replace(self, device=None, show_progress=False, model_kwargs=None)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A :class:`KVEmbedConfig` resolved against one loaded model: every vector option concrete.
+
+    Built by :func:`kvembed_rag.resolve.resolve` (never by hand: :meth:`of` checks a config that claims to be
+    resolved). ``config`` is the same as a plain config (what ``describe()["config"]`` records and
+    ``KVEmbedConfig.from_dict`` rebuilds on any machine); ``provenance`` says how each option was chosen
+    ("given", "method", "default", "intrinsic-dimension", "tuned", "shipped-default" ...); ``postprocess_stats``
+    are the fitted statistics ``config.postprocess`` names (``None`` for ``"none"``); ``layer_selection`` the
+    intrinsic-dimension curve when ``layers="auto"`` chose the window.
+    """
+
+    config: KVEmbedConfig
+    layers: tuple[int, ...]
+    bias: float
+    pooling: str
+    prompts: PromptTemplate
+    max_length: int
+    padding_side: str
+    provenance: Mapping[str, str] = field(default_factory=dict)
+    postprocess_stats: Any = field(default=None, compare=False)  # PostprocessStats (numpy): kept untyped here
+    layer_selection: Any = field(default=None, compare=False)  # the LayerSelection when layers="auto" chose
+
+    @classmethod
+    def of(
+        cls, config: KVEmbedConfig, provenance: Mapping[str, str] | None = None, postprocess_stats: Any = None
+    ) -> ResolvedConfig:
+        """The typed view of a config with nothing left to resolve; :class:`ConfigError` names what is missing."""
+        names = ("bias", "pooling", "prompts", "max_length", "padding_side")
+        missing = [name for name in names if getattr(config, name) is None]
+        if not isinstance(config.layers, tuple):
+            missing.insert(0, "layers")
+        if missing or config.postprocess == "auto":
+            raise ConfigError(
+                f"this configuration is not resolved ({', '.join(missing) or 'postprocess=auto'} left to the model); "
+                "resolve it with kvembed_rag.resolve.resolve(model, tokenizer, config)"
+            )
+        assert isinstance(config.layers, tuple)
+        assert config.bias is not None and config.pooling is not None and config.prompts is not None
+        assert config.max_length is not None and config.padding_side is not None
+        return cls(
+            config,
+            config.layers,
+            config.bias,
+            config.pooling,
+            config.prompts,
+            config.max_length,
+            config.padding_side,
+            dict(provenance or {}),
+            postprocess_stats,
+        )
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def postprocess(self) -> str:
+        return self.config.postprocess
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.config.batch_tokens
+
+    @property
+    def show_progress(self) -> bool:
+        return self.config.show_progress
 
 
 #: what a ``postprocess`` value that names a statistics file ends with (``kvembed-rag postprocess fit`` writes one)
@@ -291,11 +409,19 @@ __all__ = [
     "DEFAULT_BIAS",
     "DEFAULT_MAX_LENGTH",
     "LAYER_RULES",
+    "NOT_VECTOR_FIELDS",
+    "RAW_VECTOR_FIELDS",
     "STATS_SUFFIX",
+    "VECTOR_FIELDS",
     "KVEmbedConfig",
+    "ResolvedConfig",
     "coerce_config",
     "field_names",
     "is_stats_path",
+    "model_identity",
     "option_default",
     "option_help",
+    "raw_vector_key",
+    "vector_differences",
+    "vector_fingerprint",
 ]

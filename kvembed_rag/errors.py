@@ -43,9 +43,5 @@ class TruncationWarning(UserWarning):
     """Some inputs were longer than ``max_length`` and lost their tail."""
 
 
-class KVEmbedDeprecationWarning(DeprecationWarning):
-    """A name or module path that still works but will be removed; the message names its replacement."""
-
-
 class MergedSlotFallbackWarning(RuntimeWarning):
     """The fast merged-slot kernel disagreed with the explicit-mask reference at load; the reference is used."""

@@ -4,8 +4,7 @@ bfloat16 pays on a CPU only where the processor multiplies it natively (AVX512-B
 elsewhere oneDNN emulates it through float32 and it is slower than float32 itself. So ``"auto"`` asks
 the processor, never guesses from its name: torch's own checks first (``torch.cpu._is_avx512_bf16_supported``
 and friends, which read CPUID), then the kernel's flags in ``/proc/cpuinfo`` on older torch builds.
-VNNI (AVX512-VNNI / AVX-VNNI) is reported too: int8 dynamic quantisation of the Linear layers
-(:mod:`kvembed_rag.weight_quantization`) uses it.
+VNNI (AVX512-VNNI / AVX-VNNI) is reported too, for users choosing a quantised backbone.
 
 The flag is necessary, not sufficient: a virtual machine on a processor with AMX may hide AMX and leave
 only AVX512-BF16, whose oneDNN kernels can be slower than MKL's float32 (measured on this project's Xeon
@@ -21,7 +20,6 @@ sets it to ``float32`` so that fast tests keep float32 tolerances on every machi
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -171,8 +169,7 @@ def matmul_flops(
 ) -> float:
     """Achieved FLOP/s of one ``(M, K) @ (K, N)`` product in ``dtype`` on ``device`` (median of repeats).
 
-    ``"int8"`` times torch's dynamic int8 Linear (what ``weights="int8"`` runs: the activations quantised per
-    call, VNNI dot products) on the same shape. ``seconds`` bounds the time spent after two warm-ups.
+    ``seconds`` bounds the time spent after two warm-ups.
     """
     device = torch.device(device)
     m, k, n = shape
@@ -193,18 +190,6 @@ def matmul_flops(
 
 def _matmul_runner(dtype: str | torch.dtype, device: torch.device, m: int, k: int, n: int) -> Any:
     generator = torch.Generator().manual_seed(0)
-    if dtype == "int8":
-        from .weight_quantization import quantize_linear_layers
-
-        layer = torch.nn.Sequential(torch.nn.Linear(k, n, bias=False))
-        quantize_linear_layers(layer)
-        x = torch.randn(m, k, generator=generator)
-
-        def run_int8() -> None:
-            with torch.inference_mode():
-                layer(x)
-
-        return run_int8
     torch_dtype = _named(dtype)
     a = torch.randn(m, k, generator=generator).to(device=device, dtype=torch_dtype)
     b = torch.randn(k, n, generator=generator).to(device=device, dtype=torch_dtype)
@@ -224,29 +209,25 @@ def bf16_speedup(rounds: int = 5) -> float:
     return statistics.median(ratios)
 
 
-def _verdict_path(features: CpuFeatures) -> Path:
-    from ._io import cache_root
-
-    key = json.dumps(
-        {"cpu": features.to_dict(), "threads": torch.get_num_threads(), "torch": torch.__version__}, sort_keys=True
-    )
-    return cache_root() / "hardware" / f"bf16-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+def _verdict_key(features: CpuFeatures) -> dict[str, Any]:
+    return {"cpu": features.to_dict(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def measured_bf16_speedup(features: CpuFeatures) -> float:
     """:func:`bf16_speedup`, measured once per machine configuration and cached on disk (stable choices)."""
-    path = _verdict_path(features)
-    try:
-        return float(json.loads(path.read_text())["bf16_speedup"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    speedup = bf16_speedup()
-    try:
-        from .layer_selection import write_json_atomically
+    from ._io import write_json_atomically
+    from .artifacts import cached_artifact
 
-        write_json_atomically(path, {"bf16_speedup": speedup, "cpu": features.to_dict(), "measured": time.time()})
-    except OSError:  # a read-only cache: measure again next process, still correct
-        pass
+    speedup, _ = cached_artifact(
+        "hardware",
+        _verdict_key(features),
+        suffix=".json",
+        read=lambda path: float(json.loads(path.read_text())["bf16_speedup"]),
+        write=lambda path, value: write_json_atomically(
+            path, {"bf16_speedup": value, "cpu": features.to_dict(), "measured": time.time()}
+        ),
+        compute=bf16_speedup,
+    )
     return speedup
 
 

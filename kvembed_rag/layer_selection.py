@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import cache_root, write_json_atomically
+from ._io import write_json_atomically
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -130,13 +130,25 @@ def load_calibration(path: str | Path | None = None) -> list[str]:
     if path is None:
         text = files("kvembed_rag").joinpath("data/calibration.txt").read_text(encoding="utf-8")
     else:
-        from .retrieval.documents import read_jsonl, read_text_file  # UTF-8 or refused, naming the file and byte
+        from ._io import read_text_file  # UTF-8 or refused, naming the file and byte
 
         source = Path(path)
-        if source.suffix == ".jsonl":
-            return [document.text for document in read_jsonl(source)]
         text = read_text_file(source)
+        if source.suffix == ".jsonl":  # one object per line with a "text" field
+            return [
+                _jsonl_text(source, number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()
+            ]
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _jsonl_text(source: Path, number: int, line: str) -> str:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{source}:{number}: not JSON ({exc.msg})") from exc
+    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+        raise ValueError(f"{source}:{number}: expected an object with a string 'text' field")
+    return str(row["text"])
 
 
 @dataclass
@@ -206,11 +218,6 @@ def _packaged(key: dict[str, Any]) -> dict[str, Any] | None:
     return found
 
 
-def _cache_path(key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_root() / "layers" / f"{digest}.json"
-
-
 def select_layers(
     embedder: Any,
     texts: list[str] | None = None,
@@ -218,33 +225,48 @@ def select_layers(
     normalize: bool = True,
     use_cache: bool = True,
 ) -> LayerSelection:
-    """The ID-minimum window for ``embedder``'s model and prompt, cached by fingerprint on disk."""
+    """The ID-minimum window for ``embedder``'s model and prompt (anything with ``describe()``,
+    ``last_token_states`` and ``num_layers``: a ``KVEmbedder`` or a ``Forward``), shipped or cached by key."""
+    from .artifacts import cached_artifact
+
     calibration = load_calibration() if texts is None else list(texts)
     if len(calibration) < 3:
         raise ValueError(f"layer selection needs at least 3 calibration texts; got {len(calibration)}")
     key = _cache_key(embedder, calibration, normalize)
-    path = _cache_path(key)
-    packaged = _packaged(key) if use_cache else None
-    if use_cache and (packaged is not None or path.is_file()):
+    num_layers = embedder.num_layers
+
+    def parse(stored: dict[str, Any]) -> LayerSelection:
+        if stored.get("key") != key:
+            raise ValueError("key mismatch")
+        curve = [float("nan") if v is None else float(v) for v in stored["curve"]]
+        layers = [int(i) for i in stored["layers"]]
+        if len(curve) != num_layers or not layers:
+            raise ValueError("wrong shape")
+        return LayerSelection(curve, layers, num_layers, normalize, len(calibration), True, key)
+
+    def compute() -> LayerSelection:
+        curve = id_curve(embedder, calibration, normalize=normalize)
+        return LayerSelection(
+            curve, choose_window(curve, num_layers), num_layers, normalize, len(calibration), False, key
+        )
+
+    def shipped() -> LayerSelection | None:
+        packaged = _packaged(key)
         try:
-            stored = packaged if packaged is not None else json.loads(path.read_text())
-            if stored.get("key") != key:
-                raise ValueError("key mismatch")
-            curve = [float("nan") if v is None else float(v) for v in stored["curve"]]
-            layers = [int(i) for i in stored["layers"]]
-            if len(curve) != embedder.num_layers or not layers:
-                raise ValueError("wrong shape")
-            return LayerSelection(curve, layers, embedder.num_layers, normalize, len(calibration), True, key)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(
-                f"layer-selection cache {path} is unreadable ({exc}); recomputing it", RuntimeWarning, stacklevel=2
-            )
-    curve = id_curve(embedder, calibration, normalize=normalize)
-    selection = LayerSelection(
-        curve, choose_window(curve, embedder.num_layers), embedder.num_layers, normalize, len(calibration), False, key
+            return None if packaged is None else parse(packaged)
+        except (ValueError, KeyError, TypeError):  # a shipped entry this release cannot use: compute instead
+            return None
+
+    selection, _ = cached_artifact(
+        "layers",
+        key,
+        suffix=".json",
+        shipped=shipped,
+        read=lambda path: parse(json.loads(path.read_text())),
+        write=lambda path, value: write_json_atomically(path, value.to_dict()),
+        compute=compute,
+        use_cache=use_cache,
     )
-    if use_cache:
-        write_json_atomically(path, selection.to_dict())
     return selection
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -44,7 +45,7 @@ class ModelSource:
 
     spec: str
     kind: str  # "default", "gguf", "directory" or "hub"
-    identity: str  # sha256 of the GGUF file, the hub revision, or the directory's config hash
+    identity: str  # sha256 of the GGUF file, the hub commit, or the directory's config hash
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +205,34 @@ def resolve(
     if path.is_dir():
         return str(path), ModelSource(text, "directory", directory_identity(path))
     check_hub_available(text, revision)
-    return text, ModelSource(text, "hub", revision or "main")
+    return text, ModelSource(text, "hub", hub_commit(text, revision), {"revision": revision or "main"})
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_commit(repo_id: str, revision: str | None) -> str:
+    """The commit a hub revision (branch, tag or commit) resolves to now: the identity of the weights.
+
+    Caches keyed by the model (layer selection, post-processing statistics, tuned values, evaluation vectors) must
+    go stale when the repository moves; a branch name would not. Resolved through the local Hugging Face cache
+    (``config.json`` of that revision, fetched if the network allows), like ``from_pretrained`` itself.
+    """
+    if revision is not None and _COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import hf_hub_download
+
+    try:
+        located = Path(hf_hub_download(repo_id, "config.json", revision=revision))
+    except Exception as exc:  # the hub client raises many kinds; all mean "cannot identify it"
+        raise ModelLoadError(
+            f"cannot resolve {repo_id!r} at revision {revision or 'main'!r} to a commit ({exc}); check the id and "
+            "revision, or pass a local save_pretrained folder"
+        ) from exc
+    commit = located.parent.name  # .../snapshots/<commit>/config.json
+    if not _COMMIT.fullmatch(commit):
+        raise ModelLoadError(f"cannot tell the commit of {repo_id!r} from {located}; pass revision=<commit sha>")
+    return commit
 
 
 def load_tokenizer(location: str, *, revision: str | None, trust_remote_code: bool) -> Any:

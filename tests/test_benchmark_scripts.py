@@ -148,3 +148,36 @@ def test_rank_families_renames_families_and_ranks_only_complete_candidates(tmp_p
     assert ranker.main([str(short), f"{long}:qmsum=qmsum4096", "--settings", "kv"]) == 0
     out = capsys.readouterr().out
     assert "2 candidates with every family (qmsum4096, sts)" in out and "| 1 | kv | none | 1.50 |" in out
+
+
+def _bench_payload(rows: list[tuple[str, str, int, float, float]]) -> dict:
+    keys = ("method", "dtype", "length", "tokens_per_s", "peak_mb")
+    return {"meta": {"auto_dtype": "bfloat16"}, "rows": [dict(zip(keys, row, strict=True)) for row in rows]}
+
+
+def test_bench_targets_read_ratios_from_a_bench_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    targets = load_script("bench_targets")
+    single = [
+        ("plain", "float32", 4096, 1000.0, 100.0),
+        ("kv", "float32", 4096, 970.0, 130.0),
+        ("echo", "float32", 4096, 500.0, 200.0),
+    ]
+    checks = {c["target"]: c for c in targets.check_targets([targets.Row(*r) for r in single])}
+    assert checks["kv >= 0.95x plain tokens/s"]["ok"] is True
+    assert abs(checks["echo <= 0.6x kv tokens/s"]["value"] - 500 / 970) < 1e-9
+    assert checks["kv peak <= 1.2x plain"]["ok"] is False  # 1.3x
+    dtypes = [
+        ("plain", "float32", 512, 1000.0, 50.0),
+        ("kv", "float32", 512, 990.0, 60.0),
+        ("plain", "bfloat16", 512, 2000.0, 30.0),
+        ("kv", "bfloat16", 512, 1900.0, 40.0),
+    ]
+    checks = {c["target"]: c for c in targets.check_dtype_targets([targets.Row(*r) for r in dtypes], "bfloat16")}
+    assert checks["kv bfloat16 >= 1.8x kv float32"]["value"] == pytest.approx(1900 / 990)
+    assert checks["kv >= 0.97x plain (float32)"]["ok"] is True
+    assert checks["kv >= 0.97x plain (bfloat16)"]["ok"] is False
+    assert checks["kv peak bfloat16 <= float32"]["ok"] is True
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(_bench_payload(dtypes)))
+    assert targets.main([str(path)]) == 0
+    assert "target kv >= 0.97x plain (bfloat16) @512" in capsys.readouterr().out

@@ -146,7 +146,5 @@ def test_an_index_stores_the_config_and_search_restores_it_exactly(make_embedder
     assert isinstance(index, VectorIndex) and len(index) == 4
 
 
-def test_an_older_index_records_options_instead_of_a_config() -> None:
-    options = {"model": "default", "method": "kv", "layers": "default", "bias": 1.0, "max_length": 512}
-    assert stored_config({"options": options}) == KVEmbedConfig(layers="default", bias=1.0, max_length=512)
+def test_an_index_without_a_config_record_has_none() -> None:
     assert stored_config({}) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,7 +12,26 @@ import pytest
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 from kvembed_rag import KVEmbedder  # noqa: E402
-from kvembed_rag.retrieval.distributed import embed_dataset, index_from_shards, read_shards  # noqa: E402
+from kvembed_rag.retrieval.distributed import EmbedBatch, embed_dataset, index_from_shards, read_shards  # noqa: E402
+
+# the fault-injecting worker below travels to Ray's actors by value (this test module is not importable there)
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class KilledOnce(EmbedBatch):
+    """Dies once, hard, on the first batch that sees the marker file: the actor pool must retry that batch."""
+
+    def __call__(self, batch):
+        marker = os.environ.get("KVEMBED_TEST_KILL_ONCE")
+        if marker and os.path.exists(marker):
+            try:
+                os.remove(marker)
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(1)
+        return super().__call__(batch)
+
 
 pytestmark = pytest.mark.enable_socket  # Ray's processes talk over 127.0.0.1 only
 
@@ -77,6 +97,7 @@ def test_killed_worker_is_retried_without_losing_or_duplicating_rows(local_clust
         options={"max_length": 128},
         workers=2,
         batch_size=8,
+        worker=KilledOnce,
     )
     assert not (local_cluster / "kill-once").exists()  # the fault really happened
     ids = [i for shard_ids, *_ in read_shards(out) for i in shard_ids]
@@ -105,7 +126,6 @@ def test_missing_shards_are_a_clear_error(tmp_path):
 def test_rows_need_id_and_text(local_cluster, tmp_path, checkpoints):
     with pytest.raises(Exception, match="'id' and 'text'"):
         embed_dataset([{"body": "x", "key": "1"}], tmp_path / "s", model=str(checkpoints["llama"]), workers=1)
-    assert os.environ.get("KVEMBED_TEST_KILL_ONCE") is None  # the fault hook is off outside the cluster
 
 
 def test_index_command_with_the_ray_engine(local_cluster, corpus, checkpoints, tmp_path, capsys):

@@ -7,6 +7,7 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 
 from kvembed_rag import ModelLoadError, model_specs
@@ -101,7 +102,22 @@ def test_resolution_errors(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="cannot be reached"):
         resolve("Qwen/Qwen3-4B")
     monkeypatch.setattr(model_specs, "_hub_reachable", lambda timeout=2.0: True)
-    assert resolve("Qwen/Qwen3-4B")[1].kind == "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "models--Qwen--Qwen3-4B" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    asked = []
+
+    def download(repo_id, filename, revision=None):
+        asked.append((repo_id, filename, revision))
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    source = resolve("Qwen/Qwen3-4B")[1]
+    # identified by the commit the branch points at now, not by "main": caches keyed by it go stale when it moves
+    assert source.kind == "hub" and source.identity == commit and source.to_dict()["revision"] == "main"
+    assert resolve("Qwen/Qwen3-4B", revision=commit)[1].identity == commit  # a commit needs no look-up
+    assert asked == [("Qwen/Qwen3-4B", "config.json", None)]
 
 
 def test_hub_reachability_check_says_no_without_sockets():

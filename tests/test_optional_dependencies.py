@@ -83,7 +83,9 @@ def test_pyproject_extras_and_typed_adapters():
     assert "langchain" not in core and "llama-index" not in core and "faiss" not in core
     extras = project["project"]["optional-dependencies"]
     assert {"faiss", "faiss-gpu", "langchain", "llama-index", "all"} <= set(extras)
-    assert extras["all"] == ["kvembed-rag[faiss,langchain,llama-index]"]
+    assert extras["all"] == ["kvembed-rag[eval,faiss,langchain,llama-index]"]
+    for heavy in ("scikit-learn", "scipy", "pytrec-eval-terrier"):  # only the evaluation harness needs them
+        assert heavy not in core and any(req.startswith(heavy) for req in extras["eval"])
     assert any(req.startswith("langchain-tests==") for req in extras["test"])  # exact pin
     package_data = project["tool"]["setuptools"]["package-data"]
     for package, folder in (
@@ -98,7 +100,7 @@ def test_pyproject_extras_and_typed_adapters():
     }
     # every floor in pyproject is the version the lowest CI run installs, for the core and each extra it
     # installs; torch (CI has only the 2.13 CPU wheel) and the model package (one release) are the exceptions
-    covered = ["faiss", "langchain", "llama-index", "serve", "ray", "test"]
+    covered = ["eval", "faiss", "langchain", "llama-index", "serve", "ray", "test"]
     for requirement in project["project"]["dependencies"] + [req for extra in covered for req in extras[extra]]:
         name, _, rest = requirement.partition(">=")
         if not rest:  # an exact pin (langchain-tests) or an extra of this package
@@ -108,3 +110,15 @@ def test_pyproject_extras_and_typed_adapters():
             continue
         assert name in lowest, f"{requirement}: add its floor to constraints-lowest.txt"
         assert Version(rest.split(",")[0]) == Version(lowest[name]), requirement
+
+
+def test_eval_without_its_extra_says_which_extra_to_install():
+    result = run_blocked(
+        """
+        from kvembed_rag.cli import main
+        raise SystemExit(main(["eval", "sts", "missing.tsv"]))
+        """,
+        {"sklearn", "scipy", "pytrec_eval"},
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "kvembed-rag[eval]" in result.stderr

@@ -51,9 +51,12 @@ def test_auto_is_none_where_nothing_is_shipped_and_the_default_where_it_is(make_
     raw = make_embedder("llama", method="kv")  # a tiny random model: nothing shipped for it
     assert raw.config.postprocess == "none" and raw.provenance["postprocess"] == "none"
     key = pp.stats_key(raw.describe())
-    monkeypatch.setattr(pp, "shipped_default", lambda k: pp.PostprocessSpec("center") if k == key else None)
+    # the shipped table is read by the resolution in postprocess.files
+    monkeypatch.setattr(pp.files, "shipped_default", lambda k: pp.PostprocessSpec("center") if k == key else None)
     monkeypatch.setattr(
-        pp, "shipped_stats", lambda k, spec: pp.PostprocessStats(spec, np.zeros(raw.hidden_size, np.float32), None, 9)
+        pp.files,
+        "shipped_stats",
+        lambda k, spec: pp.PostprocessStats(spec, np.zeros(raw.hidden_size, np.float32), None, 9),
     )
     chosen = raw.variant(postprocess="auto")
     assert chosen.config.postprocess == "center" and chosen.provenance["postprocess"] == "shipped-default"

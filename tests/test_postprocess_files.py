@@ -14,6 +14,7 @@ from kvembed_rag import KVEmbedConfig, KVEmbedder
 from kvembed_rag import postprocess as pp
 from kvembed_rag.cli import main
 from kvembed_rag.errors import ConfigError, EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
+from kvembed_rag.forward import Forward
 from kvembed_rag.retrieval.pipeline import load_for_search
 from kvembed_rag.retrieval.vector_index import MANIFEST, VectorIndex
 
@@ -181,13 +182,13 @@ def test_index_fit_postprocess_embeds_each_chunk_once(
 ) -> None:
     model, out = str(checkpoints["llama"]), tmp_path / "idx"
     forwarded: list[int] = []
-    embed_encoded = KVEmbedder.embed_encoded
+    embed_encoded = Forward.embed_encoded  # every forward pass of every embedder goes through it
 
-    def counting(self: KVEmbedder, items: list) -> np.ndarray:
+    def counting(self: Forward, items: list) -> np.ndarray:
         forwarded.append(len(items))
         return embed_encoded(self, items)
 
-    monkeypatch.setattr(KVEmbedder, "embed_encoded", counting)
+    monkeypatch.setattr(Forward, "embed_encoded", counting)
     assert _index(model, corpus_folder, out, "--fit-postprocess", "whiten:0.5@8", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     # the fit's raw vectors are post-processed for the index: one forward pass per chunk, not two

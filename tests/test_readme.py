@@ -54,7 +54,7 @@ def tiny_default(checkpoints, monkeypatch):
             return real(checkpoints["llama"], **kwargs)
         return real(spec, **kwargs)
 
-    monkeypatch.setattr(embedder, "resolve", resolve)
+    monkeypatch.setattr(embedder, "resolve_location", resolve)
     monkeypatch.setattr(embedder, "_SHARED", {})  # adapters share embedders per process: not the real model's
 
 

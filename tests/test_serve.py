@@ -25,7 +25,7 @@ pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from kvembed_rag.serve import command  # noqa: E402
+from kvembed_rag.cli import serve as command  # noqa: E402
 from kvembed_rag.serve.app import TRUNCATED_HEADER, create_app  # noqa: E402
 from kvembed_rag.serve.settings import ServeSettings  # noqa: E402
 

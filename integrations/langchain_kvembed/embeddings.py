@@ -46,7 +46,6 @@ class KVEmbeddings(BaseModel, Embeddings):
     padding_side: str | None = _field("padding_side")
     device: str | None = _field("device")
     dtype: str | None = _field("dtype")
-    weights: str | None = _field("weights")
     postprocess: str = _field("postprocess")
     model_kwargs: dict[str, Any] | None = _field("model_kwargs")
     show_progress: bool = _field("show_progress")

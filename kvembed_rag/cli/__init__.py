@@ -18,7 +18,7 @@ from .. import __version__
 from .options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, output_scope
 
 #: the commands, in --help order: modules (relative to this package, or absolute) with NAME, HELP, EXAMPLES,
-#: add_arguments(parser) and run(args). Add a command by adding its module here (e.g. "kvembed_rag.serve.command").
+#: add_arguments(parser) and run(args). Add a command by adding its module here.
 COMMANDS: list[str] = [
     ".demo",
     ".index",
@@ -29,7 +29,7 @@ COMMANDS: list[str] = [
     ".bench",
     ".eval",
     ".tune",
-    "kvembed_rag.serve.command",
+    ".serve",
     ".info",
 ]
 
@@ -37,15 +37,8 @@ __all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "b
 
 
 def _command_modules() -> list[ModuleType]:
-    modules = []
-    for name in COMMANDS:
-        try:
-            modules.append(importlib.import_module(name, __name__))
-        except ImportError:
-            if name.startswith("."):  # our own commands must import
-                raise
-            continue  # an optional command whose package is not installed
-    return modules
+    # every command imports without its optional extras (they are imported inside run): a failing import is a bug
+    return [importlib.import_module(name, __name__) for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

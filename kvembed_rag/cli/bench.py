@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument(
         "--dtypes",
-        help="several dtypes in one interleaved run, e.g. float32,bfloat16,int8 (int8: int8 Linear weights)",
+        help="several dtypes in one interleaved run, e.g. float32,bfloat16",
     )
     parser.add_argument("--json", help="write the rows to this JSON file")
     parser.add_argument("--plot", help="draw tokens/s and memory against length to this PNG")
@@ -60,8 +60,6 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..eval.throughput import (
-        check_dtype_targets,
-        check_targets,
         measure_peaks,
         plot_dtype_rows,
         plot_rows,
@@ -75,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     bases: dict[str, Any] = {}
     for dtype in requested:
         base = _base_embedder(args, dtype, lengths)
-        label = "int8" if base.describe().get("weights") else str(base.dtype).removeprefix("torch.")
+        label = str(base.dtype).removeprefix("torch.")
         if label in groups:
             raise UsageError(f"--dtypes names {label} twice (auto resolves to {label} here); list each dtype once")
         bases[label] = base
@@ -108,11 +106,8 @@ def run(args: argparse.Namespace) -> int:
         "peak_shape": "2048x640 @ 640x2048",
         "flops_formula": "2*linear_weights + sum_layers 4*heads*head_dim*mean_visible_keys per processed token",
     }
-    targets = check_targets([r for r in rows if r.dtype == next(iter(groups))])
-    if len(groups) > 1:
-        targets += check_dtype_targets(rows, auto if auto in groups else next(iter(groups)))
     if args.json:
-        payload = {"meta": meta, "rows": [r.to_dict() for r in rows], "targets": targets}
+        payload = {"meta": meta, "rows": [r.to_dict() for r in rows]}
         Path(args.json).write_text(json.dumps(payload, indent=1))
     if args.plot:
         (plot_dtype_rows if len(groups) > 1 else plot_rows)(rows, args.plot, bench_title(meta))
@@ -131,38 +126,25 @@ def run(args: argparse.Namespace) -> int:
             f"{r.method:18s} {r.dtype:>8s} {r.length:6d} {r.batch:5d} {r.tokens_per_s:10.0f} "
             f"{r.ratio_to_plain or 0:8.3f} {r.gflops or 0:8.1f} {r.peak_fraction or 0:7.1%} {r.peak_mb:9.1f}"
         )
-    for check in targets:
-        verdict = "met" if check["ok"] else "MISSED"
-        print(f"target {check['target']:34s} @{check['length']:<5d} {check['value']:6.3f}  {verdict}")
     if len(groups) > 1:
-        print(
-            "targets not measured here: STS-B and SciFact within 0.003 of float32 "
-            "(python benchmarks/dtype_quality.py); speed ratios are from one interleaved run"
-        )
+        print("speed ratios are from one interleaved run; quality per dtype: python benchmarks/dtype_quality.py")
     return EXIT_OK
 
 
 def _base_embedder(args: argparse.Namespace, dtype: str | None, lengths: list[int]) -> Any:
-    """The base embedder of one dtype label (``int8`` means float32 activations around int8 Linear layers)."""
-    import torch
+    """The base embedder of one dtype label."""
 
     from ..config import option_default
     from ..embedder import KVEmbedder
     from ..eval.throughput import placeholder_tokenizer, random_model
     from ..loading import pick_device, pick_dtype
-    from ..weight_quantization import quantize_linear_layers
 
-    weights = "int8" if dtype == "int8" else getattr(args, "weights", None)
-    dtype = "float32" if dtype == "int8" else dtype
     max_length = max(lengths) * 2 + 8
     if args.shape:
         device = pick_device(args.device)
-        torch_dtype = torch.float32 if weights == "int8" else pick_dtype(dtype, device)
-        model = random_model(args.shape, device=device, dtype=torch_dtype)
-        if weights == "int8":
-            quantize_linear_layers(model)
+        model = random_model(args.shape, device=device, dtype=pick_dtype(dtype, device))
         batch_tokens = args.batch_tokens or option_default("batch_tokens")
         return KVEmbedder(
             model, placeholder_tokenizer(), layers="default", max_length=max_length, batch_tokens=batch_tokens
         )
-    return load_embedder(args, layers="default", max_length=max_length, dtype=dtype, weights=weights)
+    return load_embedder(args, layers="default", max_length=max_length, dtype=dtype)

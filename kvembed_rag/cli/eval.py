@@ -21,6 +21,7 @@ from .options import (
     load_embedder,
     method_list,
     positive_int,
+    require_eval_extra,
     validate_model_args,
     writable_file,
 )
@@ -82,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_eval_extra()
     methods = method_list(args.methods)
     lengths = int_list(args.max_length, "--max-length")
     check_sample(args)

@@ -152,7 +152,6 @@ FLAG_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
     "padding_side": (str, {"choices": ["left", "right"]}),
     "device": (str, {}),
     "dtype": (str, {"choices": ["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]}),
-    "weights": (str, {"choices": ["float", "int8"]}),
     "attn_implementation": (str, {"choices": ["sdpa", "eager"]}),
     "trust_remote_code": (None, {"action": "store_true"}),
 }
@@ -311,3 +310,15 @@ def quiet_libraries(*, verbose: bool, only_if_imported: bool = False) -> None:
         hub_utils.disable_progress_bars()
     for name in ("accelerate", "gguf", "safetensors"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def require_eval_extra() -> None:
+    """Refuse (usage error, before any model loads) when the [eval] extra is not installed, naming it."""
+    from ..eval.metrics import missing_eval_libraries
+
+    missing = missing_eval_libraries()
+    if missing:
+        raise UsageError(
+            f"evaluation needs {', '.join(missing)}, which the core package does not install: "
+            "pip install 'kvembed-rag[eval]'"
+        )

@@ -17,6 +17,7 @@ from .options import (
     load_embedder,
     parse_windows,
     positive_int,
+    require_eval_extra,
     validate_model_args,
     writable_file,
 )
@@ -125,6 +126,7 @@ def _postprocesses(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_eval_extra()
     try:
         biases = [float(b) for b in args.biases.split(",") if b.strip()]
     except ValueError as exc:

@@ -61,16 +61,31 @@ class EmbeddingCache:
 
     def encode(self, embedder: Any, texts: list[str], role: str) -> tuple[np.ndarray, EncodeStats]:
         """Vectors ``(n, dim)`` for ``texts`` as ``role``, from the cache when present."""
-        if self.root is not None:
-            vectors_path, stats_path = self._paths(embedder, texts, role)
-            if vectors_path.is_file() and stats_path.is_file():
-                try:
-                    vectors = np.load(vectors_path)
-                    stats = EncodeStats(**json.loads(stats_path.read_text()), cached=True)
-                    if vectors.shape == (len(texts), embedder.dim):
-                        return vectors, stats
-                except (OSError, ValueError, TypeError):
-                    pass  # unreadable entry: recompute and overwrite it
+        if self.root is None:
+            return self._compute(embedder, texts, role)
+        from ..artifacts import cached_artifact
+
+        vectors_path, stats_path = self._paths(embedder, texts, role)
+
+        def read(path: Path) -> tuple[np.ndarray, EncodeStats]:
+            vectors = np.load(path)
+            stats = EncodeStats(**json.loads(stats_path.read_text()), cached=True)
+            if vectors.shape != (len(texts), embedder.dim):
+                raise ValueError(f"shape {vectors.shape}, not {(len(texts), embedder.dim)}")
+            return vectors, stats
+
+        found, _ = cached_artifact(
+            "eval",
+            None,
+            suffix=".npy",
+            path=vectors_path,
+            read=read,
+            write=lambda path, value: _atomic_save(path, stats_path, *value),
+            compute=lambda: self._compute(embedder, texts, role),
+        )
+        return found
+
+    def _compute(self, embedder: Any, texts: list[str], role: str) -> tuple[np.ndarray, EncodeStats]:
         encoded = embedder.tokenize(texts, role) if texts else []
         tokens = sum(len(item.ids) for item in encoded)
         truncated = sum(1 for item in encoded if item.truncated_by)
@@ -88,10 +103,7 @@ class EmbeddingCache:
                 vectors = embedder.encode(
                     texts, role, on_batch=lambda done, done_tokens: report(label, done, len(texts), done_tokens, tokens)
                 )
-        stats = EncodeStats(time.perf_counter() - start, tokens, truncated)
-        if self.root is not None:
-            _atomic_save(vectors_path, stats_path, vectors, stats)
-        return vectors, stats
+        return vectors, EncodeStats(time.perf_counter() - start, tokens, truncated)
 
 
 def _atomic_save(vectors_path: Path, stats_path: Path, vectors: np.ndarray, stats: EncodeStats) -> None:

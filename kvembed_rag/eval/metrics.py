@@ -15,6 +15,17 @@ import numpy as np
 _TREC_MEASURES = {"ndcg@10": "ndcg_cut_10", "recall@100": "recall_100"}
 
 
+#: the import names of the [eval] extra's libraries
+EVAL_EXTRA = {"scipy": "scipy", "sklearn": "scikit-learn", "pytrec_eval": "pytrec-eval-terrier"}
+
+
+def missing_eval_libraries() -> list[str]:
+    """The [eval] extra's distributions that are not installed (empty when evaluation can run)."""
+    import importlib.util
+
+    return [dist for module, dist in EVAL_EXTRA.items() if importlib.util.find_spec(module) is None]
+
+
 def spearman(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
     """Spearman's rank correlation of two equally long sequences (``scipy.stats.spearmanr``; ties averaged)."""
     from scipy.stats import spearmanr

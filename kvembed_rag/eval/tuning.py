@@ -305,10 +305,10 @@ def evaluate_point(
     """Score one (window, bias, pooling) point with every post-processing in ``postprocesses`` on ``tasks``.
 
     The raw vectors are computed once (:class:`PointVectors`); each variant's statistics come from
-    :func:`~kvembed_rag.embedder.resolve_postprocess` (shipped, cached or fitted on the 222 calibration texts)
+    :func:`~kvembed_rag.postprocess.resolve_stats` (shipped, cached or fitted on the 222 calibration texts)
     with those same raw vectors, so they equal what an embedder of this configuration would use.
     """
-    from ..embedder import resolve_postprocess
+    from ..postprocess import resolve_stats, stats_key
     from .harness import score_task
 
     embedder = base.variant(layers=list(layers), bias=float(bias), pooling=pooling, postprocess="none")
@@ -317,10 +317,7 @@ def evaluate_point(
     for text in postprocesses:
         stats = None
         if text != "none":
-            config = embedder.config.replace(postprocess=text)
-            stats, _ = resolve_postprocess(
-                embedder.model, embedder.tokenizer, config, source=embedder.source, encode=raw.encode
-            )
+            stats, _, _ = resolve_stats(text, stats_key(embedder.describe()), raw.encode)
         encoder = PostprocessedEncoder(raw, stats)
         scores = {t.task: score_task(t.task, encoder, embedder, t.data, t.options).score for t in tasks}
         points.append(MixedPoint(list(embedder.layers), float(bias), pooling, text, scores))

@@ -48,7 +48,6 @@ class EmbedBatch:
         self.role = role
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        _maybe_fail_for_tests()
         texts = [str(t) for t in batch["text"]]
         vectors = self.embedder.encode(texts, role=self.role)  # (n, dim) float32
         return {
@@ -57,17 +56,6 @@ class EmbedBatch:
             "text": np.asarray(texts, dtype=object),
             "metadata": np.asarray(batch.get("metadata", [json.dumps({})] * len(texts)), dtype=object),
         }
-
-
-def _maybe_fail_for_tests() -> None:
-    """Fault injection for the retry test: die once, hard, when the marker file says so."""
-    marker = os.environ.get("KVEMBED_TEST_KILL_ONCE")
-    if marker and os.path.exists(marker):
-        try:
-            os.remove(marker)
-        except FileNotFoundError:
-            return
-        os._exit(1)
 
 
 def read_dataset(source: Any, *, text_field: str = "text", id_field: str = "id") -> Any:
@@ -122,10 +110,12 @@ def embed_dataset(
     text_field: str = "text",
     id_field: str = "id",
     address: str | None = None,
+    worker: type[EmbedBatch] | None = None,
 ) -> Path:
     """Embed ``source`` with ``workers`` actors and write Parquet shards of ``id, vector, text, metadata``.
 
-    The embedder is ``config`` (a :class:`KVEmbedConfig` or its dict), or ``model`` with ``options``.
+    The embedder is ``config`` (a :class:`KVEmbedConfig` or its dict), or ``model`` with ``options``. ``worker``
+    replaces the actor class (a subclass of :class:`EmbedBatch`, e.g. one that also writes a log or a metric).
 
     ``num_gpus=1`` gives each actor a GPU; otherwise each takes ``cpus_per_worker`` cores (default: the
     cluster's CPUs divided among the workers). ``address`` connects to a running cluster (``"auto"``,
@@ -144,7 +134,7 @@ def embed_dataset(
         cpus_per_worker = max(0.25, (cpus - 1) / max(workers, 1))
     dataset = read_dataset(source, text_field=text_field, id_field=id_field)
     embedded = dataset.map_batches(
-        EmbedBatch,
+        worker or EmbedBatch,
         fn_constructor_kwargs={"config": resolved.portable().to_dict()},
         batch_size=batch_size,
         batch_format="numpy",

@@ -16,6 +16,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import read_text_file
+
 #: a varied default selection: files, text, numbers, time, networking, concurrency, data formats
 DEFAULT_MODULES = (
     "json",
@@ -176,24 +178,6 @@ def read_sources(paths: list[str] | list[Path], **jsonl_fields: str) -> list[Sou
         else:
             documents += read_folder(path)
     return documents
-
-
-def read_text_file(path: str | Path) -> str:
-    """A file's text. The one policy for input files (index, embed, calibration): UTF-8 or refused.
-
-    Invalid bytes raise ``ValueError`` naming the file, the byte offset and the byte, rather than being
-    replaced silently (a replaced byte changes the text that is embedded and its content hash).
-    """
-    file = Path(path)
-    raw = file.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ValueError(
-            f"{file}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start} (line {line}) is invalid; "
-            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or leave it out"
-        ) from None
 
 
 def read_texts(path: str | Path | None) -> list[str]:

@@ -179,14 +179,11 @@ def fit_index_postprocess(
 
 
 def stored_config(info: dict[str, Any]) -> Any:
-    """The :class:`KVEmbedConfig` an index's embedder record holds (``config``, or an older index's ``options``)."""
+    """The :class:`KVEmbedConfig` an index's embedder record holds, or None when it records none."""
     from ..config import KVEmbedConfig
 
     if isinstance(info.get("config"), dict):
         return KVEmbedConfig.from_dict(info["config"])
-    options = info.get("options")
-    if isinstance(options, dict) and options:  # indexes written before the config object existed
-        return KVEmbedConfig.from_dict({k: v for k, v in options.items() if v is not None})
     return None
 
 

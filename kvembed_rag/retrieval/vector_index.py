@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._io import file_sha256, write_bytes_atomically
+from ..config import vector_differences
 from ..errors import EmbedderMismatchError, IndexCorruptError
 from ..quantization import quantize_embeddings, unpack_binary
 from .filters import Filter, compile_filter
@@ -47,19 +48,6 @@ MANIFEST = "manifest.json"
 #: the embedder record's entry naming the index's own post-processing statistics: {"name": ..., "sha256": ...}
 POSTPROCESS_RECORD = "postprocess_file"
 POSTPROCESS_FILE = re.compile(r"postprocess-[0-9a-f]{16}\.safetensors")
-#: describe() fields that must agree for vectors to be comparable (dtype and max_length only nudge them)
-COMPATIBILITY_KEYS = (
-    "architecture",
-    "num_layers",
-    "dim",
-    "method",
-    "layers",
-    "bias",
-    "pooling",
-    "prompts",
-    "token_prepending_layers",
-    "postprocess",
-)
 _EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
 #: what ``VectorIndex(precision=...)`` accepts; uint8/ubinary are the same storage as int8/binary
 INDEX_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -93,18 +81,11 @@ def _faiss() -> Any:
     return faiss
 
 
-def _model_identity(info: Mapping[str, Any]) -> Any:
-    model = info.get("model")
-    return model.get("identity") if isinstance(model, Mapping) else model
-
-
 def check_compatible(stored: Mapping[str, Any] | None, querying: Mapping[str, Any] | None) -> None:
     """Raise :class:`EmbedderMismatchError` when two embedder descriptions would give incomparable vectors."""
     if not stored or not querying:
         return
-    differences = [key for key in COMPATIBILITY_KEYS if key in stored and stored.get(key) != querying.get(key)]
-    if _model_identity(stored) != _model_identity(querying):
-        differences.insert(0, "model")
+    differences = vector_differences(stored, querying)
     if differences:
         detail = ", ".join(f"{k}: index={stored.get(k)!r} vs query={querying.get(k)!r}" for k in differences[:4])
         raise EmbedderMismatchError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -252,3 +253,11 @@ class Batcher:
 def _server_error(exc: BaseException) -> APIError:
     logger.error("embedding failed: %s: %s", type(exc).__name__, exc)
     return APIError(500, f"embedding failed: {type(exc).__name__}: {exc}", type="server_error")
+
+
+def quiet_duplicate_truncation_warnings() -> None:
+    """In a server process each response reports its truncated inputs and the embedder logs them, so the
+    Python warning the embedder also raises (attributed to the batcher's call) would only repeat them."""
+    from ..errors import TruncationWarning
+
+    warnings.filterwarnings("ignore", category=TruncationWarning, module=r"kvembed_rag\.serve\.batching")

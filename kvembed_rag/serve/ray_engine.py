@@ -45,9 +45,9 @@ def build_application(
 
         def __init__(self, loader: Callable[[], Any], settings: ServeSettings) -> None:
             from .app import create_app
-            from .command import _quiet_duplicate_truncation_warnings
+            from .batching import quiet_duplicate_truncation_warnings
 
-            _quiet_duplicate_truncation_warnings()
+            quiet_duplicate_truncation_warnings()
             self._app = create_app(loader(), settings)
 
         def __serve_build_asgi_app__(self) -> Any:

@@ -44,7 +44,6 @@ class KVEmbedding(BaseEmbedding):
     padding_side: str | None = Field(default=option_default("padding_side"), description=option_help("padding_side"))
     device: str | None = Field(default=option_default("device"), description=option_help("device"))
     dtype: str | None = Field(default=option_default("dtype"), description=option_help("dtype"))
-    weights: str | None = Field(default=option_default("weights"), description=option_help("weights"))
     model_kwargs: dict[str, Any] | None = Field(
         default=option_default("model_kwargs"), description=option_help("model_kwargs")
     )

@@ -7,12 +7,11 @@ import contextlib
 import ipaddress
 import logging
 import sys
-import warnings
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
-from .settings import API_KEY_ENV, ServeSettings
+from ..serve.settings import API_KEY_ENV, ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ The API key comes from --api-key or the {API_KEY_ENV} environment variable (Bear
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The serve flags; the embedder flags come from the CLI's shared model options."""
-    from ..cli.options import add_model_options
+    from .options import add_model_options
 
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -100,9 +99,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 def load_configured(config: dict[str, Any]) -> Any:
     """Load the embedder of a ``KVEmbedConfig.to_dict()`` (what travels to a Ray Serve replica)."""
-    from ..cli.options import quiet_libraries
     from ..config import KVEmbedConfig
     from ..embedder import KVEmbedder
+    from .options import quiet_libraries
 
     quiet_libraries(verbose=False)
     return KVEmbedder.from_pretrained(KVEmbedConfig.from_dict(config))
@@ -110,18 +109,10 @@ def load_configured(config: dict[str, Any]) -> Any:
 
 def model_loader(args: argparse.Namespace) -> Any:
     """A picklable zero-argument callable that loads the embedder the flags describe (validated now)."""
-    from ..cli.options import config_from_args, validate_model_args
+    from .options import config_from_args, validate_model_args
 
     validate_model_args(args)
     return partial(load_configured, config_from_args(args).to_dict())
-
-
-def _quiet_duplicate_truncation_warnings() -> None:
-    """In a server process each response reports its truncated inputs and the embedder logs them, so the
-    Python warning the embedder also raises (attributed to the batcher's call) would only repeat them."""
-    from .. import TruncationWarning
-
-    warnings.filterwarnings("ignore", category=TruncationWarning, module=r"kvembed_rag\.serve\.batching")
 
 
 def _is_loopback(host: str) -> bool:
@@ -149,16 +140,17 @@ def run(args: argparse.Namespace) -> int:
             settings.host,
             API_KEY_ENV,
         )
-    from ..cli.options import UsageError
+    from ..serve.batching import quiet_duplicate_truncation_warnings  # the web stack: only when serving
+    from .options import UsageError
 
-    _quiet_duplicate_truncation_warnings()
+    quiet_duplicate_truncation_warnings()
     try:  # a bad embedder option is a usage error now, not a load failure after binding
         loader = model_loader(args)
     except UsageError as exc:
         print(f"kvembed-rag serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.engine == "ray":
-        from .ray_engine import serve_on_ray
+        from ..serve.ray_engine import serve_on_ray
 
         try:
             import ray.serve  # noqa: F401
@@ -205,7 +197,7 @@ def _serve_local(loader: Any, settings: ServeSettings, *, log_level: str = "info
         )
         return EXIT_FAILURE
 
-    from .app import create_app
+    from ..serve.app import create_app
 
     app = create_app(loader, settings)
     config = uvicorn.Config(

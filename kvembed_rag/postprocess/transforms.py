@@ -7,8 +7,8 @@ user's own corpus: the same :func:`fit` on other vectors) and applied to the emb
 
     stats = fit(calibration_vectors, PostprocessSpec("center"))
     out = apply(vectors, stats)             # (n, out_dim) float32, unit norm, row-wise (batch-invariant)
-    save(path, stats, key=embedder_key)     # safetensors + JSON header; never pickle
-    stats = load(path, key=embedder_key)    # refuses stats fitted for another configuration
+
+Files (save, load, the shipped table) are in :mod:`kvembed_rag.postprocess.files`.
 
 ``kind``:
 
@@ -28,49 +28,22 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from .errors import PostprocessMismatchError
-
 __all__ = [
     "KINDS",
-    "SHIPPED_DIR",
-    "PostprocessMismatchError",
     "PostprocessSpec",
     "PostprocessStats",
     "apply",
     "check_determined",
     "fit",
-    "fit_embedder",
-    "load",
     "parse_spec",
-    "read_header",
-    "save",
-    "shipped_default",
-    "shipped_stats",
     "spec_text",
-    "stats_key",
 ]
 
 KINDS = ("none", "center", "remove-top", "whiten")
-SHIPPED_DIR = Path(__file__).parent / "data" / "postprocess"
-# what the statistics depend on: the backbone and everything that shapes a vector before post-processing
-# (not dtype or max_length: calibration texts are short and bf16 vectors agree with fp32 to cos >= 0.999)
-KEY_FIELDS = (
-    "architecture",
-    "num_layers",
-    "dim",
-    "method",
-    "layers",
-    "bias",
-    "token_prepending_layers",
-    "pooling",
-    "prompts",
-)
-FORMAT = "kvembed-rag/postprocess/1"
 Kind = Literal["none", "center", "remove-top", "whiten"]
 
 
@@ -298,105 +271,6 @@ def apply(vectors: np.ndarray, stats: PostprocessStats) -> np.ndarray:
     return out[0] if single else out
 
 
-def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any], half: bool = False) -> Path:
-    """Write ``stats`` as safetensors; the header records the format, spec, key and fingerprint.
-
-    ``half`` stores the projection in float16 (half the bytes); the recorded fingerprint is then that of the
-    rounded statistics, which is what :func:`load` returns (upcast to float32).
-    """
-    from safetensors.numpy import save_file
-
-    tensors = {"mean": np.ascontiguousarray(stats.mean, dtype=np.float32)}
-    if stats.projection is not None:
-        tensors["projection"] = np.ascontiguousarray(stats.projection, dtype=np.float16 if half else np.float32)
-    if stats.removed is not None:
-        tensors["removed"] = np.ascontiguousarray(stats.removed, dtype=np.float32)
-    stored = PostprocessStats(
-        stats.spec, tensors["mean"], tensors.get("projection"), stats.n, stats.shrinkage, tensors.get("removed")
-    )  # the fingerprint of what is on disk
-    metadata = {
-        "format": FORMAT,
-        "spec": json.dumps(stats.spec.to_dict(), sort_keys=True),
-        "key": json.dumps(key, sort_keys=True),
-        "n": str(stats.n),
-        "shrinkage": json.dumps(stats.shrinkage),
-        "fingerprint": stored.fingerprint,
-    }
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".part")
-    save_file(tensors, str(temporary), metadata=metadata)
-    temporary.replace(target)  # atomic: a reader never sees half a file
-    return target
-
-
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a statistics file (format, spec, key, n, shrinkage, fingerprint), decoded."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-    except SafetensorError as exc:  # truncated or not safetensors at all (its error is no OSError/ValueError)
-        raise PostprocessMismatchError(f"{path}: not a readable safetensors file ({exc}); fit it again") from None
-    if metadata.get("format") != FORMAT:
-        raise PostprocessMismatchError(
-            f"{path}: not a kvembed-rag post-processing file (format {metadata.get('format')!r})"
-        )
-    try:
-        return {
-            "format": metadata["format"],
-            "spec": json.loads(metadata["spec"]),
-            "key": json.loads(metadata["key"]),
-            "n": int(metadata["n"]),
-            "shrinkage": json.loads(metadata.get("shrinkage", "null")),
-            "fingerprint": metadata.get("fingerprint"),
-        }
-    except (KeyError, ValueError) as exc:
-        raise PostprocessMismatchError(f"{path}: damaged post-processing header ({exc!r}); fit it again") from None
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None = None) -> PostprocessStats:
-    """Read statistics written by :func:`save`; raise :class:`PostprocessMismatchError` if they were fitted for
-    another ``key`` (embedder configuration), for another ``spec`` (when given) or their bytes changed."""
-    from safetensors.numpy import load_file
-
-    header = read_header(path)
-    wanted = json.loads(json.dumps(key, sort_keys=True))
-    if header["key"] != wanted:
-        differing = sorted(k for k in set(header["key"]) | set(wanted) if header["key"].get(k) != wanted.get(k))
-        detail = "; ".join(
-            f"{k}: file={_short(header['key'].get(k))} vs this={_short(wanted.get(k))}" for k in differing[:3]
-        )
-        raise PostprocessMismatchError(
-            f"{path} was fitted for another embedder configuration (differs in {differing}: {detail}); "
-            "refit the post-processing for this configuration (fit on its calibration vectors) or load the file "
-            "that matches it"
-        )
-    stored = PostprocessSpec.from_dict(header["spec"])
-    if spec is not None and stored != spec:
-        raise PostprocessMismatchError(f"{path} holds post-processing {stored}, not the requested {spec}")
-    from safetensors import SafetensorError
-
-    try:
-        tensors = {name: array.astype(np.float32) for name, array in load_file(str(path)).items()}
-    except SafetensorError as exc:
-        raise PostprocessMismatchError(f"{path}: unreadable statistics ({exc}); fit them again") from None
-    if "mean" not in tensors:
-        raise PostprocessMismatchError(f"{path}: no 'mean' tensor (damaged file?); fit it again")
-    stats = PostprocessStats(
-        stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"], tensors.get("removed")
-    )
-    if header["fingerprint"] is not None and stats.fingerprint != header["fingerprint"]:
-        raise PostprocessMismatchError(f"{path}: statistics do not match their recorded fingerprint (file damaged?)")
-    return stats
-
-
 def parse_spec(text: str) -> PostprocessSpec:
     """``"none"``, ``"center"``, ``"remove-top:K"``, ``"whiten"`` (Ledoit-Wolf shrinkage) or ``"whiten:S"``,
     each optionally followed by ``"@DIM"`` (reduce to DIM principal directions), e.g. ``"whiten:auto@256"``."""
@@ -425,48 +299,3 @@ def spec_text(spec: PostprocessSpec) -> str:
     elif spec.kind == "whiten":
         text += f":{spec.shrinkage}"
     return text + (f"@{spec.dim}" if spec.dim is not None else "")
-
-
-def stats_key(description: dict[str, Any]) -> dict[str, Any]:
-    """The key statistics are fitted for, from :meth:`KVEmbedder.describe`: the model's identity (its weights'
-    hash) and every option that shapes the vectors (method, prompts, layers, bias, pooling), not dtype."""
-    key = {name: description.get(name) for name in KEY_FIELDS}
-    key["model"] = description["model"]["identity"]
-    return json.loads(json.dumps(key, sort_keys=True))
-
-
-def fit_embedder(
-    embedder: Any, spec: PostprocessSpec, texts: list[str] | None = None, *, role: str = "document"
-) -> PostprocessStats:
-    """Fit ``spec`` on ``embedder``'s ``role`` vectors (without post-processing) of ``texts``: by default the
-    222 shipped calibration texts, as documents (one shared mean from the document role is what works)."""
-    if texts is None:
-        from .layer_selection import load_calibration
-
-        texts = load_calibration()
-    return fit(embedder.encode(texts, role), spec)
-
-
-def shipped_default(key: dict[str, Any]) -> PostprocessSpec | None:
-    """The post-processing chosen for this exact configuration by the dev-data study (docs/RESULTS.md,
-    "Post-processing"), if the package ships one marked ``default``; ``None`` otherwise."""
-    index_path = SHIPPED_DIR / "index.json"
-    if not index_path.is_file():
-        return None
-    wanted = json.loads(json.dumps(key, sort_keys=True))
-    for entry in json.loads(index_path.read_text(encoding="utf-8")):
-        if entry.get("default") and entry["key"] == wanted:
-            return PostprocessSpec.from_dict(entry["spec"])
-    return None
-
-
-def shipped_stats(key: dict[str, Any], spec: PostprocessSpec) -> PostprocessStats | None:
-    """The statistics shipped in ``kvembed_rag/data/postprocess/`` for this key and spec, or ``None``."""
-    index_path = SHIPPED_DIR / "index.json"
-    if not index_path.is_file():
-        return None
-    wanted = json.loads(json.dumps(key, sort_keys=True))
-    for entry in json.loads(index_path.read_text(encoding="utf-8")):
-        if entry["key"] == wanted and entry["spec"] == spec.to_dict():
-            return load(SHIPPED_DIR / entry["file"], key=key, spec=spec)
-    return None

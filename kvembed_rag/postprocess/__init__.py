@@ -1,0 +1,36 @@
+"""Isotropy calibration of an embedder's vectors: the maths (:mod:`.transforms`) and its files (:mod:`.files`)."""
+
+from ..errors import PostprocessMismatchError
+from .files import (
+    FORMAT,
+    SHIPPED_DIR,
+    load,
+    read_header,
+    resolve_stats,
+    save,
+    shipped_default,
+    shipped_stats,
+    stats_key,
+)
+from .transforms import KINDS, PostprocessSpec, PostprocessStats, apply, check_determined, fit, parse_spec, spec_text
+
+__all__ = [
+    "FORMAT",
+    "KINDS",
+    "SHIPPED_DIR",
+    "PostprocessMismatchError",
+    "PostprocessSpec",
+    "PostprocessStats",
+    "apply",
+    "check_determined",
+    "fit",
+    "load",
+    "parse_spec",
+    "read_header",
+    "resolve_stats",
+    "save",
+    "shipped_default",
+    "shipped_stats",
+    "spec_text",
+    "stats_key",
+]
