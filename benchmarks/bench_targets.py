@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass
-class Row:
+class Row(NamedTuple):
     method: str
     dtype: str
     length: int

@@ -31,7 +31,12 @@ TEXTS = [
 ]
 
 
-def _save(out: Path, model: str, tiny: bool) -> None:
+def _write(out: Path, entries: dict[str, np.ndarray], described: dict[str, Any]) -> None:
+    np.savez(out, **{key.replace("/", "|"): value for key, value in entries.items()})
+    out.with_suffix(".json").write_text(json.dumps(described, indent=1, sort_keys=True, default=str))
+
+
+def _save(out: Path, model: str, tiny: bool, tests: Path) -> None:
     from kvembed_rag import METHODS, KVEmbedder
 
     entries: dict[str, np.ndarray] = {}
@@ -43,8 +48,9 @@ def _save(out: Path, model: str, tiny: bool) -> None:
             for role in ("document", "query"):
                 entries[f"{method}/{postprocess}/{role}"] = embedder.encode(TEXTS, role=role)
             described[f"{model}/{method}/{postprocess}"] = embedder.describe()
+    _write(out, entries, described)  # the real model's part is kept even if the tiny part fails
     if tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        sys.path.insert(0, str(Path(tests).resolve()))
         from tiny_models import ARCHITECTURES, build_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -57,8 +63,7 @@ def _save(out: Path, model: str, tiny: bool) -> None:
                     description.get("config", {}).pop("model", None)
                     described[f"tiny-{arch}/{method}"] = description
                     entries[f"tiny-{arch}/{method}/document"] = embedder.encode(TEXTS[:4])
-    np.savez(out, **{key.replace("/", "|"): value for key, value in entries.items()})
-    out.with_suffix(".json").write_text(json.dumps(described, indent=1, sort_keys=True, default=str))
+    _write(out, entries, described)
     print(f"saved {len(entries)} arrays to {out} and {len(described)} descriptions to {out.with_suffix('.json')}")
 
 
@@ -92,13 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     save.add_argument("out", type=Path)
     save.add_argument("--model", default="default")
     save.add_argument("--tiny", action="store_true", help="also describe() the tiny random checkpoints")
+    save.add_argument(
+        "--tests",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "tests",
+        help="the tests folder holding tiny_models.py (default: this checkout's)",
+    )
     compare = commands.add_parser("compare")
     compare.add_argument("before", type=Path)
     compare.add_argument("after", type=Path)
     compare.add_argument("--tolerance", type=float, default=1e-6)
     args = parser.parse_args(argv)
     if args.command == "save":
-        _save(args.out, args.model, args.tiny)
+        _save(args.out, args.model, args.tiny, args.tests)
         return 0
     return _compare(args.before, args.after, args.tolerance)
 

@@ -244,11 +244,23 @@ def kv_sdpa_attention_forward(
     return out.transpose(1, 2).contiguous(), None  # (B, Q, Hq, D)
 
 
-def kv_sdpa_explicit_attention_forward(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def kv_sdpa_explicit_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    kv_plan: ReroutingPlan | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`kv_sdpa_attention_forward` with re-routed layers on the explicit ``(B, 1, Q, K+1)`` mask path (the
     same result to ~1e-6): registered as :data:`ATTN_SDPA_EXPLICIT`, so a model switches paths the transformers
     way, ``model.set_attn_implementation(ATTN_SDPA_EXPLICIT)``, per model rather than process-wide."""
-    return kv_sdpa_attention_forward(*args, _merged_slot=False, **kwargs)
+    return kv_sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout, scaling, kv_plan, _merged_slot=False, **kwargs
+    )
 
 
 #: torch's CPU flash kernel, which (unlike the public SDPA call) also returns each row's log-sum-exp

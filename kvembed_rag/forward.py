@@ -43,7 +43,8 @@ class Forward:
         self.tokenizer = tokenizer
         self.resolved = resolved
         self.source = source
-        self.num_layers = int(self.model.config.num_hidden_layers)
+        model_config: Any = getattr(model, "config", None)
+        self.num_layers = int(model_config.num_hidden_layers)
         self.spec: MethodSpec = get_method(resolved.method)
         self.pad_id = _pad_id(tokenizer)
         self.token_prepending_layers = token_prepending_layers(self.num_layers) if self.spec.token_prepending else []

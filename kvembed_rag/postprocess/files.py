@@ -36,7 +36,7 @@ __all__ = [
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "data" / "postprocess"
 FORMAT = "kvembed-rag/postprocess/1"
 #: raw vectors of these texts, as documents, give the statistics (None: the shipped calibration texts)
-RawEncode = Callable[[list[str], str], np.ndarray]
+RawEncode = Callable[[list[str], Any], np.ndarray]  # (texts, role) -> (n, hidden) raw vectors
 
 
 def stats_key(description: dict[str, Any]) -> dict[str, Any]:
