@@ -2,7 +2,7 @@
 
     python benchmarks/vector_identity.py save before.npz            # on the old commit
     python benchmarks/vector_identity.py save after.npz             # on the new one
-    python benchmarks/vector_identity.py compare before.npz after.npz [--tolerance 1e-6]
+    python benchmarks/vector_identity.py compare before.npz after.npz [--tolerance 1e-6] [--ignore config.weights]
 
 ``save`` embeds a fixed set of texts with every method x both roles x ``postprocess`` in ("none", "auto") on
 the real default model in float32 (``--model`` for another), and records ``describe()`` of the tiny random
@@ -67,7 +67,7 @@ def _save(out: Path, model: str, tiny: bool, tests: Path) -> None:
     print(f"saved {len(entries)} arrays to {out} and {len(described)} descriptions to {out.with_suffix('.json')}")
 
 
-def _compare(before: Path, after: Path, tolerance: float) -> int:
+def _compare(before: Path, after: Path, tolerance: float, ignore: list[str]) -> int:
     old, new = np.load(before), np.load(after)
     failed = 0
     for key in sorted(set(old.files) | set(new.files)):
@@ -83,6 +83,9 @@ def _compare(before: Path, after: Path, tolerance: float) -> int:
     if old_json.exists() and new_json.exists():
         a, b = json.loads(old_json.read_text()), json.loads(new_json.read_text())
         for key in sorted(set(a) | set(b)):
+            for record in (a.get(key), b.get(key)):
+                for name in ignore:  # e.g. an option a release removed: config.weights
+                    (record or {}).get("config", {}).pop(name.removeprefix("config."), None)
             if a.get(key) != b.get(key):
                 print(f"describe() differs: {key}\n  before {a.get(key)}\n  after  {b.get(key)}")
                 failed += 1
@@ -107,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("before", type=Path)
     compare.add_argument("after", type=Path)
     compare.add_argument("--tolerance", type=float, default=1e-6)
+    compare.add_argument(
+        "--ignore", action="append", default=[], help="a config option to leave out, e.g. config.weights"
+    )
     args = parser.parse_args(argv)
     if args.command == "save":
         _save(args.out, args.model, args.tiny, args.tests)
         return 0
-    return _compare(args.before, args.after, args.tolerance)
+    return _compare(args.before, args.after, args.tolerance, args.ignore)
 
 
 if __name__ == "__main__":
