@@ -215,7 +215,7 @@ async def test_sixty_four_concurrent_async_calls_in_both_adapters(checkpoints):
 def test_out_of_memory_batches_are_split_until_they_fit(embedder, monkeypatch, caplog):
     texts = [f"text {i}" for i in range(10)]
     expected = embedder.encode(texts)
-    real = embedder.embed_encoded
+    real = embedder.forward.embed_encoded  # the forward pass the encode loop calls
     sizes: list[int] = []
 
     def picky(batch):
@@ -224,7 +224,7 @@ def test_out_of_memory_batches_are_split_until_they_fit(embedder, monkeypatch, c
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(batch)
 
-    monkeypatch.setattr(embedder, "embed_encoded", picky)
+    monkeypatch.setattr(embedder.forward, "embed_encoded", picky)
     result = embedder.encode(texts)
     assert np.abs(result - expected).max() <= 1e-5
     assert sizes[0] == 10 and max(sizes[1:]) <= 5 and "retrying it in halves" in caplog.text
@@ -232,21 +232,21 @@ def test_out_of_memory_batches_are_split_until_they_fit(embedder, monkeypatch, c
 
 def test_a_text_too_big_alone_is_named(embedder, monkeypatch):
     long_text = "long " * 100
-    real = embedder.embed_encoded
+    real = embedder.forward.embed_encoded  # the forward pass the encode loop calls
 
     def refuse_long(batch):
         if any(len(item.ids) > 50 for item in batch):
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 GB")
         return real(batch)
 
-    monkeypatch.setattr(embedder, "embed_encoded", refuse_long)
+    monkeypatch.setattr(embedder.forward, "embed_encoded", refuse_long)
     # the long text is also over this embedder's window: its truncation warning is expected here
     with pytest.warns(TruncationWarning), pytest.raises(EmbeddingMemoryError, match=r"texts\[2\] \(\d+ tokens\)"):
         embedder.encode(["a", "b", long_text, "c"])
 
 
 def test_other_runtime_errors_are_not_swallowed(embedder, monkeypatch):
-    monkeypatch.setattr(embedder, "embed_encoded", lambda batch: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(embedder.forward, "embed_encoded", lambda batch: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         embedder.encode(["a", "b"])
 

@@ -23,7 +23,13 @@ def missing_eval_libraries() -> list[str]:
     """The [eval] extra's distributions that are not installed (empty when evaluation can run)."""
     import importlib.util
 
-    return [dist for module, dist in EVAL_EXTRA.items() if importlib.util.find_spec(module) is None]
+    def missing(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ImportError:  # an import hook that refuses it: as good as absent
+            return True
+
+    return [dist for module, dist in EVAL_EXTRA.items() if missing(module)]
 
 
 def spearman(a: np.ndarray | list[float], b: np.ndarray | list[float]) -> float:
