@@ -166,3 +166,32 @@ def test_enable_hybrid_on_an_existing_dense_index(tmp_path: Path) -> None:
     untexted.upsert(["a"], _vectors(1))
     with pytest.raises(ValueError, match="no text for BM25"):
         untexted.enable_hybrid()
+
+
+def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> None:
+    from kvembed_rag.cli import main
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for name, text in {
+        "zip.txt": "Zip archives compress whole folders.",
+        "json.txt": "Parse JSON strings into Python objects.",
+        "csv.txt": "Read and write comma separated files.",
+    }.items():
+        (corpus / name).write_text(text)
+    dense, hybrid = tmp_path / "dense", tmp_path / "hybrid"
+    common = ["--model", str(checkpoints["llama"]), "--max-length", "128", "-q", "--json"]
+    assert main(["index", str(corpus), "--out", str(hybrid), "--hybrid", "weighted:1", *common]) == 0
+    assert main(["index", str(corpus), "--out", str(dense), *common]) == 0
+    capsys.readouterr()
+    assert main(["search", str(hybrid), "compress folders", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["document"] == "zip.txt"  # BM25 alone (weight 1)
+    assert main(["search", str(hybrid), "compress folders", "--hybrid", "none", "--json"]) == 0
+    assert main(["search", str(dense), "compress folders", "--hybrid", "rrf"]) == 1  # no BM25 in a dense index
+    assert "index --hybrid" in capsys.readouterr().err
+    assert main(["search", str(hybrid), "q", "--hybrid", "mean"]) == 2
+    assert main(["index", str(corpus), "--out", str(dense), "--hybrid", "mean", *common]) == 2
+    # re-running on the dense index with --hybrid adds BM25 over its stored texts, without re-embedding
+    assert main(["index", str(corpus), "--out", str(dense), "--hybrid", "weighted:1", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["embedded"] == 0
+    assert VectorIndex.load(dense).hybrid == HybridConfig("weighted", 1.0)
