@@ -246,7 +246,10 @@ def test_a_text_too_big_alone_is_named(embedder, monkeypatch):
 
 
 def test_other_runtime_errors_are_not_swallowed(embedder, monkeypatch):
-    monkeypatch.setattr(embedder.forward, "embed_encoded", lambda batch: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    def broken(batch):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(embedder.forward, "embed_encoded", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         embedder.encode(["a", "b"])
 

@@ -25,6 +25,7 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from kvembed_rag._io import write_bytes_atomically
 from kvembed_rag.retrieval.filters import Filter
+from kvembed_rag.retrieval.lexical import HybridConfig
 from kvembed_rag.retrieval.pipeline import best_per_document
 from kvembed_rag.retrieval.vector_index import Hit, VectorIndex
 from langchain_kvembed.retrievers import KVFaissRetriever
@@ -54,6 +55,11 @@ class KVFaissVectorStore(VectorStore):
             store.save_local("my-index")
             store = KVFaissVectorStore.load_local("my-index", KVEmbeddings())
             retriever = store.as_retriever(search_type="mmr", search_kwargs={"k": 5})
+
+    Hybrid retrieval (dense + BM25 over the stored texts, fused; see ``kvembed_rag.retrieval.lexical``):
+    ``KVFaissVectorStore(embeddings, hybrid="rrf:0.5")`` or ``from_texts(..., hybrid=True)``; text searches
+    (``similarity_search*``, the retrievers, parent search) then fuse, and scores are the fused scores. Searches
+    by vector and MMR stay dense. The BM25 store is saved and checked with the index.
     """
 
     def __init__(
@@ -63,8 +69,12 @@ class KVFaissVectorStore(VectorStore):
         *,
         factory: str = "Flat",
         precision: str = "float32",
+        hybrid: HybridConfig | dict[str, Any] | str | bool | None = None,
     ) -> None:
         self._embedding = embedding
+        self._hybrid = HybridConfig.parse(hybrid) or (index.hybrid if index is not None else None)
+        if index is not None and self._hybrid is not None:
+            index.enable_hybrid(self._hybrid)
         self._index = index
         self._factory = factory if index is None else index.factory
         self._precision = precision if index is None else index.precision
@@ -114,6 +124,7 @@ class KVFaissVectorStore(VectorStore):
                     factory=self._factory,
                     embedder=_describe(self._embedding),
                     precision=self._precision,
+                    hybrid=self._hybrid,
                 )
             return self._index.upsert(final_ids, vectors, texts, metadatas)
 
@@ -202,7 +213,13 @@ class KVFaissVectorStore(VectorStore):
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: Filter | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
-        return self.similarity_search_with_score_by_vector(self._embedding.embed_query(query), k, filter=filter)
+        """``(document, score)`` pairs, best first: the cosine, or on a hybrid store the fused score."""
+        vector = self._embedding.embed_query(query)
+        with self._lock:
+            if self._index is not None and self._index.lexical is not None and len(self._index):
+                hits = self._index.search_hybrid(np.asarray(vector, dtype=np.float32), query, k, filter=filter)[0]
+                return [(_document(hit), hit.score) for hit in hits]
+        return self.similarity_search_with_score_by_vector(vector, k, filter=filter)
 
     def similarity_search_parents(
         self,
@@ -305,9 +322,10 @@ class KVFaissVectorStore(VectorStore):
         *,
         ids: list[str] | None = None,
         factory: str = "Flat",
+        hybrid: HybridConfig | dict[str, Any] | str | bool | None = None,
         **kwargs: Any,
     ) -> KVFaissVectorStore:
-        store = cls(embedding, factory=factory)
+        store = cls(embedding, factory=factory, hybrid=hybrid)
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
@@ -328,7 +346,8 @@ class KVFaissVectorStore(VectorStore):
         built the index, ``IndexCorruptError`` when files are missing, truncated or inconsistent.
         """
         kwargs.pop("allow_dangerous_deserialization", None)  # accepted for drop-in use, never needed
-        store = cls(embeddings, VectorIndex.load(folder_path, embedder=_describe(embeddings)))
+        index = VectorIndex.load(folder_path, embedder=_describe(embeddings))
+        store = cls(embeddings, index, hybrid=kwargs.pop("hybrid", None))  # hybrid=...: add BM25 or change fusion
         store._parents = _read_parents(Path(folder_path))
         return store
 

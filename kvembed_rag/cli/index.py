@@ -101,6 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --fit-postprocess: fit on a seeded random sample of N chunks (default: all of them)",
     )
     parser.add_argument(
+        "--hybrid",
+        nargs="?",
+        const="default",
+        metavar="FUSION[:WEIGHT]",
+        help="also keep BM25 over the chunks' texts and fuse it with the dense scores in 'search' (default fusion "
+        "when given alone; rrf:W or weighted:W, W = BM25's share). An existing index gets BM25 over its texts",
+    )
+    parser.add_argument(
         "--engine",
         choices=["local", "ray"],
         default="local",
@@ -139,6 +147,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--fit-postprocess fits the post-processing on the corpus; drop --postprocess")
     elif args.fit_limit is not None:
         raise UsageError("--fit-limit applies to --fit-postprocess only")
+    hybrid = None
+    if args.hybrid is not None:
+        from ..errors import ConfigError
+        from ..retrieval.lexical import HybridConfig
+
+        try:
+            hybrid = HybridConfig() if args.hybrid == "default" else HybridConfig.parse(args.hybrid)
+        except ConfigError as exc:
+            raise UsageError(f"--hybrid: {exc}") from None
     documents = read_documents(args)
     show = not args.quiet and not args.json
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
@@ -193,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             group_tokens=group_tokens,
             overwrite=args.overwrite,
             raw_vectors=raw_vectors,
+            hybrid=hybrid,
         )
     except EmbedderMismatchError as exc:
         return _mismatch(out, exc)

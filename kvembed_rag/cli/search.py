@@ -32,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("index", help="index directory written by 'index'")
     parser.add_argument("query", nargs="+")
     parser.add_argument("-k", type=positive_int, default=5, help="documents to return, >= 1 (default 5)")
+    parser.add_argument(
+        "--hybrid",
+        metavar="FUSION[:WEIGHT]",
+        help="an index built with --hybrid: fuse this way instead of its default (rrf:W, weighted:W); none: dense",
+    )
     add_output_options(parser)
     add_model_options(parser, runtime_only=True)
 
@@ -41,6 +46,17 @@ def run(args: argparse.Namespace) -> int:
     if not (folder / MANIFEST).is_file():
         what = "does not exist" if not folder.exists() else f"has no {MANIFEST}"
         raise UsageError(f"{folder} is not a kvembed-rag index ({what}); build one with 'kvembed-rag index'")
+    hybrid: object = None
+    if args.hybrid is not None and args.hybrid.strip().lower() == "none":
+        hybrid = False
+    elif args.hybrid is not None:
+        from ..errors import ConfigError
+        from ..retrieval.lexical import HybridConfig
+
+        try:
+            hybrid = HybridConfig.parse(args.hybrid)
+        except ConfigError as exc:
+            raise UsageError(f"--hybrid: {exc}") from None
     quiet_libraries(verbose=bool(getattr(args, "verbose", False)))
     from ..errors import IndexCorruptError
     from ..retrieval.pipeline import load_for_search, search_documents
@@ -50,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, IndexCorruptError) as exc:
         print(f"kvembed-rag search: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    if hybrid not in (None, False) and index.lexical is None:
+        print(f"kvembed-rag search: {folder} has no BM25; rebuild it with 'index --hybrid'", file=sys.stderr)
+        return EXIT_FAILURE
     results = []
     for query in args.query:
         start = time.perf_counter()
-        hits = search_documents(index, embedder.encode_queries(query), k=args.k)
+        hits = search_documents(index, embedder.encode_queries(query), k=args.k, query_text=query, hybrid=hybrid)
         results.append((query, hits, time.perf_counter() - start))
     if args.json:
         print(

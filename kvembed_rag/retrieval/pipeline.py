@@ -57,12 +57,14 @@ class BuildReport:
         return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
 
 
-def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False) -> VectorIndex:
+def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False, hybrid: Any = None) -> VectorIndex:
     """The existing index in ``out_dir`` (checked against ``embedder``) or a new empty one.
 
     The index records ``embedder.describe()``, whose ``config`` entry is the resolved configuration:
     :func:`load_for_search` rebuilds exactly that embedder for the index's queries. ``overwrite``: start empty
     even if ``out_dir`` holds an index (built by any embedder); the old one is replaced at the first save.
+    ``hybrid`` (``"rrf:0.5"``, ``True`` ...): keep BM25 beside the vectors with that default fusion (an existing
+    index gets BM25 over its stored texts); ``None`` keeps what the index has.
     """
     info = embedder.describe()
     own = _own_stats(Path(out_dir), embedder)
@@ -71,8 +73,11 @@ def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False) -> Vect
 
         info[POSTPROCESS_RECORD] = {"name": own.name, "sha256": file_sha256(own, memoise=False)}
     if (out_dir / MANIFEST).is_file() and not overwrite:
-        return VectorIndex.load(out_dir, embedder=info)
-    return VectorIndex(embedder.dim, embedder=info)
+        index = VectorIndex.load(out_dir, embedder=info)
+        if hybrid is not None and hybrid is not False:
+            index.enable_hybrid(hybrid)
+        return index
+    return VectorIndex(embedder.dim, embedder=info, hybrid=hybrid)
 
 
 def _own_stats(folder: Path, embedder: Any) -> Path | None:
@@ -212,6 +217,7 @@ def build_index(
     encode: Callable[[list[str]], Any] | None = None,
     overwrite: bool = False,
     raw_vectors: dict[str, Any] | None = None,
+    hybrid: Any = None,
 ) -> BuildReport:
     """Embed ``documents`` into the index at ``out_dir`` (created or updated). See the module docstring.
 
@@ -227,7 +233,7 @@ def build_index(
     if long_docs not in LONG_DOC_POLICIES:
         raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
     folder = Path(out_dir)
-    index = open_index(folder, embedder, overwrite=overwrite)  # refuses another embedder's index before any work
+    index = open_index(folder, embedder, overwrite=overwrite, hybrid=hybrid)  # refuses another embedder's first
     stored = _documents_in(index)
     report = BuildReport(documents=len(documents))
     seen: set[str] = set()
@@ -316,7 +322,7 @@ def build_index(
         if group_size >= group_tokens:
             flush()
     flush()
-    if units or overwrite or not (folder / MANIFEST).is_file():
+    if units or overwrite or hybrid is not None or not (folder / MANIFEST).is_file():
         index.save(folder)
     report.seconds = time.perf_counter() - start
     return report
@@ -352,12 +358,22 @@ def best_per_document(hits: Iterable[T], document_of: Callable[[T], str], k: int
 
 
 def search_documents(
-    index: VectorIndex, query_vector: Any, k: int = 5, *, snippet_chars: int = 240
+    index: VectorIndex,
+    query_vector: Any,
+    k: int = 5,
+    *,
+    snippet_chars: int = 240,
+    query_text: str | None = None,
+    hybrid: Any = None,
 ) -> list[DocumentHit]:
-    """Top ``k`` documents, each scored by its best-matching chunk."""
+    """Top ``k`` documents, each scored by its best-matching chunk. An index with BM25 (built with ``hybrid``)
+    fuses BM25 on ``query_text`` with the dense scores (``hybrid``: another fusion; ``False``: dense only)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}")
-    hits = index.search(query_vector, k=max(k * 8, 32))[0]
+    if index.lexical is not None and query_text is not None and hybrid is not False:
+        hits = index.search_hybrid(query_vector, query_text, k=max(k * 8, 32), hybrid=hybrid)[0]
+    else:
+        hits = index.search(query_vector, k=max(k * 8, 32))[0]
     results = []
     for hit in best_per_document(hits, lambda h: str(h.metadata.get("document", h.id)), k):
         text = (hit.text or "").strip()

@@ -12,6 +12,8 @@ On disk an index is a directory::
     docstore-<gen>.json     ids, texts and metadata (JSON: nothing executes when it is read)
     postprocess-<fp>.safetensors   optional: post-processing statistics fitted on this index's own corpus
                             (``kvembed-rag index --fit-postprocess``), named with its sha256 in the embedder record
+    bm25-<gen>.npz          optional (``hybrid=...``): the BM25 store of the records' texts, plain arrays (no
+                            pickle), in ``files`` with its sha256; the fusion defaults under ``hybrid``
 
 A save writes a new generation of the two data files, then replaces ``manifest.json`` atomically (the
 commit point), then removes the old generation: a crash at any moment leaves the previous index or the
@@ -42,6 +44,7 @@ from ..config import vector_differences
 from ..errors import EmbedderMismatchError, IndexCorruptError
 from ..quantization import quantize_embeddings, unpack_binary
 from .filters import Filter, compile_filter
+from .lexical import BM25Store, HybridConfig, fuse
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -128,7 +131,10 @@ class VectorIndex:
         factory: str = "Flat",
         embedder: Mapping[str, Any] | None = None,
         precision: str = "float32",
+        hybrid: HybridConfig | Mapping[str, Any] | str | bool | None = None,
     ) -> None:
+        """``hybrid`` (``True``, ``"rrf:0.5"``, a :class:`HybridConfig` ...): keep a BM25 store of the records'
+        texts beside the vectors, and make that fusion :meth:`search_hybrid`'s default (see ``lexical.py``)."""
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int; got {dim!r}")
         if precision not in INDEX_PRECISIONS:
@@ -143,6 +149,8 @@ class VectorIndex:
         self._label_of: dict[str, int] = {}
         self._tombstones: set[int] = set()  # labels deleted from indexes that cannot remove (HNSW)
         self._next_label = 0
+        self.hybrid = HybridConfig.parse(hybrid)
+        self.lexical: BM25Store | None = BM25Store() if self.hybrid is not None else None
         if self.binary:
             if dim % 8:
                 raise ValueError(f"binary precision packs 8 dimensions per byte; dim={dim} is not a multiple of 8")
@@ -215,6 +223,10 @@ class VectorIndex:
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"metadatas[{position}] is not JSON-serialisable ({exc})") from exc
             records.append(Record(item, text, clean))
+        if self.lexical is not None:
+            missing = [position for position, text in enumerate(texts) if text is None]
+            if missing:
+                raise ValueError(f"a hybrid index needs every record's text for BM25; texts{missing[:5]} are None")
         if n == 0:
             return []
         codes = self._codes(matrix)
@@ -226,6 +238,8 @@ class VectorIndex:
         for label, record in zip(labels.tolist(), records, strict=True):
             self._records[label] = record
             self._label_of[record.id] = label
+        if self.lexical is not None:
+            self.lexical.upsert(labels.tolist(), [str(text) for text in texts])
         return ids
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -245,7 +259,23 @@ class VectorIndex:
         for label in labels:
             record = self._records.pop(label)
             del self._label_of[record.id]
+        if self.lexical is not None:
+            self.lexical.delete(labels)
         return len(labels)
+
+    def enable_hybrid(self, hybrid: HybridConfig | Mapping[str, Any] | str | bool = True) -> None:
+        """Make this a hybrid index (BM25 over the stored texts) or change its default fusion."""
+        config = HybridConfig.parse(hybrid)
+        if config is None:
+            raise ValueError("enable_hybrid needs a fusion (True, 'rrf:0.5', ...); to drop BM25, rebuild the index")
+        if self.lexical is None:
+            untexted = [r.id for r in self._records.values() if r.text is None]
+            if untexted:
+                raise ValueError(f"records {untexted[:5]} have no text for BM25: re-add them with their texts")
+            store = BM25Store()
+            store.upsert(list(self._records), [str(r.text) for r in self._records.values()])
+            self.lexical = store
+        self.hybrid = config
 
     def compact(self) -> None:
         """Rebuild the FAISS index without deleted vectors (only needed for HNSW)."""
@@ -312,6 +342,58 @@ class VectorIndex:
         scores = self._scores(scores)
         return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
 
+    def search_hybrid(
+        self,
+        queries: np.ndarray | Sequence[float] | Sequence[Sequence[float]],
+        query_texts: str | Sequence[str],
+        k: int = 4,
+        *,
+        hybrid: HybridConfig | Mapping[str, Any] | str | bool | None = None,
+        filter: Filter | None = None,
+    ) -> list[list[Hit]]:
+        """Top-``k`` hits per query by the fusion of dense and BM25 scores (``hybrid``: this index's default).
+
+        Candidates are the union of the dense top-N and the BM25 top-N (N = ``candidates``, at least ``k``), each
+        scored by both (the dense score exactly, from the stored vectors); ``Hit.score`` is the fused score.
+        With weight 0 the order is :meth:`search`'s.
+        """
+        if self.lexical is None:
+            raise ValueError("this index keeps no BM25 store: build it with hybrid=... (CLI: index --hybrid)")
+        config = HybridConfig.parse(hybrid) if hybrid is not None else self.hybrid
+        config = config or HybridConfig()
+        matrix = self._check_vectors(queries, what="query")
+        texts = [query_texts] if isinstance(query_texts, str) else list(query_texts)
+        if len(texts) != matrix.shape[0]:
+            raise ValueError(f"got {len(texts)} query texts for {matrix.shape[0]} query vectors")
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative int; got {k!r}")
+        if k == 0 or not self._records:
+            return [[] for _ in texts]
+        predicate = compile_filter(filter)
+        count = max(config.candidates, k)
+        results: list[list[Hit]] = []
+        for row, text, dense_hits in zip(matrix, texts, self.search(matrix, count, filter=filter), strict=True):
+            labels, scores = self.lexical.scores(text)
+            if predicate is not None:
+                keep = np.asarray([predicate(self._records[int(label)].metadata) for label in labels], dtype=bool)
+                labels, scores = labels[keep], scores[keep]
+            bm25 = dict(zip(labels.tolist(), scores.tolist(), strict=True))
+            union = [self._label_of[hit.id] for hit in dense_hits]
+            chosen = set(union)
+            for position in np.argsort(-scores, kind="stable")[:count].tolist():
+                if int(labels[position]) not in chosen:
+                    union.append(int(labels[position]))
+            if not union:
+                results.append([])
+                continue
+            query = unpack_binary(self._codes(row[None, :]), self.dim)[0] if self.binary else row
+            dense = self._reconstruct(union) @ query  # (m,) exact cosine of every candidate
+            lexical = np.asarray([bm25.get(label, 0.0) for label in union])
+            fused = fuse(dense, lexical, fusion=config.fusion, weight=config.weight)
+            order = np.argsort(-fused, kind="stable")[:k]
+            results.append([self._hit(union[i], float(fused[i])) for i in order])
+        return results
+
     def _rescored(
         self, queries: Any, k: int, filter: Filter | None, rescore: Rescorer, multiplier: int
     ) -> list[list[Hit]]:
@@ -350,6 +432,9 @@ class VectorIndex:
         used = [int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"\w+-(\d+)\.\w+", p.name))]
         generation = max(used, default=0) + 1
         names = {"index": f"index-{generation}.faiss", "docstore": f"docstore-{generation}.json"}
+        if self.lexical is not None:
+            names["bm25"] = f"bm25-{generation}.npz"
+            write_bytes_atomically(folder / names["bm25"], self.lexical.to_bytes(), fsync=True)
         docstore = {
             "records": [
                 {"label": label, "id": r.id, "text": r.text, "metadata": r.metadata}
@@ -372,6 +457,7 @@ class VectorIndex:
             "count": len(self._records),
             "next_label": self._next_label,
             "embedder": self.embedder,
+            "hybrid": None if self.hybrid is None else self.hybrid.to_dict(),
             "files": names,
             "sha256": {key: file_sha256(folder / name, memoise=False) for key, name in names.items()},
         }
@@ -383,7 +469,7 @@ class VectorIndex:
         if isinstance(own, Mapping):
             keep.add(str(own.get("name")))
         for stale in folder.iterdir():
-            old_data = re.fullmatch(r"(index|docstore)-\d+\.(faiss|json)", stale.name)
+            old_data = re.fullmatch(r"(index|docstore|bm25)-\d+\.(faiss|json|npz)", stale.name)
             # statistics of an earlier corpus fit (an --overwrite rebuild refits): only the named file is current
             if stale.name not in keep and (old_data or POSTPROCESS_FILE.fullmatch(stale.name)):
                 stale.unlink(missing_ok=True)
@@ -400,8 +486,10 @@ class VectorIndex:
         if manifest.get("format") != FORMAT_VERSION:
             raise IndexCorruptError(f"{folder / MANIFEST}: unsupported format {manifest.get('format')!r}")
         files = manifest.get("files")
-        if not isinstance(files, dict) or set(files) != {"index", "docstore"}:
-            raise IndexCorruptError(f"{folder / MANIFEST}: 'files' must name the index and the docstore")
+        if not isinstance(files, dict) or not {"index", "docstore"} <= set(files) <= {"index", "docstore", "bm25"}:
+            raise IndexCorruptError(f"{folder / MANIFEST}: 'files' must name the index and the docstore (and bm25)")
+        if ("bm25" in files) != isinstance(manifest.get("hybrid"), dict):
+            raise IndexCorruptError(f"{folder / MANIFEST}: a BM25 file and the hybrid settings come together")
         for key, name in files.items():
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
                 raise IndexCorruptError(f"{folder / MANIFEST}: file name {name!r} would leave the index directory")
@@ -421,12 +509,21 @@ class VectorIndex:
             index = (faiss.deserialize_index_binary if precision == "binary" else faiss.deserialize_index)(raw)
         except (ValueError, RuntimeError) as exc:
             raise IndexCorruptError(f"{folder}: unreadable index data ({exc})") from exc
+        try:
+            hybrid = HybridConfig.parse(manifest.get("hybrid"))
+        except (ValueError, TypeError) as exc:
+            raise IndexCorruptError(f"{folder / MANIFEST}: hybrid settings are not valid ({exc})") from exc
         self = cls(
             int(manifest["dim"]),
             factory=str(manifest["factory"]),
             embedder=manifest.get("embedder"),
             precision=precision,
+            hybrid=hybrid,
         )
+        if "bm25" in files:
+            self.lexical = BM25Store.from_bytes(
+                (folder / files["bm25"]).read_bytes(), where=str(folder / files["bm25"])
+            )
         if index.d != self.dim:
             raise IndexCorruptError(f"{folder}: FAISS index has dim {index.d}, manifest says {self.dim}")
         self._faiss = index
@@ -441,6 +538,12 @@ class VectorIndex:
             raise IndexCorruptError(
                 f"{folder}: the FAISS index holds {index.ntotal} vectors but the docstore accounts for {expected} "
                 f"(manifest count {manifest.get('count')}): the files do not belong together"
+            )
+        if self.lexical is not None and self.lexical.labels != set(self._records):
+            raise IndexCorruptError(
+                f"{folder / files['bm25']}: the BM25 store holds {len(self.lexical)} records, the docstore "
+                f"{len(self._records)}, and they are not the same ones: the files do not belong together; "
+                "rebuild the index (or re-save it from a store that loads)"
             )
         return self
 

@@ -2,6 +2,18 @@
 
 from llama_index.embeddings.kvembed.base import KVEmbedding
 from llama_index.embeddings.kvembed.node_parser import KVTokenNodeParser
-from llama_index.embeddings.kvembed.retrievers import BestNodePerDocument, KVDocumentRetriever, best_node_per_document
+from llama_index.embeddings.kvembed.retrievers import (
+    BestNodePerDocument,
+    KVDocumentRetriever,
+    KVIndexRetriever,
+    best_node_per_document,
+)
 
-__all__ = ["BestNodePerDocument", "KVDocumentRetriever", "KVEmbedding", "KVTokenNodeParser", "best_node_per_document"]
+__all__ = [
+    "BestNodePerDocument",
+    "KVDocumentRetriever",
+    "KVEmbedding",
+    "KVIndexRetriever",
+    "KVTokenNodeParser",
+    "best_node_per_document",
+]

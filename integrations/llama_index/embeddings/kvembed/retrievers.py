@@ -1,4 +1,5 @@
-"""Document-level retrieval over chunked documents: each document once, found by its best node."""
+"""Document-level retrieval over chunked documents (each document once, found by its best node), and a retriever
+over kvembed-rag's own index, dense or hybrid (dense + BM25)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 
 from kvembed_rag.retrieval.pipeline import best_per_document
 
@@ -79,4 +80,80 @@ class KVDocumentRetriever(BaseRetriever):
             }
             node = TextNode(id_=document.doc_id, text=document.get_content(), metadata=metadata)
             results.append(NodeWithScore(node=node, score=item.score))
+        return results
+
+
+class KVIndexRetriever(BaseRetriever):
+    """Nodes retrieved from kvembed-rag's own FAISS index, dense or hybrid (dense + BM25 over the node texts).
+
+    A thin adapter: the index, its BM25 store, the fusion and persistence are the core's
+    (:class:`kvembed_rag.retrieval.VectorIndex`, ``search_hybrid``). Wrap it in :class:`KVDocumentRetriever`
+    for whole documents by their best node.
+
+    Example:
+        .. code-block:: python
+
+            nodes = KVTokenNodeParser.from_defaults(embed_model=embed_model).get_nodes_from_documents(documents)
+            retriever = KVIndexRetriever.from_nodes(nodes, embed_model, hybrid=True, similarity_top_k=5)
+            retriever.persist("my-index")  # later: KVIndexRetriever.from_persist_dir("my-index", embed_model)
+    """
+
+    def __init__(
+        self, index: Any, embed_model: Any, similarity_top_k: int = 4, hybrid: Any = None, **kwargs: Any
+    ) -> None:
+        if similarity_top_k < 1:
+            raise ValueError(f"similarity_top_k must be positive; got {similarity_top_k}")
+        if hybrid is not None and hybrid is not False:
+            index.enable_hybrid(hybrid)
+        self._index = index
+        self._embed_model = embed_model
+        self._top_k = similarity_top_k
+        self._dense_only = hybrid is False
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_nodes(
+        cls, nodes: list[Any], embed_model: Any, *, similarity_top_k: int = 4, hybrid: Any = None, **kwargs: Any
+    ) -> KVIndexRetriever:
+        """Embed ``nodes`` (their text as documents) into a new index; ``hybrid``: also BM25, with that fusion."""
+        from kvembed_rag.retrieval.vector_index import VectorIndex
+
+        if not nodes:
+            raise ValueError("from_nodes needs at least one node")
+        texts = [node.get_content() for node in nodes]
+        vectors = embed_model.get_text_embedding_batch(texts)
+        embedder = getattr(embed_model, "embedder", None)
+        index = VectorIndex(len(vectors[0]), embedder=embedder.describe() if embedder is not None else None)
+        if hybrid is not None and hybrid is not False:
+            index.enable_hybrid(hybrid)
+        metadatas = [{**node.metadata, "ref_doc_id": node.ref_doc_id} for node in nodes]
+        index.upsert([node.node_id for node in nodes], vectors, texts, metadatas)
+        return cls(index, embed_model, similarity_top_k, **kwargs)
+
+    @classmethod
+    def from_persist_dir(cls, folder: str, embed_model: Any, **kwargs: Any) -> KVIndexRetriever:
+        """Load an index saved by :meth:`persist` (checked: checksums, the BM25 store, the embedder)."""
+        from kvembed_rag.retrieval.vector_index import VectorIndex
+
+        embedder = getattr(embed_model, "embedder", None)
+        index = VectorIndex.load(folder, embedder=embedder.describe() if embedder is not None else None)
+        return cls(index, embed_model, **kwargs)
+
+    def persist(self, folder: str) -> None:
+        self._index.save(folder)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        vector = self._embed_model.get_query_embedding(query_bundle.query_str)
+        if self._index.lexical is not None and not self._dense_only:
+            hits = self._index.search_hybrid(vector, query_bundle.query_str, self._top_k)[0]
+        else:
+            hits = self._index.search(vector, self._top_k)[0]
+        results = []
+        for hit in hits:
+            metadata = dict(hit.metadata)
+            parent = metadata.pop("ref_doc_id", None)
+            node = TextNode(id_=hit.id, text=hit.text or "", metadata=metadata)
+            if parent:
+                node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=parent)
+            results.append(NodeWithScore(node=node, score=hit.score))
         return results

@@ -1,0 +1,279 @@
+"""BM25 beside the dense index, and the fusion of the two rankings (hybrid retrieval).
+
+Why: on long meeting transcripts split into passages, BM25 finds the answering passage more often than
+dense kv vectors alone (docs/RESULTS.md, "Passage-level retrieval"); a RAG user wants both. BM25 scoring is
+`bm25s <https://github.com/xhluca/bm25s>`_'s (a maintained library: numpy + scipy only); tokenisation is ours
+and fixed (lower-cased ``\\w\\w+`` words minus bm25s's English stop words), so an index scores the same on any
+machine.
+
+:class:`BM25Store` keeps one token list per record, keyed by the dense index's integer labels, so upserts and
+deletes follow the dense index; the bm25s model is rebuilt lazily after a change (cheap: a sparse matrix).
+On disk it is one ``.npz`` of plain arrays (read with ``allow_pickle=False``: nothing executes when it is read),
+named in the dense index's manifest with its sha256; see :mod:`kvembed_rag.retrieval.vector_index`.
+
+Fusion (:func:`fuse`) runs over a candidate set: the union of the dense top-``candidates`` and the BM25
+top-``candidates``, each candidate scored by both (the dense score exactly). ``weight`` is BM25's share:
+
+- ``"rrf"``: reciprocal rank fusion, ``(1 - w)/(60 + rank_dense) + w/(60 + rank_bm25)`` (ranks among the
+  candidates, from 1);
+- ``"weighted"``: ``(1 - w)·dense + w·bm25``, each min-max normalised over the candidates.
+
+``weight=0`` orders exactly as the dense search does, ``weight=1`` as BM25 does.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, IndexCorruptError
+
+#: fusion methods :func:`fuse` knows
+FUSION_METHODS = ("rrf", "weighted")
+#: the RRF constant (Cormack et al. 2009): damps the difference between the first few ranks
+RRF_K = 60
+_WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's and bm25s's default token pattern
+_FORMAT = 1
+
+
+def _bm25s() -> Any:
+    try:
+        import bm25s
+    except ImportError as exc:  # a core dependency; only a broken install lands here
+        raise ImportError("hybrid retrieval needs bm25s: pip install 'bm25s>=0.2.14'") from exc
+    return bm25s
+
+
+def _stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN
+
+    return frozenset(STOPWORDS_EN)
+
+
+def tokenize(text: str, stopwords: frozenset[str] | None = None) -> list[str]:
+    """Lower-cased words of two or more characters, English stop words removed."""
+    stop = _stopwords() if stopwords is None else stopwords
+    return [word for word in _WORD.findall(text.lower()) if word not in stop]
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """How dense and BM25 rankings are fused (:func:`fuse`); ``weight`` is BM25's share, 0 to 1."""
+
+    # the default is the best on QMSum passages, dev sample A (4 meetings, 30 questions; weighted 0.3-0.5 and
+    # RRF 0.5-0.7 within 0.005 nDCG@10 of it); not yet confirmed on B: docs/RESULTS.md, "Passage-level retrieval"
+    fusion: str = "weighted"
+    weight: float = 0.5
+    candidates: int = 100  # each side's top-N that enters the fusion (at least k)
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION_METHODS:
+            raise ConfigError(f"fusion must be one of {FUSION_METHODS}; got {self.fusion!r}")
+        if isinstance(self.weight, bool) or not 0.0 <= float(self.weight) <= 1.0:
+            raise ConfigError(f"hybrid weight is BM25's share and must be between 0 and 1; got {self.weight!r}")
+        if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
+            raise ConfigError(f"candidates must be a positive int; got {self.candidates!r}")
+
+    @classmethod
+    def parse(cls, value: HybridConfig | Mapping[str, Any] | str | bool | None) -> HybridConfig | None:
+        """``None``/``False``: no hybrid; ``True``: the defaults; ``"rrf"``, ``"weighted:0.3"``, a dict, a config."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, HybridConfig):
+            return value
+        if isinstance(value, Mapping):
+            return cls(**dict(value))
+        if isinstance(value, str):
+            name, _, weight = value.partition(":")
+            if not weight:
+                return cls(name.strip())
+            try:
+                share = float(weight)
+            except ValueError:
+                raise ConfigError(
+                    f"hybrid {value!r}: write METHOD or METHOD:WEIGHT, e.g. 'rrf' or 'weighted:0.3'"
+                ) from None
+            return cls(name.strip(), share)
+        raise ConfigError(f"hybrid must be a bool, 'METHOD[:WEIGHT]', a dict or a HybridConfig; got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks, best (highest) first; ties keep candidate order."""
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    return ranks
+
+
+def _minmax(scores: np.ndarray) -> np.ndarray:
+    spread = float(scores.max() - scores.min()) if len(scores) else 0.0
+    return (scores - scores.min()) / spread if spread > 0 else np.zeros_like(scores)
+
+
+def fuse(dense: np.ndarray, lexical: np.ndarray, *, fusion: str = "rrf", weight: float = 0.5) -> np.ndarray:
+    """Fused scores ``(m,)`` of ``m`` candidates from their dense and BM25 scores (see the module docstring)."""
+    d, b = np.asarray(dense, dtype=np.float64), np.asarray(lexical, dtype=np.float64)
+    if d.shape != b.shape or d.ndim != 1:
+        raise ValueError(f"dense and lexical scores must be equally long 1-D arrays; got {d.shape} and {b.shape}")
+    if fusion == "rrf":
+        return (1.0 - weight) / (RRF_K + _ranks(d)) + weight / (RRF_K + _ranks(b))
+    if fusion == "weighted":
+        return (1.0 - weight) * _minmax(d) + weight * _minmax(b)
+    raise ConfigError(f"fusion must be one of {FUSION_METHODS}; got {fusion!r}")
+
+
+def candidate_union(dense: np.ndarray, lexical: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the union of the ``count`` best by each score (dense first, then BM25's additions)."""
+    top_dense = np.argsort(-dense, kind="stable")[:count]
+    top_lexical = np.argsort(-lexical, kind="stable")[:count]
+    seen = set(top_dense.tolist())
+    return np.concatenate([top_dense, np.asarray([i for i in top_lexical.tolist() if i not in seen], dtype=np.int64)])
+
+
+def hybrid_order(dense: np.ndarray, lexical: np.ndarray, config: HybridConfig, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` positions and their fused scores, given every item's dense and BM25 score (the evaluation's
+    path; :meth:`VectorIndex.search_hybrid` fuses the same candidate set)."""
+    candidates = candidate_union(dense, lexical, max(config.candidates, k))
+    fused = fuse(dense[candidates], lexical[candidates], fusion=config.fusion, weight=config.weight)
+    order = np.argsort(-fused, kind="stable")[:k]
+    return candidates[order], fused[order]
+
+
+@dataclass(frozen=True)
+class BM25Params:
+    """BM25's parameters (Lucene's variant) and the tokenizer's name, stored with the index."""
+
+    k1: float = 1.2
+    b: float = 0.75
+    method: str = "lucene"
+    tokenizer: str = "words2-lower-stopwords_en"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BM25Params:
+        try:
+            params = cls(float(data["k1"]), float(data["b"]), str(data["method"]), str(data["tokenizer"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexCorruptError(f"BM25 parameters {dict(data)!r} are not valid ({exc})") from exc
+        if params.tokenizer != cls.tokenizer:
+            raise IndexCorruptError(
+                f"the BM25 index was tokenised with {params.tokenizer!r}, which this version does not know; rebuild it"
+            )
+        return params
+
+
+class BM25Store:
+    """BM25 over records keyed by integer labels (the dense index's), with upsert, delete and ``.npz`` storage."""
+
+    def __init__(self, params: BM25Params | None = None) -> None:
+        self.params = params or BM25Params()
+        self._tokens: dict[int, list[str]] = {}
+        self._model: Any = None
+        self._labels = np.zeros(0, dtype=np.int64)  # the model's document order
+        self._stop = _stopwords()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    @property
+    def labels(self) -> set[int]:
+        return set(self._tokens)
+
+    def upsert(self, labels: Sequence[int], texts: Sequence[str]) -> None:
+        if len(labels) != len(texts):
+            raise ValueError(f"got {len(labels)} labels for {len(texts)} texts")
+        for label, text in zip(labels, texts, strict=True):
+            if not isinstance(text, str):
+                raise TypeError(f"hybrid retrieval indexes texts: record {label} has {type(text).__name__}")
+            self._tokens[int(label)] = tokenize(text, self._stop)
+        self._model = None
+
+    def delete(self, labels: Iterable[int]) -> None:
+        for label in labels:
+            self._tokens.pop(int(label), None)
+        self._model = None
+
+    def _ensure(self) -> None:
+        if self._model is not None or not self._tokens:
+            return
+        bm25s = _bm25s()
+        self._labels = np.asarray(sorted(self._tokens), dtype=np.int64)
+        model = bm25s.BM25(k1=self.params.k1, b=self.params.b, method=self.params.method)
+        model.index([self._tokens[int(label)] for label in self._labels], show_progress=False)
+        self._model = model
+
+    def scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, scores)`` of every record for ``query`` (zeros when no query word is indexed)."""
+        self._ensure()
+        if self._model is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        words = [w for w in tokenize(query, self._stop) if w in self._model.vocab_dict]
+        if not words:
+            return self._labels, np.zeros(len(self._labels), np.float32)
+        return self._labels, np.asarray(self._model.get_scores(words), dtype=np.float32)
+
+    # ------------------------------------------------------------------ persistence
+    def to_bytes(self) -> bytes:
+        """The store as an ``.npz`` of plain arrays: labels, token offsets, token ids and the vocabulary."""
+        labels = np.asarray(sorted(self._tokens), dtype=np.int64)
+        vocabulary: dict[str, int] = {}
+        ids: list[int] = []
+        offsets = [0]
+        for label in labels.tolist():
+            ids.extend(vocabulary.setdefault(word, len(vocabulary)) for word in self._tokens[label])
+            offsets.append(len(ids))
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            format=np.asarray(_FORMAT, dtype=np.int64),
+            params=np.asarray(json.dumps(asdict(self.params))),
+            labels=labels,
+            offsets=np.asarray(offsets, dtype=np.int64),
+            tokens=np.asarray(ids, dtype=np.int32),
+            vocabulary=np.asarray(list(vocabulary), dtype=str),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where: str = "BM25 index") -> BM25Store:
+        """Read :meth:`to_bytes`'s output; :class:`IndexCorruptError` when it is not a consistent store."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                fields = {name: arrays[name] for name in arrays.files}
+        except (OSError, ValueError, EOFError) as exc:
+            raise IndexCorruptError(f"{where} is not a readable .npz ({exc})") from exc
+        missing = {"format", "params", "labels", "offsets", "tokens", "vocabulary"} - set(fields)
+        if missing:
+            raise IndexCorruptError(f"{where} lacks {sorted(missing)}")
+        if int(fields["format"]) != _FORMAT:
+            raise IndexCorruptError(f"{where}: unsupported format {int(fields['format'])}")
+        try:
+            params = BM25Params.from_dict(json.loads(str(fields["params"])))
+        except ValueError as exc:
+            raise IndexCorruptError(f"{where}: parameters are not JSON ({exc})") from exc
+        labels, offsets, tokens = fields["labels"], fields["offsets"], fields["tokens"]
+        vocabulary = fields["vocabulary"].tolist()
+        consistent = (
+            labels.ndim == offsets.ndim == tokens.ndim == 1
+            and len(offsets) == len(labels) + 1
+            and (len(offsets) == 0 or (offsets[0] == 0 and offsets[-1] == len(tokens)))
+            and bool(np.all(np.diff(offsets) >= 0))
+            and (len(tokens) == 0 or (tokens.min() >= 0 and tokens.max() < len(vocabulary)))
+            and len(set(labels.tolist())) == len(labels)
+        )
+        if not consistent:
+            raise IndexCorruptError(f"{where}: labels, offsets, tokens and vocabulary do not add up")
+        store = cls(params)
+        for position, label in enumerate(labels.tolist()):
+            store._tokens[int(label)] = [vocabulary[i] for i in tokens[offsets[position] : offsets[position + 1]]]
+        return store

@@ -1,0 +1,197 @@
+"""Hybrid retrieval: the BM25 store beside the FAISS index (pickle-free, checked on load) and the fusion."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kvembed_rag.errors import ConfigError, IndexCorruptError
+from kvembed_rag.retrieval.lexical import BM25Store, HybridConfig, candidate_union, fuse, hybrid_order, tokenize
+from kvembed_rag.retrieval.vector_index import VectorIndex
+
+TEXTS = [
+    "The quarterly budget was approved by the finance committee.",
+    "We discussed the remote control design and its buttons.",
+    "Marketing wants a fruit-shaped remote in bright yellow.",
+    "The microphone array picked up breath noise again.",
+    "Budget cuts mean fewer prototypes this quarter.",
+    "Speech recognition errors rise with overlapping speakers.",
+]
+
+
+def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+
+
+def _index(hybrid: object = "rrf:0.5") -> VectorIndex:
+    index = VectorIndex(16, hybrid=hybrid)  # type: ignore[arg-type]
+    index.upsert([f"d{i}" for i in range(len(TEXTS))], _vectors(len(TEXTS)), TEXTS, [{"n": i} for i in range(6)])
+    return index
+
+
+def test_tokenizer_and_bm25_scores_prefer_the_matching_texts() -> None:
+    assert tokenize("The Budget, the BUDGET: a cut!") == ["budget", "budget", "cut"]
+    store = BM25Store()
+    store.upsert([10, 11, 12], TEXTS[:3])
+    labels, scores = store.scores("budget committee")
+    assert labels.tolist() == [10, 11, 12] and scores[0] > 0 and scores[1] == scores[2] == 0
+    assert not store.scores("the of and")[1].any()  # stop words only: no evidence either way
+
+
+def test_fusion_weights_zero_and_one_are_the_two_rankings() -> None:
+    dense, lexical = np.array([0.9, 0.5, 0.1, 0.7]), np.array([0.0, 3.0, 1.0, 0.5])
+    for fusion in ("rrf", "weighted"):
+        assert np.argsort(-fuse(dense, lexical, fusion=fusion, weight=0.0)).tolist() == [0, 3, 1, 2]
+        assert np.argsort(-fuse(dense, lexical, fusion=fusion, weight=1.0)).tolist() == [1, 2, 3, 0]
+    # RRF by hand: ranks dense [1, 3, 4, 2], BM25 [4, 1, 2, 3]
+    assert fuse(dense, lexical, weight=0.5)[0] == pytest.approx(0.5 / 61 + 0.5 / 64)
+    assert candidate_union(dense, lexical, 1).tolist() == [0, 1]  # each side's top 1 enters the fusion
+    positions, fused = hybrid_order(dense, lexical, HybridConfig("rrf", 0.5, candidates=1), k=1)
+    assert positions.tolist() == [0] and fused[0] == pytest.approx(0.5 / 61 + 0.5 / 62)
+
+
+def test_hybrid_config_parsing_and_errors() -> None:
+    assert HybridConfig.parse("weighted:0.3") == HybridConfig("weighted", 0.3)
+    assert HybridConfig.parse(True) == HybridConfig() and HybridConfig.parse(False) is None
+    with pytest.raises(ConfigError, match="fusion must be one of"):
+        HybridConfig.parse("mean")
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        HybridConfig.parse("rrf:1.5")
+    with pytest.raises(ConfigError, match="METHOD:WEIGHT"):
+        HybridConfig.parse("rrf:lots")
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "weighted"])
+def test_hybrid_with_weight_zero_equals_dense(fusion: str) -> None:
+    index = _index(f"{fusion}:0")
+    queries = _vectors(5, seed=1)
+    dense = index.search(queries, k=4)
+    hybrid = index.search_hybrid(queries, ["budget quarter"] * 5, k=4)
+    assert [[h.id for h in row] for row in hybrid] == [[h.id for h in row] for row in dense]
+
+
+def test_hybrid_finds_the_words_dense_misses_and_honours_filters() -> None:
+    index = _index("weighted:1")
+    hits = index.search_hybrid(_vectors(1, seed=2)[0], "budget", k=2)[0]
+    assert {h.id for h in hits} == {"d0", "d4"}
+    filtered = index.search_hybrid(_vectors(1, seed=2)[0], "budget", k=2, filter={"n": {"$ne": 0}})[0]
+    assert filtered[0].id == "d4" and "d0" not in {h.id for h in filtered}
+
+
+def test_bm25_follows_upserts_and_deletes() -> None:
+    index = _index("weighted:1")
+    index.upsert(["d0"], _vectors(1, seed=3), ["nothing about money"])
+    index.delete(["d4"])
+    hits = index.search_hybrid(_vectors(1, seed=2)[0], "budget", k=1)[0]
+    assert hits[0].id not in {"d0", "d4"}  # no text holds "budget" any more: the fused order is arbitrary
+    with pytest.raises(ValueError, match="needs every record's text"):
+        index.upsert(["x"], _vectors(1), None)
+    with pytest.raises(ValueError, match="keeps no BM25"):
+        VectorIndex(16).search_hybrid(_vectors(1)[0], "q")
+
+
+def test_round_trip_without_pickle(tmp_path: Path) -> None:
+    index = _index("weighted:0.7")
+    queries = _vectors(3, seed=4)
+    before = index.search_hybrid(queries, ["budget", "remote", "speech"], k=3)
+    index.save(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["hybrid"] == {"fusion": "weighted", "weight": 0.7, "candidates": 100}
+    bm25_file = tmp_path / manifest["files"]["bm25"]
+    with zipfile.ZipFile(bm25_file) as archive, np.load(bm25_file, allow_pickle=False) as arrays:
+        assert all(name.endswith(".npy") for name in archive.namelist())
+        assert all(arrays[name].dtype != object for name in arrays.files)
+    loaded = VectorIndex.load(tmp_path)
+    assert loaded.hybrid == HybridConfig("weighted", 0.7)
+    after = loaded.search_hybrid(queries, ["budget", "remote", "speech"], k=3)
+    assert [[(h.id, round(h.score, 6)) for h in r] for r in after] == [
+        [(h.id, round(h.score, 6)) for h in r] for r in before
+    ]
+    loaded.upsert(["d9"], _vectors(1, seed=5), ["budget budget budget"])
+    loaded.save(tmp_path)  # a new generation; the old BM25 file is removed
+    assert sorted(p.name for p in tmp_path.glob("bm25-*.npz")) == ["bm25-2.npz"]
+    assert VectorIndex.load(tmp_path).search_hybrid(_vectors(1)[0], "budget", k=1, hybrid="weighted:1")[0][0].id == "d9"
+
+
+def test_a_damaged_or_foreign_bm25_file_is_refused(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    _index().save(first)
+    other = VectorIndex(16, hybrid=True)
+    other.upsert(["a", "b"], _vectors(2), ["one text", "another"])
+    other.save(second)
+    manifest = json.loads((first / "manifest.json").read_text())
+    name = manifest["files"]["bm25"]
+    original = (first / name).read_bytes()
+    (first / name).write_bytes(original[:-7] + b"garbage")
+    with pytest.raises(IndexCorruptError, match="does not match its checksum"):
+        VectorIndex.load(first)
+    # a well-formed BM25 file of another index, checksum updated: the records do not match
+    from kvembed_rag._io import file_sha256
+
+    (first / name).write_bytes(
+        (second / json.loads((second / "manifest.json").read_text())["files"]["bm25"]).read_bytes()
+    )
+    manifest["sha256"]["bm25"] = file_sha256(first / name, memoise=False)
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="do not belong together"):
+        VectorIndex.load(first)
+    # an .npz that is not a BM25 store
+    np.savez(first / name, something=np.arange(3))
+    manifest["sha256"]["bm25"] = file_sha256(first / name, memoise=False)
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="lacks"):
+        VectorIndex.load(first)
+    # the BM25 file named but its settings gone
+    (first / name).write_bytes(original)
+    manifest["sha256"]["bm25"] = file_sha256(first / name, memoise=False)
+    manifest.pop("hybrid")
+    (first / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="come together"):
+        VectorIndex.load(first)
+
+
+def test_enable_hybrid_on_an_existing_dense_index(tmp_path: Path) -> None:
+    index = VectorIndex(16)
+    index.upsert(["a", "b"], _vectors(2), ["budget talk", "remote design"])
+    index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path)
+    assert loaded.lexical is None
+    loaded.enable_hybrid("weighted:1")
+    assert loaded.search_hybrid(_vectors(1)[0], "remote", k=1)[0][0].id == "b"
+    untexted = VectorIndex(16)
+    untexted.upsert(["a"], _vectors(1))
+    with pytest.raises(ValueError, match="no text for BM25"):
+        untexted.enable_hybrid()
+
+
+def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> None:
+    from kvembed_rag.cli import main
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for name, text in {
+        "zip.txt": "Zip archives compress whole folders.",
+        "json.txt": "Parse JSON strings into Python objects.",
+        "csv.txt": "Read and write comma separated files.",
+    }.items():
+        (corpus / name).write_text(text)
+    dense, hybrid = tmp_path / "dense", tmp_path / "hybrid"
+    common = ["--model", str(checkpoints["llama"]), "--max-length", "128", "-q", "--json"]
+    assert main(["index", str(corpus), "--out", str(hybrid), "--hybrid", "weighted:1", *common]) == 0
+    assert main(["index", str(corpus), "--out", str(dense), *common]) == 0
+    capsys.readouterr()
+    assert main(["search", str(hybrid), "compress folders", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["document"] == "zip.txt"  # BM25 alone (weight 1)
+    assert main(["search", str(hybrid), "compress folders", "--hybrid", "none", "--json"]) == 0
+    assert main(["search", str(dense), "compress folders", "--hybrid", "rrf"]) == 1  # no BM25 in a dense index
+    assert "index --hybrid" in capsys.readouterr().err
+    assert main(["search", str(hybrid), "q", "--hybrid", "mean"]) == 2
+    assert main(["index", str(corpus), "--out", str(dense), "--hybrid", "mean", *common]) == 2
+    # re-running on the dense index with --hybrid adds BM25 over its stored texts, without re-embedding
+    assert main(["index", str(corpus), "--out", str(dense), "--hybrid", "weighted:1", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["embedded"] == 0
+    assert VectorIndex.load(dense).hybrid == HybridConfig("weighted", 1.0)

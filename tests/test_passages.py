@@ -1,0 +1,192 @@
+"""Passage-level evaluation on hand-made fixtures: readers, passage packing, relevance by span overlap, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kvembed_rag.eval.passages import (
+    PassageOptions,
+    evaluate_passages,
+    load_passage_task,
+    make_passages,
+    passage_metrics,
+    passage_qrels,
+    prepare,
+    whitespace_offsets,
+)
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def meetings(tmp_path: Path) -> Path:
+    """Two meetings of 1-word-per-... turns; each turn has 3 words once 'Speaker:' is counted."""
+    folder = tmp_path / "spans"
+    folder.mkdir()
+    turns_a = [{"speaker": "A", "content": f"apple {i}"} for i in range(6)]  # "A: apple i" = 3 words
+    turns_a[4]["content"] = "budget talk"
+    turns_b = [{"speaker": "B", "content": f"pear {i}"} for i in range(4)]
+    _write(folder / "meetings.jsonl", [
+        {"id": "m1", "split": "val", "turns": turns_a},
+        {"id": "m2", "split": "train", "turns": turns_b},
+    ])  # fmt: skip
+    _write(folder / "queries.jsonl", [
+        {"id": "q1", "meeting": "m1", "query": "budget talk", "spans": [[4, 4]]},
+        {"id": "q2", "meeting": "m2", "query": "pear 0", "spans": [[0, 1]]},
+        {"id": "q3", "meeting": "m1", "query": "nothing", "spans": [[9, 12]]},  # outside the meeting: dropped
+    ])  # fmt: skip
+    return folder
+
+
+def test_qmsum_spans_reader_turns_become_lines_and_spans_characters(meetings: Path) -> None:
+    task = load_passage_task(meetings)
+    m1 = task.documents["m1"]
+    assert m1.text.splitlines()[4] == "A: budget talk"
+    assert m1.split == "val" and len(m1.units) == 6
+    q1 = next(q for q in task.queries if q.id == "q1")
+    assert [m1.text[s:e] for s, e in q1.spans] == ["A: budget talk"]
+    assert next(q for q in task.queries if q.id == "q3").spans == []
+
+
+def test_passages_pack_whole_turns_up_to_size_with_overlap(meetings: Path) -> None:
+    m1 = load_passage_task(meetings).documents["m1"]
+    plain = make_passages(m1, whitespace_offsets, size=6)  # two 3-word turns per passage
+    assert [p.text.count("\n") + 1 for p in plain] == [2, 2, 2]
+    assert plain[2].text == "A: budget talk\nA: apple 5" and plain[2].id == "m1#2"
+    overlapped = make_passages(m1, whitespace_offsets, size=6, overlap=3)  # each repeats its predecessor's last turn
+    assert [p.text.splitlines()[0] for p in overlapped] == [
+        f"A: {c}" for c in ("apple 0", "apple 1", "apple 2", "apple 3", "budget talk")
+    ]
+    titled = make_passages(m1, whitespace_offsets, size=6, header=True)
+    assert titled[0].text.startswith("m1\n\nA: apple 0") and titled[0].start == plain[0].start
+
+
+def test_a_turn_longer_than_a_passage_becomes_token_windows(tmp_path: Path) -> None:
+    folder = tmp_path / "generic"
+    folder.mkdir()
+    _write(folder / "documents.jsonl", [{"id": "d", "title": "T", "text": "one two three four five\nsix"}])
+    _write(folder / "queries.jsonl", [{"id": "q", "query": "six", "document": "d", "answers": [[24, 27]]}])
+    document = load_passage_task(folder).documents["d"]
+    passages = make_passages(document, whitespace_offsets, size=2)
+    assert [p.text for p in passages] == ["one two", "three four", "five", "six"]
+    assert passage_qrels(passages, load_passage_task(folder).queries) == {"q": {"d#3": 1.0}}
+
+
+def test_generic_reader_refuses_spans_outside_the_text(tmp_path: Path) -> None:
+    folder = tmp_path / "generic"
+    folder.mkdir()
+    _write(folder / "documents.jsonl", [{"id": "d", "text": "short"}])
+    _write(folder / "queries.jsonl", [{"id": "q", "query": "x", "document": "d", "answers": [[2, 99]]}])
+    with pytest.raises(ValueError, match="outside its document's 5 characters"):
+        load_passage_task(folder)
+    with pytest.raises(FileNotFoundError, match=r"meetings\.jsonl"):
+        load_passage_task(tmp_path)
+
+
+def test_relevance_is_overlap_and_unanswerable_queries_are_dropped(meetings: Path) -> None:
+    run = prepare(load_passage_task(meetings), whitespace_offsets, size=6)
+    assert run.qrels == {"q1": {"m1#2": 1.0}, "q2": {"m2#0": 1.0}}
+    assert run.dropped == 1 and [q.id for q in run.queries] == ["q1", "q2"]
+
+
+def test_passage_metrics_by_hand(meetings: Path) -> None:
+    run = prepare(load_passage_task(meetings), whitespace_offsets, size=6)
+    # q1: its passage 3rd, behind two passages of the same meeting; q2: its passage 6th (past R@5), behind m1's
+    ranked = [["m1#0", "m1#1", "m1#2", "m2#0", "m2#1"], ["m1#0", "m1#1", "m1#2", "m2#1", "m1#0x", "m2#0"]]
+    document_of = {**run.document_of, "m1#0x": "m1"}
+    metrics = passage_metrics(ranked, run.queries, run.qrels, document_of)
+    assert metrics["ndcg@10"] == pytest.approx((1 / math.log2(4) + 1 / math.log2(7)) / 2)
+    assert metrics["recall@5"] == pytest.approx(0.5) and metrics["recall@20"] == pytest.approx(1.0)
+    # documents by best passage: q1 -> [m1, m2] (rank 1), q2 -> [m1, m2] (rank 2)
+    assert metrics["doc_recall@1"] == pytest.approx(0.5)
+    assert metrics["doc_ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+
+
+def test_samples_a_and_b_are_disjoint_and_seeded(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    _write(folder / "documents.jsonl", [{"id": f"d{i}", "text": f"word{i} text"} for i in range(10)])
+    _write(
+        folder / "queries.jsonl",
+        [{"id": f"q{i}", "query": f"word{i}", "document": f"d{i}", "answers": [[0, 4]]} for i in range(10)],
+    )
+    task = load_passage_task(folder)
+    a, b = task.sample(4, "A", seed=3), task.sample(4, "B", seed=3)
+    assert len(a.documents) == len(b.documents) == 4 and not set(a.documents) & set(b.documents)
+    assert set(task.sample(4, "A", seed=3).documents) == set(a.documents)
+    assert {q.document for q in a.queries} == set(a.documents)
+    with pytest.raises(ValueError, match="needs 12 documents; only 10"):
+        task.sample(6, "B")
+
+
+def test_bm25_row_without_a_model_finds_the_exact_words(meetings: Path) -> None:
+    rows = evaluate_passages(meetings, None, options=PassageOptions(documents=None, sample=None, size=6))
+    assert [r.method for r in rows] == ["bm25"]
+    row = rows[0].to_dict()
+    # q1 "budget talk" and q2 "pear 0": both answering passages hold the words; BM25 ranks them first
+    assert row["score"] == pytest.approx(1.0) and row["doc_recall@1"] == pytest.approx(1.0)
+    assert row["passages"] == 5 and row["dropped_queries"] == 1 and row["task"] == "passages"
+
+
+class _BagOfWords:
+    """A deterministic stand-in embedder: hashed word counts (enough for the harness's plumbing)."""
+
+    method = "kv"
+    dim = 64
+    fingerprint = "bag-of-words-test"
+    max_length = 512
+
+    def variant(self, **changes: object) -> _BagOfWords:
+        return self
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return whitespace_offsets(text)
+
+    def tokenize(self, texts: list[str], role: str) -> list[object]:
+        return [type("E", (), {"ids": t.split(), "truncated_by": 0})() for t in texts]
+
+    def encode(self, texts: list[str], role: str, **_: object) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().replace(":", " ").split():
+                out[row, sum(map(ord, word)) % self.dim] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+    source = type("S", (), {"spec": "bag"})()
+
+
+def test_dense_and_hybrid_rows_and_weight_zero_equals_dense(meetings: Path) -> None:
+    options = PassageOptions(documents=None, sample=None, size=6, hybrid=("rrf:0", "weighted:0", "weighted:1"))
+    rows = {r.method: r for r in evaluate_passages(meetings, _BagOfWords(), options=options)}
+    assert list(rows) == [
+        "bm25",
+        "kv",
+        "hybrid kv+bm25 rrf:0",
+        "hybrid kv+bm25 weighted:0",
+        "hybrid kv+bm25 weighted:1",
+    ]
+    for name in ("hybrid kv+bm25 rrf:0", "hybrid kv+bm25 weighted:0"):
+        assert rows[name].score == pytest.approx(rows["kv"].score)
+        assert rows[name].extra == pytest.approx(rows["kv"].extra)
+    assert rows["hybrid kv+bm25 weighted:1"].score == pytest.approx(rows["bm25"].score)
+
+
+def test_cli_eval_passages_bm25_only_json_and_usage_errors(meetings: Path, tmp_path: Path, capsys) -> None:
+    from kvembed_rag.cli import main
+
+    out = tmp_path / "rows.json"
+    args = ["eval", "passages", str(meetings), "--methods", "none", "--passage-tokens", "6", "-q"]
+    assert main([*args, "--documents", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["bm25"] and rows[0]["score"] == pytest.approx(1.0)
+    assert "passages" in capsys.readouterr().out
+    assert main([*args, "--hybrid", "mean:0.5"]) == 2  # an unknown fusion, before any model loads
+    assert main([*args, "--passage-overlap", "6"]) == 2
+    assert main([*args, "--documents", "2", "--passage-sample", "B"]) == 2  # B needs 4 documents; 2 exist
