@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bias", type=float, help="default: the model's default")
     parser.add_argument("--pooling", help="default: the method's")
     parser.add_argument("--calibration", help="one text per line (default: the shipped 222)")
+    parser.add_argument("--texts", type=int, help="use the first N calibration texts only (a CPU budget)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     embedder = KVEmbedder.from_pretrained(
         args.model, method="kv", layers="id", dtype=args.dtype, postprocess="none", **options
     )
-    texts = load_calibration(args.calibration)
+    texts = load_calibration(args.calibration)[: args.texts]
     candidates = proxy_windows(embedder.num_layers, args.length)
     if args.starts:
         wanted = set(parse_ints(args.starts))
