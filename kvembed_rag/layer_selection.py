@@ -1,4 +1,4 @@
-"""Choose the re-routing layers by intrinsic dimensionality (KV-Embedding section 3).
+"""Choose the re-routing layers by intrinsic dimensionality (KV-Embedding section 3), or by a label-free proxy.
 
 The prompted calibration texts run once through the model without re-routing; for each layer the TwoNN
 estimator (Facco et al., 2017) measures the intrinsic dimension (ID) of the last-token hidden states.
@@ -9,6 +9,12 @@ Determinism: IDs are compared after rounding to 1e-6 relative, and ties go to th
 flat curve selects the first candidate layer (the same window as :func:`default_window`). Layers
 whose ID cannot be estimated (NaN: too few distinct points) are never chosen; if none can be, the default
 window is used with a warning.
+
+The proxy rule (``rule="proxy"``, not the default) needs no labels either: each calibration text is cut in
+two at its middle word, and for each candidate window (the same start layers and length as the ID rule) the
+first halves, embedded as queries, retrieve the second halves, embedded as documents, among all of them;
+the window with the best mean reciprocal rank wins. It judges the re-routing by a retrieval-like task built
+from the texts alone, where the ID rule judges a property of the states without re-routing.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ logger = logging.getLogger(__name__)
 
 #: bump when the estimator, the rule or the preprocessing change, so cached selections are recomputed
 RULE_VERSION = 1
+#: the same for the proxy rule
+PROXY_VERSION = 1
+#: the selection rules: intrinsic dimension (the paper's) and the half-text retrieval proxy
+RULES = ("id", "proxy")
 
 
 def first_candidate_layer(num_layers: int) -> int:
@@ -162,9 +172,14 @@ class LayerSelection:
     n_texts: int
     cached: bool = False
     key: dict[str, Any] = field(default_factory=dict)
+    #: which rule made the curve: ``id`` (intrinsic dimension, lower is better) or ``proxy`` (half-text retrieval
+    #: MRR of the window starting at each layer, higher is better; NaN where no window starts)
+    rule: str = "id"
+    #: proxy only: the same score with re-routing off (``layers=[]``), the reference every window must beat
+    off: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "curve": [None if not math.isfinite(v) else round(v, 4) for v in self.curve],
             "layers": self.layers,
             "num_layers": self.num_layers,
@@ -172,7 +187,11 @@ class LayerSelection:
             "n_texts": self.n_texts,
             "cached": self.cached,
             "key": self.key,
+            "rule": self.rule,
         }
+        if self.off is not None:
+            out["off"] = round(self.off, 4)
+        return out
 
 
 def id_curve(embedder: Any, texts: list[str], *, normalize: bool = True) -> list[float]:
@@ -224,14 +243,20 @@ def select_layers(
     *,
     normalize: bool = True,
     use_cache: bool = True,
+    rule: str = "id",
 ) -> LayerSelection:
-    """The ID-minimum window for ``embedder``'s model and prompt (anything with ``describe()``,
-    ``last_token_states`` and ``num_layers``: a ``KVEmbedder`` or a ``Forward``), shipped or cached by key."""
+    """The window for ``embedder``'s model and prompt, shipped or cached by key: by default the ID-minimum
+    (``rule="id"``: anything with ``describe()``, ``last_token_states`` and ``num_layers``, a ``KVEmbedder`` or a
+    ``Forward``); ``rule="proxy"``: the best half-text retrieval window (:func:`proxy_selection`, a ``KVEmbedder``)."""
     from .artifacts import cached_artifact
 
+    if rule not in RULES:
+        raise ValueError(f"unknown layer-selection rule {rule!r}; choose from {', '.join(RULES)}")
     calibration = load_calibration() if texts is None else list(texts)
     if len(calibration) < 3:
         raise ValueError(f"layer selection needs at least 3 calibration texts; got {len(calibration)}")
+    if rule == "proxy":
+        return proxy_selection(embedder, calibration, use_cache=use_cache)
     key = _cache_key(embedder, calibration, normalize)
     num_layers = embedder.num_layers
 
@@ -262,6 +287,115 @@ def select_layers(
         key,
         suffix=".json",
         shipped=shipped,
+        read=lambda path: parse(json.loads(path.read_text())),
+        write=lambda path, value: write_json_atomically(path, value.to_dict()),
+        compute=compute,
+        use_cache=use_cache,
+    )
+    return selection
+
+
+# ------------------------------------------------------------------ the label-free proxy rule
+def split_halves(texts: list[str], min_words: int = 4) -> tuple[list[str], list[str]]:
+    """Each text of at least ``min_words`` words cut at its middle word: (first halves, second halves)."""
+    first, second = [], []
+    for text in texts:
+        words = text.split()
+        if len(words) >= min_words:
+            middle = len(words) // 2
+            first.append(" ".join(words[:middle]))
+            second.append(" ".join(words[middle:]))
+    return first, second
+
+
+def half_retrieval_scores(queries: np.ndarray, documents: np.ndarray) -> dict[str, float]:
+    """Row i of ``queries`` should retrieve row i of ``documents``: top-1 accuracy and mean reciprocal rank by
+    cosine, after subtracting the documents' mean (a label-free centring, so a shared direction that every
+    vector carries does not decide the ranking). Ties count against the right answer."""
+    q = np.asarray(queries, dtype=np.float64)
+    d = np.asarray(documents, dtype=np.float64)
+    if q.shape != d.shape or q.ndim != 2 or len(q) < 2:
+        raise ValueError(f"need matching (n, dim) arrays with n >= 2; got {q.shape} and {d.shape}")
+    mean = d.mean(axis=0, keepdims=True)
+    q, d = q - mean, d - mean
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    similarity = q @ d.T
+    right = np.diag(similarity)[:, None]
+    ranks = (similarity >= right).sum(axis=1)  # the right one itself plus every other at least as close
+    return {"top1": float((ranks == 1).mean()), "mrr": float((1.0 / ranks).mean())}
+
+
+def proxy_windows(num_layers: int, length: int | None = None) -> list[list[int]]:
+    """The proxy's candidates: the ID rule's window length (floor(0.1 L) + 1), one window per start layer from
+    the first candidate layer (20% depth) on, as long as the window fits."""
+    length = length or num_layers // 10 + 1
+    first = first_candidate_layer(num_layers)
+    starts = range(first, max(first, num_layers - length) + 1)
+    return [list(range(s, min(s + length, num_layers))) for s in starts]
+
+
+def proxy_curve(
+    embedder: Any, texts: list[str], windows: list[list[int]] | None = None
+) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
+    """Half-text retrieval (top-1 and MRR) for each window (by its start layer) and with re-routing off, with
+    ``embedder``'s bias, pooling and prompts and no post-processing."""
+    first, second = split_halves(texts)
+    if len(first) < 3:
+        raise ValueError(
+            f"the proxy rule needs at least 3 calibration texts of 4 or more words; got {len(first)}: give longer "
+            "texts (one per line) or use rule='id'"
+        )
+
+    def score(layers: list[int]) -> dict[str, float]:
+        variant = embedder.variant(layers=layers, postprocess="none")
+        return half_retrieval_scores(variant.encode(first, "query"), variant.encode(second, "document"))
+
+    scores = {w[0]: score(w) for w in (windows or proxy_windows(embedder.num_layers))}
+    return scores, score([])
+
+
+def choose_proxy_window(scores: dict[int, float], windows: list[list[int]]) -> list[int]:
+    """The window with the highest score (earliest start on ties, within 1e-9)."""
+    best = max(scores.values())
+    start = min(s for s, v in scores.items() if v >= best - 1e-9)
+    return next(w for w in windows if w[0] == start)
+
+
+def proxy_selection(embedder: Any, texts: list[str], *, use_cache: bool = True) -> LayerSelection:
+    """``rule="proxy"``: the curve holds each start layer's MRR (NaN where no window starts), cached on disk."""
+    key = {
+        **_cache_key(embedder, texts, False),
+        "rule": f"proxy-{PROXY_VERSION}",
+        "query_prompt": embedder.describe()["prompts"]["query"],
+        "bias": float(embedder.bias),
+        "pooling": embedder.pooling,
+    }
+    del key["normalize"]
+    n = len(split_halves(texts)[0])
+    num_layers = embedder.num_layers
+
+    def parse(stored: dict[str, Any]) -> LayerSelection:
+        if stored.get("key") != key:
+            raise ValueError("key mismatch")
+        curve = [float("nan") if v is None else float(v) for v in stored["curve"]]
+        layers = [int(i) for i in stored["layers"]]
+        return LayerSelection(curve, layers, num_layers, False, n, True, key, "proxy", stored["off"])
+
+    def compute() -> LayerSelection:
+        windows = proxy_windows(num_layers)
+        scores, off = proxy_curve(embedder, texts, windows)
+        mrr = {start: value["mrr"] for start, value in scores.items()}
+        curve = [mrr.get(layer, float("nan")) for layer in range(num_layers)]
+        chosen = choose_proxy_window(mrr, windows)
+        return LayerSelection(curve, chosen, num_layers, False, n, False, key, "proxy", off["mrr"])
+
+    from .artifacts import cached_artifact
+
+    selection, _ = cached_artifact(
+        "layers",
+        key,
+        suffix=".json",
         read=lambda path: parse(json.loads(path.read_text())),
         write=lambda path, value: write_json_atomically(path, value.to_dict()),
         compute=compute,

@@ -181,3 +181,30 @@ def test_bench_targets_read_ratios_from_a_bench_json(tmp_path: Path, capsys: pyt
     path.write_text(json.dumps(_bench_payload(dtypes)))
     assert targets.main([str(path)]) == 0
     assert "kv >= 0.97x plain (bfloat16)       @512    0.950  MISSED" in capsys.readouterr().out
+
+
+def test_window_search_grid_and_report_compare_every_point_with_rerouting_off(tmp_path: Path, capsys) -> None:
+    search = load_script("window_search")
+    assert search.parse_ints("0-6:2,9,4") == [0, 2, 4, 6, 9]
+    assert search.windows([0, 16, 17], [1, 2], 18) == [[0], [0, 1], [16], [16, 17], [17]]  # [17, 18] dropped
+    assert search.label([4, 5], 1.0, "hybrid") == "4-5/b1/hybrid" and search.label([], 1.0, "last") == "off/last"
+
+    def rows(setting: str, scores: dict[str, tuple[float, float]]) -> list[dict]:
+        return [
+            {"setting": setting, "pooling": "hybrid", "post": "auto", "family": f, "sample": s, "score": v}
+            for f, ab in scores.items()
+            for s, v in zip("AB", ab, strict=True)
+        ]
+
+    data = (
+        rows("off/hybrid", {"sts": (0.70, 0.60), "scifact": (0.80, 0.80)})
+        + rows("4-5/b1/hybrid", {"sts": (0.75, 0.62), "scifact": (0.70, 0.75)})
+        + rows("8-9/b1/hybrid", {"sts": (0.72, 0.65), "scifact": (0.85, 0.79)})
+    )
+    summary = search.report(data, "4-5/b1/hybrid", top=5)
+    out = capsys.readouterr().out
+    assert summary["auto"]["winner_on_A"] == "8-9/b1/hybrid"  # ranks 2 and 1 on A: mean 1.5
+    assert summary["auto"]["mean_rank"] == {"off/hybrid": 2.5, "4-5/b1/hybrid": 2.0, "8-9/b1/hybrid": 1.5}
+    assert summary["auto"]["per_family"]["sts"]["best_on_A"] == "4-5/b1/hybrid"  # re-routed points only
+    assert "| 1 | 8-9/b1/hybrid | 1.50 | 0.7200 / 0.6500 (+0.0500) | 0.8500 / 0.7900 (-0.0100) |" in out
+    assert "| scifact | 8-9/b1/hybrid | 0.8500 / 0.7900 | 0.8000 / 0.8000 | 0.7000 / 0.7500 | -0.0100 |" in out

@@ -11,10 +11,14 @@ import pytest
 from kvembed_rag import KVEmbedder
 from kvembed_rag.cli import main
 from kvembed_rag.layer_selection import (
+    choose_proxy_window,
     choose_window,
     default_window,
+    half_retrieval_scores,
     load_calibration,
+    proxy_windows,
     select_layers,
+    split_halves,
     twonn,
 )
 
@@ -165,3 +169,62 @@ def test_packaged_selections_are_well_formed():
         assert len(entry["curve"]) == entry["num_layers"] == entry["key"]["num_layers"]
         assert entry["layers"] == choose_window(entry["curve"], entry["num_layers"])  # the rule, recomputed
         assert len(entry["key"]["model"]) == 64  # keyed by the GGUF file's sha256, not by a name
+
+
+# ------------------------------------------------------------------ the label-free proxy rule
+def test_split_halves_cuts_at_the_middle_word_and_skips_short_texts():
+    first, second = split_halves(["one two three four five", "too short", "a b c d"])
+    assert first == ["one two", "a b"]
+    assert second == ["three four five", "c d"]
+
+
+def test_half_retrieval_scores_known_answers():
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(50, 16))
+    perfect = half_retrieval_scores(docs + 0.01 * rng.normal(size=docs.shape), docs)
+    assert perfect == {"top1": 1.0, "mrr": 1.0}
+    shuffled = half_retrieval_scores(docs[::-1].copy(), docs)  # every query points at another document
+    assert shuffled["top1"] <= 0.04 and shuffled["mrr"] < 0.3
+    tied = half_retrieval_scores(np.ones((4, 3)), np.ones((4, 3)))  # all equal: ties count against the right one
+    assert tied["top1"] == 0.0
+    with pytest.raises(ValueError, match="matching"):
+        half_retrieval_scores(docs[:3], docs[:4])
+
+
+def test_proxy_windows_follow_the_id_rule_candidates():
+    windows = proxy_windows(18)
+    assert windows[0] == [4, 5] and windows[-1] == [16, 17]
+    assert all(len(w) == 2 for w in windows)
+    assert proxy_windows(5, length=1) == [[1], [2], [3], [4]]
+    assert choose_proxy_window({4: 0.5, 5: 0.7, 6: 0.7}, windows) == [5, 6]  # earliest of the best
+
+
+def test_proxy_rule_on_a_tiny_model(checkpoints, cache_dir):
+    embedder = _embedder(checkpoints, "gemma3")
+    texts = load_calibration()[:40]
+    selection = select_layers(embedder, texts, rule="proxy")
+    assert selection.rule == "proxy" and not selection.cached
+    assert selection.layers in proxy_windows(embedder.num_layers)
+    starts = [w[0] for w in proxy_windows(embedder.num_layers)]
+    assert all(0.0 < selection.curve[s] <= 1.0 for s in starts)
+    assert all(math.isnan(v) for i, v in enumerate(selection.curve) if i not in starts)
+    assert selection.curve[selection.layers[0]] == max(selection.curve[s] for s in starts)
+    assert selection.off is not None and 0.0 < selection.off <= 1.0
+    again = select_layers(embedder, texts, rule="proxy")
+    assert again.cached and again.layers == selection.layers and again.off == pytest.approx(selection.off, abs=1e-4)
+    # the ID rule's cache entry is separate and unchanged by the proxy
+    assert select_layers(embedder, texts).rule == "id"
+    with pytest.raises(ValueError, match="unknown layer-selection rule"):
+        select_layers(embedder, texts, rule="ids")
+
+
+def test_select_layers_command_prints_the_proxy_beside_the_id_curve(checkpoints, cache_dir, tmp_path, capsys):
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("\n".join(load_calibration()[:30]))
+    model = str(checkpoints["llama"])
+    assert main(["select-layers", "--model", model, "--calibration", str(calibration), "--proxy", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "proxy MRR" in text and "proxy rule:" in text and "re-routed layers:" in text
+    assert main(["select-layers", "--model", model, "--calibration", str(calibration), "--proxy", "--json", "-q"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["rule"] == "id" and payload["proxy"]["rule"] == "proxy" and payload["proxy"]["layers"]

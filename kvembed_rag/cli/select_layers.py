@@ -1,4 +1,5 @@
-"""``kvembed-rag select-layers``: each layer's intrinsic dimension and the re-routing window it picks."""
+"""``kvembed-rag select-layers``: each layer's intrinsic dimension and the re-routing window it picks (with
+``--proxy``, beside it the label-free half-text retrieval score of the window starting at each layer)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ HELP = "Estimate each layer's intrinsic dimension and pick the window."
 EXAMPLES = """examples:
   kvembed-rag select-layers
   kvembed-rag select-layers --model ./SmolLM2-135M-Instruct.Q4_1.gguf --plot id.png
-  kvembed-rag select-layers --calibration my_corpus.txt --json"""
+  kvembed-rag select-layers --calibration my_corpus.txt --json
+  kvembed-rag select-layers --proxy      # also the half-text retrieval proxy per window (slower)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", help="draw the ID curve to this PNG (its folder must exist)")
     parser.add_argument("--raw", action="store_true", help="use raw hidden states instead of L2-normalised ones")
     parser.add_argument("--no-cache", action="store_true", help="recompute and do not write the cache")
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="also score each candidate window by half-text retrieval (first half of a calibration text finds "
+        "its second half; MRR) and show the window it picks; embeds the texts once per window",
+    )
     add_output_options(parser)
     add_model_options(parser, method=False)
 
@@ -55,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     embedder = load_embedder(args, method="kv", layers="default")
     status(f"measuring {len(texts)} calibration texts in {embedder.num_layers} layers ...", enabled=not args.quiet)
     selection = select_layers(embedder, texts, normalize=not args.raw, use_cache=not args.no_cache)
+    proxy = None
+    if args.proxy:
+        status("scoring the proxy: half-text retrieval per candidate window ...", enabled=not args.quiet)
+        proxy = select_layers(embedder, texts, use_cache=not args.no_cache, rule="proxy")
     if args.plot:
         from ..plotting import model_name
 
@@ -65,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             title=f"{name}: TwoNN ID of last-token states ({selection.n_texts} calibration texts)",
         )
     if args.json:
-        print(json.dumps({**selection.to_dict(), "model": embedder.describe()["model"], "plot": args.plot}))
+        extra = {"proxy": proxy.to_dict()} if proxy is not None else {}
+        print(json.dumps({**selection.to_dict(), "model": embedder.describe()["model"], "plot": args.plot, **extra}))
         return EXIT_OK
     print(
         f"model {embedder.source.spec} ({embedder.num_layers} layers), {selection.n_texts} calibration texts, "
@@ -77,8 +90,17 @@ def run(args: argparse.Namespace) -> int:
     for layer, value in enumerate(selection.curve):
         mark = "*" if layer in selection.layers else ("-" if layer < skip else " ")
         bar = "#" * int(40 * value / top) if value == value else "(n/a)"
+        if proxy is not None:
+            score = proxy.curve[layer]
+            mark += "p" if layer in proxy.layers else " "
+            bar = (f"proxy MRR {score:.4f}  " if score == score else " " * 22) + bar
         print(f"{mark} layer {layer:3d}  ID {value:7.2f}  {bar}")
     print(f"re-routed layers: {selection.layers}  (* chosen, - skipped: first 20%)")
+    if proxy is not None:
+        print(
+            f"proxy rule: {proxy.layers} (p; MRR of the window starting at each layer, {proxy.n_texts} half-text "
+            f"pairs; re-routing off: {proxy.off:.4f}){' (cached)' if proxy.cached else ''}"
+        )
     if args.plot:
         print(f"plot: {args.plot}")
     return EXIT_OK
