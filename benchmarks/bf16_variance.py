@@ -19,8 +19,8 @@ it), then, one op kind at a time with everything else held equal:
   amplification of it (post-processing already runs in float64 on float32 pooled vectors).
 
 Then the reductions, each as max |delta| batched vs alone and tokens/s relative to the plain bf16 embedder
-(one process, interleaved): the final norm's output kept in float32, attention computed in float32,
-and every text embedded alone (``batch_tokens=1``, the batch-invariant path).
+(one process): the final norm's output kept in float32, attention computed in float32, and every text
+embedded alone (``batch_tokens=1``, the batch-invariant path).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -44,10 +43,9 @@ from kvembed_rag import KVEmbedder, attention
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 SHORT = "Key and value states of the final token are re-routed as a prefix."
-LONG = [
-    "The quick brown fox jumps over the lazy dog. " * 30,
-    "Retrieval-augmented generation needs good embeddings of long documents, meeting transcripts and essays. " * 12,
-    "Compress the context of a scientific abstract into one word that a search engine can match. " * 6,
+LONG = [  # ~120 and ~60 tokens: enough padding for the short text, small enough for emulated bf16 on 2 cores
+    "The quick brown fox jumps over the lazy dog. " * 10,
+    "Retrieval-augmented generation needs good embeddings of long documents, meeting transcripts and essays. " * 3,
 ]
 
 
@@ -173,12 +171,28 @@ def linear_by_batch(embedder: KVEmbedder, layer: int = 0) -> dict[str, float]:
     return out
 
 
-def attention_over_padding(dtype: torch.dtype, length: int = 40, width: int = 600) -> dict[str, float]:
-    """Gemma-3-270M's attention shape (4 query heads, 1 KV head, 256 dims): the same q/k/v alone (causal, no
-    mask) and left-padded to ``width`` keys with the padding mask; stock SDPA and the merged slot."""
+def attention_over_padding(dtype: torch.dtype, seeds: int = 8) -> dict[str, float]:
+    """Worst |delta| and the share of output elements that differ, over ``seeds`` random problems
+    (:func:`attention_once`): one flipped bf16 rounding is data-dependent, so one seed may show none."""
+    worst: dict[str, float] = {}
+    for seed in range(seeds):
+        for name, (delta, share) in attention_once(dtype, seed).items():
+            worst[name] = max(worst.get(name, 0.0), delta)
+            worst[f"{name}, share of elements differing"] = max(
+                worst.get(f"{name}, share of elements differing", 0.0), share
+            )
+    return worst
+
+
+def attention_once(dtype: torch.dtype, seed: int, length: int = 25, width: int = 130) -> dict[str, tuple[float, float]]:
+    """Gemma-3-270M's attention shape (4 query heads, 1 KV head, 256 dims): the same q/k/v alone (no mask, as
+    transformers calls an unpadded row) and left-padded to ``width`` keys with the boolean padding mask (as in a
+    batch beside a longer text); transformers' stock SDPA call and the merged slot."""
     from types import SimpleNamespace
 
-    generator = torch.Generator().manual_seed(0)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    generator = torch.Generator().manual_seed(seed)
     heads, kv_heads, dim = 4, 1, 256
     q = torch.randn(1, heads, length, dim, generator=generator).to(dtype)
     k = torch.randn(1, kv_heads, length, dim, generator=generator).to(dtype)
@@ -186,30 +200,32 @@ def attention_over_padding(dtype: torch.dtype, length: int = 40, width: int = 60
     pad = width - length
 
     def padded(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros((*t.shape[:2], pad, dim), dtype=dtype), t], dim=2)
+        filler = torch.randn((*t.shape[:2], pad, dim), generator=generator).to(dtype)
+        return torch.cat([filler, t], dim=2)
 
     mask2d = torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(length, dtype=torch.long)])[None]
     causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
     allowed = causal[None, None] & mask2d.bool()[:, None, None, :]  # (1, 1, W, W)
-    module: Any = SimpleNamespace(layer_idx=0, num_key_value_groups=heads // kv_heads, head_dim=dim)
-    scale = dim**-0.5
-    out: dict[str, float] = {}
+    module: Any = SimpleNamespace(
+        layer_idx=0, num_key_value_groups=heads // kv_heads, head_dim=dim, is_causal=True, training=False
+    )
+    out: dict[str, tuple[float, float]] = {}
+    qp, kp, vp = padded(q), padded(k), padded(v)
+
+    def compare(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        delta = (a.float() - b.float()).abs()
+        return float(delta.max()), float((delta > 0).float().mean())
+
     with torch.inference_mode():
-        kr, vr = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
-        alone = torch.nn.functional.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=scale)
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
-        inside = torch.nn.functional.scaled_dot_product_attention(
-            padded(q), padded(kr), padded(vr), attn_mask=mask, scale=scale
-        )[:, :, pad:]
-        out["sdpa (stock kernel)"] = float((alone.float() - inside.float()).abs().max())
+        alone, _ = sdpa_attention_forward(module, q, k, v, None, scaling=dim**-0.5)
+        inside, _ = sdpa_attention_forward(module, qp, kp, vp, allowed, scaling=dim**-0.5)
+        out["sdpa (stock kernel)"] = compare(alone, inside[:, pad:])
         plan_alone = attention.build_plan(torch.ones((1, length), dtype=torch.long), layers=[0], bias=1.0)
         plan_pad = attention.build_plan(mask2d, layers=[0], bias=1.0)
         merged_alone = attention._rerouted_by_lse_merge(module, q, k, v, None, plan_alone, None, {})
-        merged_pad = attention._rerouted_by_lse_merge(
-            module, padded(q), padded(k), padded(v), allowed, plan_pad, None, {}
-        )
+        merged_pad = attention._rerouted_by_lse_merge(module, qp, kp, vp, allowed, plan_pad, None, {})
         assert merged_alone is not None and merged_pad is not None
-        out["merged slot"] = float((merged_alone.float() - merged_pad[:, pad:].float()).abs().max())
+        out["merged slot"] = compare(merged_alone, merged_pad[:, pad:])
     return out
 
 
@@ -253,35 +269,28 @@ def float32_attention() -> Iterator[None]:
         AttentionInterface._global_mapping[attention.ATTN_SDPA] = original
 
 
-def timed(run: Callable[[], Any], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def reductions(embedder: KVEmbedder, repeats: int) -> list[dict[str, Any]]:
-    """max |delta| batched vs alone (final vectors) and tokens/s against the unchanged bf16 embedder."""
+def reductions(embedder: KVEmbedder) -> list[dict[str, Any]]:
+    """max |delta| batched vs alone (final vectors) and the batched call's tokens/s against the shipped bf16
+    embedder's (one process; each timed once: emulated bf16 on a shared 2-core machine is slow). Embedding
+    every text alone (``batch_tokens=1``) is batch-invariant by construction: its cost is the alone time."""
     texts = [SHORT, *LONG]
     tokens = sum(len(e.ids) for e in embedder.tokenize(texts))
-    f32 = KVEmbedder.from_pretrained(embedder.source.spec, dtype="float32")
-    reference = f32.encode(texts)
-    variants: dict[str, tuple[Callable[[], contextlib.AbstractContextManager[Any]], dict[str, Any]]] = {
-        "bf16 as shipped": (contextlib.nullcontext, {}),
-        "final norm in float32": (lambda: float32_final_norm(embedder.model), {}),
-        "attention in float32": (float32_attention, {}),
-        "every text alone (batch_tokens=1)": (contextlib.nullcontext, {"batch_tokens": 1}),
+    reference = KVEmbedder.from_pretrained(embedder.source.spec, dtype="float32").encode(texts)
+    variants: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
+        "bf16 as shipped": contextlib.nullcontext,
+        "final norm in float32": lambda: float32_final_norm(embedder.model),
+        "attention in float32": float32_attention,
     }
     rows = []
     base_seconds = None
-    for name, (context, options) in variants.items():
+    for name, context in variants.items():
         with context():
-            batched = embedder.encode(texts, **options)
+            start = time.perf_counter()
+            batched = embedder.encode(texts)
+            seconds = time.perf_counter() - start
+            start = time.perf_counter()
             alone = np.stack([embedder.encode(t) for t in texts])
-            seconds = timed(lambda o=options: embedder.encode(texts, **o), repeats)
+            alone_seconds = time.perf_counter() - start
         base_seconds = base_seconds or seconds
         row = {
             "variant": name,
@@ -289,24 +298,33 @@ def reductions(embedder: KVEmbedder, repeats: int) -> list[dict[str, Any]]:
             "max_delta_vs_float32": max_diff(batched, reference),
             "tokens_per_s": tokens / seconds,
             "speed_vs_shipped": base_seconds / seconds,
+            "alone_tokens_per_s": tokens / alone_seconds,
+            "alone_speed_vs_shipped": base_seconds / alone_seconds,
         }
         print(
-            f"{name:36s} batched-alone {row['max_delta_batched_vs_alone']:.2e}  vs float32 "
-            f"{row['max_delta_vs_float32']:.2e}  {row['tokens_per_s']:7.0f} tok/s  x{row['speed_vs_shipped']:.3f}",
+            f"{name:24s} batched-alone {row['max_delta_batched_vs_alone']:.2e}  vs float32 "
+            f"{row['max_delta_vs_float32']:.2e}  batched {row['tokens_per_s']:6.0f} tok/s"
+            f" x{row['speed_vs_shipped']:.3f}"
+            f"  one text at a time {row['alone_tokens_per_s']:6.0f} tok/s x{row['alone_speed_vs_shipped']:.3f}",
             flush=True,
         )
         rows.append(row)
     return rows
 
 
-def real_report(model: str, repeats: int) -> dict[str, Any]:
+def real_report(model: str) -> dict[str, Any]:
     report: dict[str, Any] = {"model": model, "threads": torch.get_num_threads()}
     bf16 = KVEmbedder.from_pretrained(model, dtype="bfloat16")
     raw = bf16.raw()
     texts = [SHORT, *LONG]
     print(f"{bf16.source.spec}: {bf16.describe()['dtype']}, postprocess {bf16.config.postprocess}", flush=True)
-    for name, e in (("raw (no post-processing)", raw), ("shipped post-processing", bf16)):
-        batched, alone = e.encode(texts)[0], e.encode(SHORT)
+    raw_batched, raw_alone = raw.encode(texts)[0], raw.encode(SHORT)
+    # post-processing is a function of the raw vector (float64, row by row): apply it rather than re-embed
+    shipped = bf16.apply_postprocess(np.stack([raw_batched, raw_alone]))
+    for name, (batched, alone) in (
+        ("raw (no post-processing)", (raw_batched, raw_alone)),
+        ("shipped post-processing", (shipped[0], shipped[1])),
+    ):
         cosine = float(batched @ alone / (np.linalg.norm(batched) * np.linalg.norm(alone)))
         report[f"short text, {name}"] = {"max_delta": max_diff(batched, alone), "cosine": cosine}
         print(f"short text batched vs alone, {name}: max|d| {max_diff(batched, alone):.2e}, cosine {cosine:.6f}")
@@ -325,7 +343,7 @@ def real_report(model: str, repeats: int) -> dict[str, Any]:
         found = attention_over_padding(dtype)
         report[f"attention_{dtype}"] = found
         print(f"attention alone vs left-padded ({dtype}): " + ", ".join(f"{k} {v:.2g}" for k, v in found.items()))
-    report["reductions"] = reductions(bf16, repeats)
+    report["reductions"] = reductions(bf16)
     return report
 
 
@@ -335,14 +353,13 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--model", default="default")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.part == "tiny":
         payload: Any = tiny_table([d.strip() for d in args.dtypes.split(",") if d.strip()])
     else:
-        payload = real_report(args.model, args.repeats)
+        payload = real_report(args.model)
     if args.json:
         Path(args.json).write_text(json.dumps(payload, indent=1))
 
