@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from dtype_tolerances import DTYPES, VECTOR_TOLERANCE, dtype_option
 
 from kvembed_rag import KVEmbedder, TruncationWarning, UnsupportedAttentionError, UnsupportedModelError
 from kvembed_rag.attention import resolve_backend
@@ -189,8 +190,9 @@ def test_missing_model_is_a_clear_error(tmp_path):
         KVEmbedder.from_pretrained(str(tmp_path / "empty"))
 
 
-def test_eight_threads_match_one_thread(make_embedder):
-    embedder = make_embedder(arch="gemma3")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eight_threads_match_one_thread(make_embedder, dtype):
+    embedder = make_embedder(arch="gemma3", **dtype_option(dtype))
     texts = [f"text number {i} " + "word " * (i % 7) for i in range(24)]
     expected = embedder.encode(texts)
     results: dict[int, np.ndarray] = {}
@@ -212,7 +214,8 @@ def test_eight_threads_match_one_thread(make_embedder):
     assert len(results) == 8
     for worker, vectors in results.items():
         rolled = np.concatenate([expected[worker:], expected[:worker]])
-        assert np.abs(vectors - rolled).max() <= 1e-5
+        # rolled input reorders the batches, so bf16 shows its batch noise here too (tests/dtype_tolerances.py)
+        assert np.abs(vectors - rolled).max() <= (1e-5 if dtype == "float32" else VECTOR_TOLERANCE[dtype])
 
 
 def test_progress_bar_is_optional(make_embedder, capsys):

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from dtype_tolerances import DTYPES, VECTOR_TOLERANCE, dtype_option
 
 pytest.importorskip("fastapi", reason="the [serve] extra is not installed")
 httpx = pytest.importorskip("httpx")
@@ -590,6 +591,34 @@ class FlakyEmbedder(BlockingEmbedder):
         if "boom" in texts:
             raise RuntimeError("the model broke on this input")
         return self.inner.encode(texts, role)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_merged_requests_match_in_process_in_each_dtype(make_embedder: Any, dtype: str) -> None:
+    """Served = in-process in the dtype users get: concurrent requests merged into one model call give each
+    request's texts what ``encode`` gives them on their own, within the dtype's batch noise."""
+    from kvembed_rag.serve.batching import Batcher
+
+    embedder = make_embedder("gemma3", max_length=MAX_LENGTH, **dtype_option(dtype))
+    batcher = Batcher(embedder, max_wait_s=0.2, max_input_tokens=MAX_INPUT_TOKENS)
+    jobs = [_texts(random.Random(seed), 1 + seed % 3) for seed in range(8)] + [["retrieval " * 40]]
+
+    async def go() -> list[Any]:
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(texts, "document") for texts in jobs))
+        await batcher.stop()
+        return list(results)
+
+    results = asyncio.run(go())
+    calls = next(
+        x.value for m in batcher.metrics.batch_requests.collect() for x in m.samples if x.name.endswith("_count")
+    )
+    assert 0 < calls < len(jobs)  # requests were merged (and so padded beside each other)
+    worst = 0.0
+    for texts, result in zip(jobs, results, strict=True):
+        alone = np.stack([embedder.encode(text) for text in texts])
+        worst = max(worst, float(np.abs(result.vectors - alone).max()))
+    assert worst <= VECTOR_TOLERANCE[dtype]
 
 
 def test_one_failing_or_too_long_request_never_fails_the_requests_merged_with_it(embedder: Any) -> None:
