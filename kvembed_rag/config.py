@@ -59,7 +59,7 @@ RAW_VECTOR_FIELDS = (
 #: ``describe()`` fields that must agree for two embedders' vectors to be comparable (an index checks them)
 VECTOR_FIELDS = (*RAW_VECTOR_FIELDS, "postprocess")
 #: ``describe()`` fields that never change a vector: left out of the fingerprint
-NOT_VECTOR_FIELDS = ("version", "provenance", "config")
+NOT_VECTOR_FIELDS = ("version", "provenance", "config", "batch_invariance")
 
 
 def model_identity(description: Mapping[str, Any]) -> Any:

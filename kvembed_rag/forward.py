@@ -94,6 +94,7 @@ class Forward:
             "postprocess": None,
             "provenance": dict(self.resolved.provenance),
             "config": self.resolved.config.portable().to_dict(),
+            "batch_invariance": batch_invariance(self.dtype),
         }
 
     # ------------------------------------------------------------------ tokenization
@@ -304,6 +305,18 @@ class Forward:
                 handle.remove()
 
 
+def batch_invariance(dtype: torch.dtype) -> str:
+    """What a text's vector keeps when other texts share its batch, in ``dtype`` (tests/dtype_tolerances.py
+    measures it): float32 rounding only; in bfloat16, attention summed over a padded width rounds some values one
+    step differently, and the difference grows through the layers."""
+    if dtype == torch.float32:
+        return "float32: equal alone and batched to ~1e-6 per component"
+    return (
+        f"{str(dtype).removeprefix('torch.')}: up to ~5e-3 per component alone vs batched (cosine >= 0.9997 after "
+        "whitening); dtype='float32' or batch_tokens=1 for batch-independent vectors"
+    )
+
+
 def check_texts(texts: object) -> list[str]:
     """``texts`` as a list of strings, or :class:`TypeError` naming the first item that is not one."""
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
@@ -373,4 +386,4 @@ def _pad_id(tokenizer: Any) -> int:
     return next((v for v in candidates if isinstance(v, int)), 0)
 
 
-__all__ = ["Forward", "backbone_lock", "check_texts", "token_batches"]
+__all__ = ["Forward", "backbone_lock", "batch_invariance", "check_texts", "token_batches"]

@@ -146,3 +146,13 @@ def test_concurrent_lookups_compute_once_behind_the_file_lock() -> None:
         thread.join()
     assert len(calls) == 1
     assert sorted(how for _, how in results) == ["cached", "computed"]
+
+
+def test_describe_states_what_batch_invariance_holds_in_its_dtype(make_embedder) -> None:
+    from kvembed_rag.config import NOT_VECTOR_FIELDS
+
+    exact = make_embedder("llama", layers=[1], dtype="float32").describe()
+    rounded = make_embedder("llama", layers=[1], dtype="bfloat16").describe()
+    assert exact["batch_invariance"].startswith("float32") and rounded["batch_invariance"].startswith("bfloat16")
+    assert "batch_tokens=1" in rounded["batch_invariance"]
+    assert "batch_invariance" in NOT_VECTOR_FIELDS  # a statement about the dtype, not part of the vectors' identity
