@@ -148,3 +148,22 @@ def test_an_index_stores_the_config_and_search_restores_it_exactly(make_embedder
 
 def test_an_index_without_a_config_record_has_none() -> None:
     assert stored_config({}) is None
+
+
+def test_an_index_built_in_float32_is_searched_in_bfloat16_and_says_so(make_embedder, tmp_path, caplog) -> None:
+    embedder = make_embedder("llama", layers=[1, 2], dtype="float32")
+    documents = [SourceDocument(f"d{i}", f"document number {i} about topic {i % 3}", f"t{i}", "test") for i in range(4)]
+    build_index(embedder, documents, tmp_path / "index")
+    with caplog.at_level("WARNING", logger="kvembed_rag.retrieval.pipeline"):
+        index, rounded = load_for_search(tmp_path / "index", dtype="bfloat16")
+    assert rounded.describe()["dtype"] == "bfloat16" and rounded.fingerprint != embedder.fingerprint
+    assert "built in float32 and is searched in bfloat16" in caplog.text
+    hits = index.search(rounded.encode_queries("document number 2 about topic 2"), k=3)[0]
+    assert len(hits) == 3 and all(np.isfinite(h.score) for h in hits)  # the provenance check lets it through
+    text = next(r.text for r in index.get(index.ids) if r.metadata["document"] == "d2")
+    cosine = float(rounded.encode_documents([text])[0] @ embedder.encode_documents([text])[0])
+    assert cosine > 0.99  # the same text's vector in the two dtypes: comparable, not identical
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="kvembed_rag.retrieval.pipeline"):
+        load_for_search(tmp_path / "index")  # the recorded dtype: silent
+    assert "searched in" not in caplog.text

@@ -422,4 +422,14 @@ def load_for_search(out_dir: str | Path, **overrides: Any) -> tuple[VectorIndex,
             f"{folder}: the index's post-processing statistics are not its embedder's ({exc})"
         ) from None
     index = VectorIndex.load(folder, embedder=embedder.describe())
+    built_in, searched_in = record.get("dtype"), embedder.describe()["dtype"]
+    if built_in and built_in != searched_in:  # comparable vectors (the check ignores dtype), not identical ones
+        logger.warning(
+            "%s was built in %s and is searched in %s: scores shift by the dtypes' rounding (cosine >= 0.999 on "
+            "the default model); pass dtype=%r for the exact vectors it stores",
+            folder,
+            built_in,
+            searched_in,
+            built_in,
+        )
     return index, embedder
