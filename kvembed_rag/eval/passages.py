@@ -27,7 +27,6 @@ first ``documents`` of one seeded shuffle, B the next), so a setting chosen on A
 from __future__ import annotations
 
 import bisect
-import json
 import random
 import re
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import retrieval_metrics
+from .tasks import _jsonl  # one JSON-lines reader for the eval readers
 
 #: character ``(start, end)`` offsets of each token of a text
 Offsets = Callable[[str], list[tuple[int, int]]]
@@ -102,18 +102,6 @@ class Passage:
 
 
 # ------------------------------------------------------------------ readers
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from exc
-    return rows
-
-
 def _require(row: dict[str, Any], keys: Sequence[str], where: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
