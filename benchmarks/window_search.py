@@ -26,9 +26,11 @@ is rewritten after every point and points already in it are skipped, so an inter
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +89,82 @@ def check_shipped_fit(base: Any, spec: Any, cal: np.ndarray, probe: np.ndarray) 
     return float(cos.min())
 
 
+POOLINGS = ("hybrid", "mean", "last")
+
+
+@contextlib.contextmanager
+def capturing_poolings() -> Iterator[list[tuple[list[int], np.ndarray, np.ndarray]]]:
+    """While active, every forward pass also records each row's un-normalised last-token and mean states with
+    the rows' input indices, so one pass yields all three poolings: ``pooling.pool`` computes ``hybrid`` as
+    normalise(last + mean), ``last`` as normalise(last), ``mean`` as normalise(mean)."""
+    import kvembed_rag.forward as forward
+    from kvembed_rag.pooling import last_token, masked_mean
+
+    records: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+    states: list[tuple[np.ndarray, np.ndarray]] = []
+    pool, split = forward.pool, forward.Forward._forward_splitting
+
+    def recording_pool(hidden: Any, how: str, last_index: Any, pool_mask: Any) -> Any:
+        h = hidden.float()  # (B, T, H)
+        states.append((last_token(h, last_index).cpu().numpy(), masked_mean(h, pool_mask).cpu().numpy()))
+        return pool(hidden, how, last_index, pool_mask)
+
+    def recording_split(self: Any, batch: list[int], encoded: Any) -> np.ndarray:
+        before = len(states)
+        out = split(self, batch, encoded)
+        if len(states) != before + 1:  # an out-of-memory split: the rows came in pieces
+            raise RuntimeError("a batch was split; lower batch_tokens for the pooling capture")
+        records.append((batch, *states[-1]))
+        return out
+
+    forward.pool, forward.Forward._forward_splitting = recording_pool, recording_split  # type: ignore[method-assign]
+    try:
+        yield records
+    finally:
+        forward.pool, forward.Forward._forward_splitting = pool, split  # type: ignore[method-assign]
+
+
+def encode_all_poolings(embedder: Any, cache: Any, texts: list[str], role: str) -> tuple[dict[str, np.ndarray], int]:
+    """Vectors for ``texts`` under every pooling of ``embedder``'s point, from one forward pass (written to the
+    evaluation cache under each pooling's own fingerprint, so ``cache.encode`` finds them later). Returns the
+    vectors and the tokens computed (0 when all three were cached)."""
+    from kvembed_rag.eval.cache import EncodeStats, _atomic_save
+
+    variants = {p: embedder if embedder.pooling == p else embedder.variant(pooling=p) for p in POOLINGS}
+    paths = {p: cache._paths(v, texts, role) for p, v in variants.items()}
+    if all(vp.is_file() and sp.is_file() for vp, sp in paths.values()):
+        return {p: cache.encode(v, texts, role)[0] for p, v in variants.items()}, 0
+    start = time.perf_counter()
+    with capturing_poolings() as records:
+        hybrid, _ = cache._compute(variants["hybrid"], texts, role)
+    seconds = time.perf_counter() - start
+    last = np.zeros((len(texts), embedder.dim), np.float32)
+    mean = np.zeros_like(last)
+    for rows, last_rows, mean_rows in records:
+        last[rows], mean[rows] = last_rows, mean_rows
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    if not np.allclose(hybrid, unit(last + mean), atol=1e-5):  # the capture must see what pool() pooled
+        raise RuntimeError("captured last/mean states do not reproduce the hybrid vectors")
+    out = {"hybrid": hybrid, "mean": unit(mean), "last": unit(last)}
+    tokens = sum(len(e.ids) for e in embedder.tokenize(texts, role))
+    for p, (vectors_path, stats_path) in paths.items():
+        _atomic_save(vectors_path, stats_path, out[p], EncodeStats(seconds, tokens, 0))
+    return out, tokens
+
+
 def score_point(
     embedder: Any,
     samples: list[Sample],
     cache: Any,
     calibration: list[str],
     specs: dict[str, Any],
+    all_poolings: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Embed this point's texts once (cached), fit every spec on its calibration vectors, score each sample."""
+    """Embed this point's texts once (cached), fit every spec on its calibration vectors, score each sample.
+    With ``all_poolings`` the forward pass also fills the cache for the point's other two poolings."""
     from kvembed_rag.postprocess import apply, fit
 
     start = time.perf_counter()
@@ -103,6 +173,10 @@ def score_point(
     def get(texts: list[str], role: str, max_length: int | None) -> np.ndarray:
         nonlocal tokens
         encoder = embedder if max_length is None else embedder.variant(max_length=max_length)
+        if all_poolings and cache.root is not None:
+            vectors, computed = encode_all_poolings(encoder, cache, texts, role)
+            tokens += computed
+            return vectors[embedder.pooling]
         vectors, stats = cache.encode(encoder, texts, role)
         tokens += 0 if stats.cached else stats.tokens
         return vectors
@@ -260,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     # order: per pooling, re-routing off first (every later row compares to it), the shipped point, then the grid
     # bias by bias and length by length in the order given, so a run cut short holds complete sweeps over depth
     points: list[tuple[list[int], float, str]] = []
-    for pooling in (p.strip() for p in args.poolings.split(",")):
+    poolings = [p.strip() for p in args.poolings.split(",") if p.strip()]
+    for pooling in poolings:
         points.append(([], base.bias, pooling))
         if pooling == base.pooling:
             points.append((list(base.layers), base.bias, base.pooling))
@@ -279,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         if needed <= have.get(name, set()):
             continue
         embedder = base.variant(layers=layers, bias=bias, pooling=pooling)
-        scored, cost = score_point(embedder, samples, cache, calibration, specs)
+        scored, cost = score_point(embedder, samples, cache, calibration, specs, all_poolings=len(poolings) > 1)
         rows = [r for r in rows if r["setting"] != name]
         rows += [dict(model=args.model, setting=name, layers=layers, bias=bias, pooling=pooling, **r) for r in scored]
         timings[name] = cost

@@ -12,10 +12,10 @@ from kvembed_rag import ConfigError, KVEmbedder
 from kvembed_rag.cli import main
 from kvembed_rag.eval.tuning import (
     OFF_BIAS,
-    GridPoint,
+    TunePoint,
     TuneResult,
     candidate_windows,
-    format_grid,
+    format_tune,
     tune,
 )
 from kvembed_rag.tuned import load_tuned, tuned_path
@@ -47,15 +47,19 @@ def test_candidate_windows():
 def test_tune_scores_the_grid_saves_the_winner_and_tuned_uses_it(checkpoints, sts_file, own_cache):
     model = str(checkpoints["llama"])
     base = KVEmbedder.from_pretrained(model, layers=[2])
-    result = tune(base, "sts", sts_file, windows=[[1], [2, 3], [4]], biases=[0.0, 2.0])
+    result = tune(base, {"sts": sts_file}, windows=[[1], [2, 3], [4]], biases=[0.0, 2.0])
     assert len(result.grid) == 3 * 2 + 2  # the starting window [2] joins the grid
-    assert result.best.score == max(p.score for p in result.grid)
+    # one task: the mean rank is the rank, so the best score wins (the first of equals)
+    best_score = max(p.scores["sts"] for p in result.grid)
+    assert result.best.scores["sts"] == best_score and result.best.ranks == {"sts": 1.0}
+    assert result.best is next(p for p in result.grid if p.scores["sts"] == best_score)
     assert result.baseline.layers == [2] and result.baseline.bias == 1.0
     assert result.no_rerouting.bias == OFF_BIAS
     # the grid is real: bias -1e4 equals the prompt without re-routing, so scores differ across the grid
-    assert len({round(p.score, 6) for p in result.grid}) > 1
+    assert len({round(p.scores["sts"], 6) for p in result.grid}) > 1
     saved = json.loads(Path(result.saved_to).read_text())
     assert saved["layers"] == result.best.layers and saved["bias"] == result.best.bias
+    assert "postprocess" not in saved  # not searched, so not tuned: postprocess="auto" still decides
     tuned = KVEmbedder.from_pretrained(model, layers="tuned")  # no bias given: the tuned one
     assert (tuned.layers, tuned.bias) == (result.best.layers, result.best.bias) and tuned.tuned
     assert tuned.describe()["layers"] == result.best.layers
@@ -98,11 +102,15 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     assert "best: layers" in printed and "no re-routing" in printed and "--layers tuned" in printed
     payload = json.loads(out.read_text())
     header = next(line for line in printed.splitlines() if line.startswith("layers"))
-    assert header.split() == ["layers", "hybrid", "0", "hybrid", "1", "last", "0", "last", "1"]  # both poolings shown
+    assert header.split() == ["layers", "bias", "pooling", "postprocess", "sts", "mean", "rank"]
     assert f"{payload['best']['pooling']} pooling" in printed
-    assert set(payload["no_rerouting_by_pooling"]) == {"hybrid", "last"}
+    assert set(payload["no_rerouting_by_pooling_and_postprocess"]) == {
+        "hybrid none",
+        "last none",
+    }  # the tiny model ships no statistics
     assert payload["no_rerouting"]["pooling"] == payload["best"]["pooling"]
-    assert len(payload["grid"]) >= 8 and payload["best"]["score"] == max(p["score"] for p in payload["grid"])
+    scores = [p["scores"]["sts"] for p in payload["grid"]]
+    assert len(scores) >= 8 and payload["best"]["scores"]["sts"] == max(scores)
     assert {p["pooling"] for p in payload["grid"]} == {"hybrid", "last"}
     tuned = KVEmbedder.from_pretrained(model, layers="tuned")
     assert tuned.tuned and tuned.pooling == payload["best"]["pooling"]
@@ -115,27 +123,31 @@ def test_cli_tune_prints_grid_writes_json_and_resets(checkpoints, sts_file, own_
     assert main([*argv[:4], "--model", model, "--sample"]) == 2  # --sample needs --limit
     sampled = tmp_path / "sampled.json"
     assert main([*argv, "--limit", "4", "--sample", "--seed", "3", "--no-save", "--json", str(sampled)]) == 0
-    assert json.loads(sampled.read_text())["tuning_set"] == {"limit": 4, "sample": True, "seed": 3}
+    (drawn,) = json.loads(sampled.read_text())["tasks"]
+    assert (drawn["task"], drawn["limit"], drawn["sample"], drawn["seed"]) == ("sts", 4, True, 3)
     assert load_tuned(tuned.source, tuned.num_layers) is None  # --no-save
     assert main(["tune", "sts", str(tmp_path / "missing.tsv"), "--model", model]) == 2
 
 
-def test_format_grid_shows_every_pooling_and_bias_and_the_rerouting_gain() -> None:
+def test_format_tune_ranks_the_grid_and_shows_the_rerouting_gain() -> None:
     grid = [
-        GridPoint([4, 5], 1.0, 0.70, "hybrid"),
-        GridPoint([4, 5], 1.0, 0.80, "last"),
-        GridPoint([8, 9], 1.0, 0.75, "hybrid"),
+        TunePoint([4, 5], 1.0, "hybrid", "none", {"sts": 0.70}),
+        TunePoint([4, 5], 1.0, "last", "none", {"sts": 0.80}),
+        TunePoint([8, 9], 1.0, "hybrid", "none", {"sts": 0.75}),
     ]
-    off = GridPoint([4, 5], OFF_BIAS, 0.78, "last")
-    text = format_grid(TuneResult("sts", "d", "spearman", "m", grid, grid[0], off))
+    for point, rank in zip(grid, (3.0, 1.0, 2.0), strict=True):
+        point.ranks = {"sts": rank}
+    off = TunePoint([4, 5], OFF_BIAS, "last", "none", {"sts": 0.78}, {"sts": 2.0})
+    task = {"task": "sts", "dataset": "d", "metric": "spearman"}
+    text = format_tune(TuneResult("m", [task], grid, grid[0], off))
     lines = text.splitlines()
-    assert lines[1].split() == ["layers", "hybrid", "1", "last", "1"]
-    assert lines[2].split() == ["4,5", "0.7000", "0.8000"]
-    assert lines[3].split() == ["8,9", "0.7500", "nan"]  # a point not in the grid shows as nan
-    assert "best: layers [4, 5] bias 1 last pooling -> 0.8000" in text
-    assert "re-routing adds +0.0200" in text and "note:" not in text
-    single = format_grid(
-        TuneResult("sts", "d", "spearman", "m", grid[:1], grid[0], GridPoint([4, 5], OFF_BIAS, 0.9, "hybrid"))
-    )
-    assert single.splitlines()[1].split() == ["layers", "1"]
-    assert "note: re-routing does not beat the prompt alone" in single
+    assert lines[1].split() == ["layers", "bias", "pooling", "postprocess", "sts", "mean", "rank"]
+    assert [line.split()[:3] for line in lines[2:5]] == [
+        ["4,5", "1", "last"],
+        ["8,9", "1", "hybrid"],
+        ["4,5", "1", "hybrid"],
+    ]
+    assert "best: layers [4, 5] bias 1 last pooling, post-processing none" in text
+    assert "re-routing adds: sts +0.0200" in text and "note:" not in text
+    alone = TuneResult("m", [task], grid[:1], grid[0], TunePoint([4, 5], OFF_BIAS, "hybrid", "none", {"sts": 0.9}))
+    assert "note: re-routing does not beat the prompt alone" in format_tune(alone)

@@ -1,4 +1,4 @@
-"""kvembed-rag tune mixed: mean rank over dev task families, raw vectors once per point, the saved winner."""
+"""kvembed-rag tune over several families: mean rank per family, raw vectors once per point, the saved winner."""
 
 from __future__ import annotations
 
@@ -18,15 +18,14 @@ from kvembed_rag.eval.scoring import evaluate_classification, evaluate_sts
 from kvembed_rag.eval.tasks import load_classification, load_sts
 from kvembed_rag.eval.tuning import (
     OFF_BIAS,
-    MixedPoint,
-    best_mixed,
+    TunePoint,
+    best_point,
     check_postprocess,
     ordered,
     rank_against,
     rank_of,
     rank_points,
     tune,
-    tune_mixed,
 )
 from kvembed_rag.tuned import load_tuned, tuned_path
 
@@ -73,8 +72,8 @@ def dev(tmp_path) -> dict[str, Path]:
     return {"sts": sts, "retrieval": beir, "classification": labelled, "clustering": labelled}
 
 
-def point(scores: dict[str, float], i: int = 0) -> MixedPoint:
-    return MixedPoint([i], 1.0, "hybrid", "none", scores)
+def point(scores: dict[str, float], i: int = 0) -> TunePoint:
+    return TunePoint([i], 1.0, "hybrid", "none", scores)
 
 
 def test_mean_rank_arithmetic_and_deterministic_ties() -> None:
@@ -97,12 +96,12 @@ def test_mean_rank_arithmetic_and_deterministic_ties() -> None:
         {"sts": 4.0, "retrieval": 2.5},
     ]
     assert [p.mean_rank for p in grid] == [2.0, 2.5, 2.25, 3.25]
-    assert best_mixed(grid) is grid[0]
+    assert best_point(grid) is grid[0]
     # equal mean ranks: the earliest point of the grid wins, whatever the order of the tasks
     tied = [point({"a": 0.9, "b": 0.1}, 0), point({"a": 0.1, "b": 0.9}, 1)]
     rank_points(tied, ["b", "a"])
     assert tied[0].mean_rank == tied[1].mean_rank == 1.5
-    assert best_mixed(tied) is tied[0] and best_mixed(tied[::-1]) is tied[1]
+    assert best_point(tied) is tied[0] and best_point(tied[::-1]) is tied[1]
     assert ordered(grid) == [grid[0], grid[2], grid[1], grid[3]]
     outside = rank_against(point({"sts": 0.85, "retrieval": 0.05}), grid)
     assert outside.ranks == {"sts": 2.0, "retrieval": 5.0} and outside.mean_rank == 3.5
@@ -137,7 +136,7 @@ def test_raw_vectors_are_computed_once_per_point(checkpoints, dev, own_cache, mo
 
     monkeypatch.setattr(KVEmbedder, "encode", counting)
     paths = {k: dev[k] for k in ("sts", "classification", "clustering")}
-    result = tune_mixed(
+    result = tune(
         base,
         paths,
         windows=[[1], [3, 4]],
@@ -165,30 +164,10 @@ def test_raw_vectors_are_computed_once_per_point(checkpoints, dev, own_cache, mo
     assert len({tuple(p.scores.values()) for p in first}) > 1
 
 
-def test_one_task_mixed_is_the_single_task_tune(checkpoints, dev, own_cache) -> None:
-    base = KVEmbedder.from_pretrained(str(checkpoints["qwen3"]), layers=[2])
-    grid_options = {"windows": [[1], [4]], "biases": [0.0, 2.0], "poolings": ["hybrid", "last"]}
-    for posts in (None, ["none", "center"]):
-        single = tune(base, "sts", dev["sts"], postprocesses=posts, save=False, **grid_options)
-        mixed = tune_mixed(base, {"sts": dev["sts"]}, postprocesses=posts, save=False, **grid_options)
-        assert [(p.layers, p.bias, p.pooling, p.postprocess) for p in single.grid] == [
-            (p.layers, p.bias, p.pooling, p.postprocess) for p in mixed.grid
-        ]
-        assert [p.score for p in single.grid] == [p.scores["sts"] for p in mixed.grid]
-        won = (mixed.best.layers, mixed.best.bias, mixed.best.pooling, mixed.best.postprocess)
-        assert won == (single.best.layers, single.best.bias, single.best.pooling, single.best.postprocess)
-        assert mixed.best.ranks == {"sts": 1.0}
-        assert single.baseline.score == mixed.baseline.scores["sts"]
-        assert single.no_rerouting.score == mixed.no_rerouting.scores["sts"]
-    retrieval = tune(base, "retrieval", dev["retrieval"], save=False, windows=[[1], [4]], biases=[1.0])
-    both = tune_mixed(base, {"retrieval": dev["retrieval"]}, save=False, windows=[[1], [4]], biases=[1.0])
-    assert (retrieval.best.layers, retrieval.best.score) == (both.best.layers, both.best.scores["retrieval"])
-
-
 def test_saved_winner_drives_layers_tuned_with_its_postprocessing(checkpoints, dev, own_cache) -> None:
     model = str(checkpoints["mistral"])
     base = KVEmbedder.from_pretrained(model, layers=[2])
-    result = tune_mixed(
+    result = tune(
         base,
         {k: dev[k] for k in ("sts", "retrieval", "classification")},
         windows=[[1], [3, 4]],
@@ -206,7 +185,7 @@ def test_saved_winner_drives_layers_tuned_with_its_postprocessing(checkpoints, d
         best.pooling,
         best.postprocess,
     )
-    assert saved["tuning_set"]["classification"]["limit"] == 12 and saved["task"] == "mixed"
+    assert saved["tuning_set"]["classification"]["limit"] == 12 and "objective" in saved
     tuned = KVEmbedder.from_pretrained(model, layers="tuned")  # postprocess "auto": the tuned one
     assert (tuned.layers, tuned.bias, tuned.pooling) == (best.layers, best.bias, best.pooling)
     assert tuned.config.postprocess == best.postprocess
@@ -271,7 +250,7 @@ def test_cli_tune_mixed_end_to_end(checkpoints, dev, own_cache, tmp_path, capsys
     assert "saved as" not in capsys.readouterr().out
     # usage errors, before any model loads
     assert main(["tune", "mixed", "--model", model]) == 2  # no dev set
-    assert main(["tune", "mixed", str(dev["sts"]), *data, "--model", model]) == 2  # a path belongs to sts/retrieval
+    assert main(["tune", "mixed", str(dev["sts"]), *data, "--model", model]) == 2  # a path belongs to one family
     assert main(["tune", "sts", "--model", model]) == 2  # sts needs its path
     assert main(["tune", "sts", str(dev["sts"]), f"--retrieval={dev['retrieval']}", "--model", model]) == 2
     assert main([*argv, "--limit", "sts=x"]) == 2

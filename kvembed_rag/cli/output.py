@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 from collections.abc import Collection
 from typing import IO, Any
 
 
-def _clock(seconds: float) -> str:
-    seconds = max(0, int(seconds + 0.5))
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else (f"{seconds // 60}:{seconds % 60:02d}")
-    )
+class _LogLines:
+    """A stream for tqdm when stderr is not a terminal: each redraw (``"\\r" + bar``) becomes its own line, so a
+    log file holds one readable line per update instead of one line of carriage returns."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip("\n")
+        if line.strip():
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class Progress:
-    """One status line on stderr, redrawn per update on a terminal, printed every few seconds in a log.
+    """One tqdm bar on stderr: redrawn in place on a terminal, a line every ``log_interval`` seconds in a log.
 
-    ``update(done, note)`` takes the work done so far in ``unit`` (tokens for embedding); the line shows the
-    share done, the rate since the first update and the ETA. Disabled, it prints nothing.
+    ``update(done, note)`` takes the work done so far in ``unit`` (tokens for embedding); tqdm shows the share
+    done, the rate, the ETA and ``note``. Disabled, it prints nothing. (The Python API's own bar,
+    ``show_progress=True``, is tqdm too: one progress mechanism.)
     """
 
     def __init__(
@@ -35,55 +42,37 @@ class Progress:
         stream: IO[str] | None = None,
         log_interval: float = 10.0,
     ) -> None:
-        self.label, self.total, self.unit, self.enabled = label, max(int(total), 0), unit, enabled
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.interval = 0.2 if self.tty else log_interval
-        self.start = time.perf_counter()
-        self.last_print = -1e9
-        self.done = 0
-        self.note = ""
-        self._dirty = False
+        from tqdm import tqdm
 
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        share = f"{100 * self.done / self.total:3.0f}% " if self.total else ""
-        parts = [f"{self.label}: {share}{self.done:,}/{self.total:,} {self.unit}"]
-        if self.done and rate > 0:
-            parts.append(f"{rate:,.0f} {self.unit}/s")
-            if self.total > self.done:
-                parts.append(f"ETA {_clock((self.total - self.done) / rate)}")
-        parts.append(f"elapsed {_clock(elapsed)}")
-        if self.note:
-            parts.append(self.note)
-        return ", ".join(parts)
+        stream = stream or sys.stderr
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.bar = tqdm(
+            total=max(int(total), 0),
+            desc=label,
+            unit=f" {unit}",
+            disable=not enabled,  # explicit, so the CLI's TQDM_DISABLE (for the libraries' bars) leaves ours on
+            file=stream if tty else _LogLines(stream),
+            mininterval=0.2 if tty else log_interval,
+            dynamic_ncols=tty,
+            ncols=None if tty else 100,
+            ascii=not tty,
+            leave=True,
+        )
+
+    @property
+    def done(self) -> int:
+        return int(self.bar.n)
 
     def update(self, done: int, note: str = "", *, force: bool = False) -> None:
-        self.done, self.note = int(done), note
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self.last_print < self.interval:
-            self._dirty = True
-            return
-        self.last_print, self._dirty = now, False
-        if self.tty:
-            self.stream.write("\r\033[K" + self.line())
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update(int(done) - self.bar.n)
+        if force:
+            self.bar.refresh()
 
     def close(self) -> None:
         """Draw the final state and end the line."""
-        if not self.enabled:
-            return
-        if self._dirty or self.tty:
-            self.update(self.done, self.note, force=True)
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-        self.enabled = False
+        self.bar.close()
 
 
 def status(message: str, *, enabled: bool = True) -> None:

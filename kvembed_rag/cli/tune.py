@@ -35,16 +35,19 @@ EXAMPLES = """examples:
   kvembed-rag tune sts dev.tsv --reset          # forget the tuned choice for this model
 The winner is saved in the store of tuned defaults: embedders built with layers='tuned' use its window (and its
 bias, pooling and post-processing unless given); layers='auto' stays the intrinsic-dimension window on every
-machine. 'mixed' ranks every point on each dev task and keeps the lowest mean rank (ties: the first in the grid)."""
+machine. Every point is ranked on each dev task; the lowest mean rank wins (one task: the best score; ties: the
+first in the grid). 'mixed' takes one dev set per family."""
 
 POOLINGS = ("hybrid", "last", "mean")
 FAMILIES = ("sts", "retrieval", "classification", "clustering")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["sts", "retrieval", "mixed"])
+    parser.add_argument("task", choices=[*FAMILIES, "mixed"])
     parser.add_argument(
-        "path", nargs="?", help="sts/retrieval: an STS TSV or a BEIR folder (see 'kvembed-rag eval --help')"
+        "path",
+        nargs="?",
+        help="one family's dev data: an STS TSV, a BEIR folder or labelled texts (see 'kvembed-rag eval --help')",
     )
     mixed = parser.add_argument_group("mixed: one dev set per task family (at least one)")
     mixed.add_argument("--sts", help="an STS TSV (Spearman)")
@@ -55,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "logistic regression on the vectors, accuracy",
     )
     mixed.add_argument("--clustering", help="labelled texts (as --classification): k-means V-measure on the labels")
-    mixed.add_argument("--top", type=positive_int, default=10, help="points shown in the table (default 10)")
+    parser.add_argument("--top", type=positive_int, default=10, help="points shown in the table (default 10)")
     parser.add_argument("--windows", help="windows to try, e.g. '4,5;8,9' (default: sliding windows from 20%% depth)")
     parser.add_argument("--width", type=positive_int, help="layers per default window (default: the ID window's)")
     parser.add_argument("--stride", type=positive_int, help="layers between default windows (default: ~8 windows)")
@@ -138,20 +141,21 @@ def run(args: argparse.Namespace) -> int:
     if not poolings or set(poolings) - set(POOLINGS):
         raise UsageError(f"--poolings takes {', '.join(POOLINGS)}; got {args.poolings!r}")
     mixed = args.task == "mixed"
-    paths = {family: getattr(args, family) for family in FAMILIES if getattr(args, family)}
+    given = {family: getattr(args, family) for family in FAMILIES if getattr(args, family)}
     if mixed:
         if args.path is not None:
             raise UsageError(f"'tune mixed' takes its data from --{' --'.join(FAMILIES)}, not a path ({args.path})")
-        if not paths and not args.reset:
+        if not given and not args.reset:
             raise UsageError(f"'tune mixed' needs at least one dev set: --{', --'.join(FAMILIES)}")
-        for family, path in paths.items():
-            existing_path(path, f"file or folder (--{family})")
+        paths = given
     else:
         if args.path is None:
-            raise UsageError(f"'tune {args.task}' needs the dev data's path (an STS TSV or a BEIR folder)")
-        if paths:
-            raise UsageError(f"--{', --'.join(paths)} belong to 'tune mixed'; 'tune {args.task}' reads {args.path}")
-        existing_path(args.path)
+            raise UsageError(f"'tune {args.task}' needs the dev data's path (e.g. an STS TSV or a BEIR folder)")
+        if given:
+            raise UsageError(f"--{', --'.join(given)} belong to 'tune mixed'; 'tune {args.task}' reads {args.path}")
+        paths = {args.task: args.path}
+    for family, path in paths.items():
+        existing_path(path, f"file or folder (--{family})" if mixed else "file or folder")
     limits = _limits(args.limit, args.task)
     args.limit = limits.pop("", None)  # one N for every task; the rest per family
     if not args.reset:
@@ -166,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     validate_model_args(args)
     from ..eval.cache import EmbeddingCache
     from ..eval.harness import EvalOptions
-    from ..eval.tuning import candidate_windows, format_grid, format_mixed, tune, tune_mixed
+    from ..eval.tuning import candidate_windows, format_tune, tune
     from ..tuned import forget_tuned
 
     show = not args.quiet
@@ -194,15 +198,12 @@ def run(args: argparse.Namespace) -> int:
         if not show:
             return
         head = f"  layers {point.layers} bias {point.bias:g} {point.pooling}"
-        if variants > 1 or mixed:
+        if variants > 1:
             head += f" {point.postprocess}"
-        if mixed:
-            scores = ", ".join(f"{task} {score:.4f}" for task, score in point.scores.items())
-            print(f"{head}: {scores}", file=sys.stderr)
-        else:
-            print(f"{head}: {point.score:.4f}", file=sys.stderr)
+        scores = ", ".join(f"{task} {score:.4f}" for task, score in point.scores.items())
+        print(f"{head}: {scores}", file=sys.stderr)
 
-    where = ", ".join(f"{family} {path}" for family, path in paths.items()) if mixed else args.path
+    where = ", ".join(f"{family} {path}" for family, path in paths.items())
     status(f"tuning {points} configurations x {variants} post-processing(s) on {where} ...", enabled=show)
     common: dict[str, Any] = {
         "windows": windows,
@@ -214,13 +215,11 @@ def run(args: argparse.Namespace) -> int:
         "save": not args.no_save,
         "on_point": show_point,
     }
-    result: Any = (
-        tune_mixed(base, paths, limits=limits, **common) if mixed else tune(base, args.task, str(args.path), **common)
-    )
+    result = tune(base, paths, limits=limits, **common)
     progress.close()
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-    print(format_mixed(result, args.top) if mixed else format_grid(result))
+    print(format_tune(result, args.top))
     if result.saved_to:
         print(f"saved as this model's tuned default: use it with --layers tuned (layers='tuned'): {result.saved_to}")
     return EXIT_OK

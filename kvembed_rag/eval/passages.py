@@ -436,6 +436,7 @@ def evaluate_passages(
 
     texts = [p.text for p in run.passages]
     query_texts = [q.text for q in run.queries]
+    anchors = [AnchorEncoder(name) for name in options.anchors]  # a missing package fails before the long kv pass
     start = time.perf_counter()
     lexical = bm25_scores(run.passages, run.queries)
     emit("bm25", "bm25 (k1 1.2, b 0.75)", lexical, time.perf_counter() - start)
@@ -455,9 +456,8 @@ def evaluate_passages(
                 fused = hybrid_scores(dense, lexical, config)
                 name = f"hybrid {embedder.method}+bm25 {config.fusion}:{config.weight:g}"
                 emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached)
-    for anchor in options.anchors:
-        encoder_st = AnchorEncoder(anchor)
+    for encoder_st in anchors:
         start = time.perf_counter()
         dense = encoder_st.encode(query_texts, "query") @ encoder_st.encode(texts, "document").T
-        emit(f"st:{anchor}", anchor, dense, time.perf_counter() - start)
+        emit(f"st:{encoder_st.name}", encoder_st.name, dense, time.perf_counter() - start)
     return rows

@@ -2,12 +2,12 @@
 model's default.
 
 Beyond the paper, which picks the window by intrinsic dimension and fixes the bias. :func:`tune` judges the
-grid on one dev task (STS or retrieval); :func:`tune_mixed` on several task families at once (STS, retrieval,
-classification, clustering) by the mean of each point's rank per task, because the window that wins STS is not
-the one that retrieves best. Both run the same search: the raw vectors (no post-processing) of each
-(window, bias, pooling) point are computed once, and every post-processing variant is fitted on that point's
-raw calibration vectors and applied to its raw dev vectors, exactly as an embedder with that configuration
-would produce them. The winner is saved in the store of tuned defaults (``kvembed_rag.tuned``); embedders
+grid on one or several dev task families (STS, retrieval, classification, clustering) by the mean of each
+point's rank per task, because the window that wins STS is not the one that retrieves best (with one task the
+mean rank is the rank: the best score wins). The raw vectors (no post-processing) of each (window, bias,
+pooling) point are computed once, and every post-processing variant is fitted on that point's raw calibration
+vectors and applied to its raw dev vectors, exactly as an embedder with that configuration would produce them.
+The winner is saved in the store of tuned defaults (``kvembed_rag.tuned``); embedders
 built with ``layers="tuned"`` use its window, and its bias, pooling and post-processing unless those are given
 (``describe()["provenance"]`` says so).
 """
@@ -27,7 +27,7 @@ from ..tuned import save_tuned
 
 #: the bias that switches re-routing off (the slot's softmax weight underflows): the no-re-routing baseline
 OFF_BIAS = -1e4
-#: the task families a mixed tune can judge on, in table order
+#: the task families a tune can judge on, in table order
 FAMILIES = ("sts", "retrieval", "classification", "clustering")
 METRICS = {"sts": "spearman", "retrieval": "ndcg@10", "classification": "accuracy", "clustering": "v_measure"}
 
@@ -43,103 +43,7 @@ def candidate_windows(num_layers: int, width: int, stride: int | None = None) ->
     return [list(range(s, s + width)) for s in range(first, last_start + 1, stride)]
 
 
-@dataclass
-class GridPoint:
-    layers: list[int]
-    bias: float
-    score: float
-    pooling: str = "hybrid"
-    postprocess: str = "none"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "layers": self.layers,
-            "bias": self.bias,
-            "pooling": self.pooling,
-            "postprocess": self.postprocess,
-            "score": round(self.score, 4),
-        }
-
-
-def best_point(grid: Sequence[GridPoint]) -> GridPoint:
-    """The highest-scoring point (the first of equals, i.e. the earliest in grid order)."""
-    return max(grid, key=lambda p: p.score)
-
-
-@dataclass
-class TuneResult:
-    task: str
-    dataset: str
-    metric: str
-    model: str
-    grid: list[GridPoint]
-    baseline: GridPoint  # the starting configuration (ID window, bias given or 1.0)
-    no_rerouting: GridPoint  # same prompt, the best point's pooling, re-routing off
-    saved_to: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def best(self) -> GridPoint:
-        return best_point(self.grid)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task,
-            "dataset": self.dataset,
-            "metric": self.metric,
-            "model": self.model,
-            "best": self.best.to_dict(),
-            "baseline": self.baseline.to_dict(),
-            "no_rerouting": self.no_rerouting.to_dict(),
-            "grid": [p.to_dict() for p in self.grid],
-            "saved_to": self.saved_to,
-            **self.extra,
-        }
-
-
-def format_grid(result: TuneResult) -> str:
-    """The grid as text: one row per window, one column per bias (per pooling, post-processing and bias when
-    several were tried)."""
-    poolings = list(dict.fromkeys(p.pooling for p in result.grid))
-    posts = list(dict.fromkeys(p.postprocess for p in result.grid))
-    biases = sorted({p.bias for p in result.grid})
-    columns = [(pool, post, b) for pool in poolings for post in posts for b in biases]
-    scores = {(tuple(p.layers), p.pooling, p.postprocess, p.bias): p.score for p in result.grid}
-
-    def label(pool: str, post: str, b: float) -> str:
-        parts = ([pool] if len(poolings) > 1 else []) + ([post] if len(posts) > 1 else []) + [f"{b:g}"]
-        return " ".join(parts)
-
-    width = max(9, *(len(label(*c)) + 2 for c in columns))
-    head = " and ".join(
-        [name for name, several in (("pooling", len(poolings) > 1), ("post-processing", len(posts) > 1)) if several]
-        + ["bias"]
-    )
-    lines = [
-        f"{result.model} on {result.dataset} ({result.task}, {result.metric}); rows: window, columns: {head}",
-        f"{'layers':14s}" + "".join(f"{label(*c):>{width}}" for c in columns),
-    ]
-    for layers in dict.fromkeys(tuple(p.layers) for p in result.grid):
-        cells = (scores.get((layers, pool, post, b), float("nan")) for pool, post, b in columns)
-        lines.append(f"{','.join(map(str, layers)):14s}" + "".join(f"{v:{width}.4f}" for v in cells))
-    best, start, off = result.best, result.baseline, result.no_rerouting
-
-    def post(point: GridPoint) -> str:
-        return f", post-processing {point.postprocess}" if len(posts) > 1 else ""
-
-    lines += [
-        f"best: layers {best.layers} bias {best.bias:g} {best.pooling} pooling{post(best)} -> {best.score:.4f}",
-        f"start: layers {start.layers} bias {start.bias:g} {start.pooling} pooling{post(start)} -> "
-        f"{start.score:.4f} (gain {best.score - start.score:+.4f})",
-        f"no re-routing ({off.pooling} pooling{post(off)}, same prompt): {off.score:.4f} "
-        f"(re-routing adds {best.score - off.score:+.4f})",
-    ]
-    if off.score >= best.score:
-        lines.append("note: re-routing does not beat the prompt alone on this dev set")
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ the shared search
+# ------------------------------------------------------------------ the search
 @dataclass
 class DevTask:
     """One dev task of a tune: its family (``sts``, ``retrieval``, ``classification``, ``clustering``), the
@@ -163,7 +67,7 @@ class DevTask:
 
 
 @dataclass
-class MixedPoint:
+class TunePoint:
     """One (window, bias, pooling, post-processing) point: its score on each dev task, its rank among the
     grid on each task (1 = best; equal scores share the mean of the ranks they span) and the mean rank."""
 
@@ -209,7 +113,7 @@ def rank_of(score: float, scores: Sequence[float], *, member: bool = True) -> fl
     return 1.0 + higher + 0.5 * equal
 
 
-def rank_points(points: Sequence[MixedPoint], tasks: Sequence[str]) -> None:
+def rank_points(points: Sequence[TunePoint], tasks: Sequence[str]) -> None:
     """Set every point's rank per task among ``points`` (in place)."""
     for task in tasks:
         scores = [p.scores[task] for p in points]
@@ -217,21 +121,21 @@ def rank_points(points: Sequence[MixedPoint], tasks: Sequence[str]) -> None:
             point.ranks[task] = rank_of(point.scores[task], scores)
 
 
-def rank_against(point: MixedPoint, grid: Sequence[MixedPoint]) -> MixedPoint:
+def rank_against(point: TunePoint, grid: Sequence[TunePoint]) -> TunePoint:
     """``point`` (not in ``grid``) with the ranks it would take among ``grid``'s points, task by task."""
     for task in point.scores:
         point.ranks[task] = rank_of(point.scores[task], [p.scores[task] for p in grid], member=False)
     return point
 
 
-def best_mixed(grid: Sequence[MixedPoint]) -> MixedPoint:
+def best_point(grid: Sequence[TunePoint]) -> TunePoint:
     """The point with the lowest mean rank; ties go to the earliest in grid order (poolings, then windows,
     then biases, then post-processings, each in the order given). Rank sums are halves, exact in floats."""
     return min(grid, key=lambda p: p.rank_sum)
 
 
-def ordered(grid: Sequence[MixedPoint]) -> list[MixedPoint]:
-    """The grid from best to worst mean rank (ties in grid order, like :func:`best_mixed`)."""
+def ordered(grid: Sequence[TunePoint]) -> list[TunePoint]:
+    """The grid from best to worst mean rank (ties in grid order, like :func:`best_point`)."""
     return sorted(grid, key=lambda p: p.rank_sum)  # sorted is stable
 
 
@@ -301,7 +205,7 @@ def evaluate_point(
     postprocesses: Sequence[str],
     tasks: Sequence[DevTask],
     cache: Any,
-) -> list[MixedPoint]:
+) -> list[TunePoint]:
     """Score one (window, bias, pooling) point with every post-processing in ``postprocesses`` on ``tasks``.
 
     The raw vectors are computed once (:class:`PointVectors`); each variant's statistics come from
@@ -320,7 +224,7 @@ def evaluate_point(
             stats, _, _ = resolve_stats(text, stats_key(embedder.describe()), raw.encode)
         encoder = PostprocessedEncoder(raw, stats)
         scores = {t.task: score_task(t.task, encoder, embedder, t.data, t.options).score for t in tasks}
-        points.append(MixedPoint(list(embedder.layers), float(bias), pooling, text, scores))
+        points.append(TunePoint(list(embedder.layers), float(bias), pooling, text, scores))
     return points
 
 
@@ -329,16 +233,16 @@ class SearchResult:
     """What :func:`search` found: the ranked grid, the starting point and the no-re-routing points (by
     pooling and post-processing), both ranked against the grid."""
 
-    grid: list[MixedPoint]
-    baseline: MixedPoint
-    off: dict[tuple[str, str], MixedPoint]
+    grid: list[TunePoint]
+    baseline: TunePoint
+    off: dict[tuple[str, str], TunePoint]
 
     @property
-    def best(self) -> MixedPoint:
-        return best_mixed(self.grid)
+    def best(self) -> TunePoint:
+        return best_point(self.grid)
 
     @property
-    def no_rerouting(self) -> MixedPoint:
+    def no_rerouting(self) -> TunePoint:
         best = self.best
         return self.off[(best.pooling, best.postprocess)]
 
@@ -352,16 +256,16 @@ def search(
     poolings: Sequence[str],
     postprocesses: Sequence[str],
     cache: Any,
-    on_point: Callable[[MixedPoint], None] | None = None,
+    on_point: Callable[[TunePoint], None] | None = None,
 ) -> SearchResult:
     """Score the grid poolings x windows x biases x post-processings (in that nesting) on ``tasks``, plus the
     starting point (``base``'s window, bias, pooling and post-processing) and re-routing off per pooling."""
     start_post = base.config.postprocess
     start = (tuple(base.layers), float(base.bias), base.pooling)
-    grid: list[MixedPoint] = []
-    baseline: MixedPoint | None = None
+    grid: list[TunePoint] = []
+    baseline: TunePoint | None = None
 
-    def scored(points: list[MixedPoint]) -> list[MixedPoint]:
+    def scored(points: list[TunePoint]) -> list[TunePoint]:
         if on_point is not None:
             for point in points:
                 on_point(point)
@@ -383,7 +287,7 @@ def search(
         (baseline,) = scored(evaluate_point(base, base.layers, base.bias, base.pooling, [start_post], tasks, cache))
     if not any(p is baseline for p in grid):
         rank_against(baseline, grid)
-    off: dict[tuple[str, str], MixedPoint] = {}
+    off: dict[tuple[str, str], TunePoint] = {}
     for pooling in poolings:  # re-routing off (same prompt): the winner is judged against its own pooling
         for point in scored(evaluate_point(base, base.layers, OFF_BIAS, pooling, postprocesses, tasks, cache)):
             off[(pooling, point.postprocess)] = rank_against(point, grid)
@@ -397,109 +301,24 @@ def _windows(base: Any, windows: Sequence[Sequence[int]] | None) -> list[list[in
     return chosen
 
 
-def tune(
-    base: Any,
-    task: str,
-    path: str | Path,
-    *,
-    windows: Sequence[Sequence[int]] | None = None,
-    biases: Sequence[float] = (0.0, 1.0, 2.0),
-    poolings: Sequence[str] | None = None,
-    postprocesses: Sequence[str] | None = None,
-    options: Any = None,
-    cache: Any = None,
-    save: bool = True,
-    on_point: Any = None,
-) -> TuneResult:
-    """Score every (window, bias[, pooling][, post-processing]) with the kv method on ``task`` (``sts`` or
-    ``retrieval``); keep the best. The one-task case of :func:`tune_mixed`'s search.
-
-    ``poolings`` (default: the embedder's own) may add e.g. ``"last"``, which beat the paper's hybrid pooling
-    on STS-B with Gemma-3-270M. ``postprocesses`` (default: the embedder's own, not saved) are variants such
-    as ``"none"``, ``"center"``, ``"whiten:0.3"``; when given, the winner's is saved with it.
-    """
-    from .cache import EmbeddingCache
-    from .harness import EvalOptions, load_task, model_label
-
-    if task not in ("sts", "retrieval"):
-        raise ValueError(f"tune works on an 'sts' or 'retrieval' dev set; got {task!r} (several: tune_mixed)")
-    options = options or EvalOptions()
-    cache = cache or EmbeddingCache()
-    base = base.variant(method="kv")
-    (dataset, data), *_ = load_task(task, path, options)
-    posts = check_postprocess(postprocesses) if postprocesses else [base.config.postprocess]
-
-    def show(point: MixedPoint) -> None:
-        if on_point is not None:
-            on_point(_single(point, task))
-
-    found = search(
-        base,
-        [DevTask(task, dataset, data, options)],
-        windows=_windows(base, windows),
-        biases=[float(b) for b in biases],
-        poolings=list(poolings or [base.pooling]),
-        postprocesses=posts,
-        cache=cache,
-        on_point=show,
-    )
-    grid = [_single(p, task) for p in found.grid]
-    best = found.best
-    by_pooling = {pool: point for (pool, post), point in found.off.items() if post == best.postprocess}
-    extra: dict[str, Any] = {
-        "no_rerouting_by_pooling": {pool: round(point.scores[task], 4) for pool, point in by_pooling.items()},
-        # how the tuning set was drawn, so a saved default says what it was tuned on
-        "tuning_set": {"limit": options.limit, "sample": options.sample, "seed": options.seed},
-    }
-    result = TuneResult(
-        task,
-        dataset,
-        METRICS[task],
-        model_label(base),
-        grid,
-        _single(found.baseline, task),
-        _single(found.no_rerouting, task),
-        extra=extra,
-    )
-    if save:
-        win = result.best
-        chosen = {"postprocess": win.postprocess} if postprocesses else {}  # only what was searched is tuned
-        payload = {
-            "layers": win.layers,
-            "bias": win.bias,
-            "pooling": win.pooling,
-            **chosen,
-            "model": base.source.to_dict(),
-            **{k: v for k, v in result.to_dict().items() if k not in ("saved_to", "model")},
-        }
-        result.saved_to = str(save_tuned(base.source, base.num_layers, payload))
-    return result
-
-
-def _single(point: MixedPoint, task: str) -> GridPoint:
-    return GridPoint(point.layers, point.bias, point.scores[task], point.pooling, point.postprocess)
-
-
-# ------------------------------------------------------------------ the mixed objective
 @dataclass
-class MixedResult:
-    """A mixed tune: the dev tasks, the ranked grid, the starting point and the no-re-routing reference."""
+class TuneResult:
+    """A tune: the dev tasks, the ranked grid, the starting point and the no-re-routing reference."""
 
     model: str
     tasks: list[dict[str, Any]]
-    grid: list[MixedPoint]
-    baseline: MixedPoint
-    no_rerouting: MixedPoint  # same prompt, the best point's pooling and post-processing, re-routing off
+    grid: list[TunePoint]
+    baseline: TunePoint
+    no_rerouting: TunePoint  # same prompt, the best point's pooling and post-processing, re-routing off
     saved_to: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def best(self) -> MixedPoint:
-        return best_mixed(self.grid)
+    def best(self) -> TunePoint:
+        return best_point(self.grid)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "task": "mixed",
             "objective": "mean rank over the dev tasks (1 = best on a task; ties share the mean rank)",
             "model": self.model,
             "tasks": self.tasks,
@@ -512,7 +331,7 @@ class MixedResult:
         }
 
 
-def format_mixed(result: MixedResult, top: int = 10) -> str:
+def format_tune(result: TuneResult, top: int = 10) -> str:
     """The ``top`` points by mean rank (each task's score and the mean rank), then the best, the starting point
     and the no-re-routing reference."""
     names = [t["task"] for t in result.tasks]
@@ -525,7 +344,7 @@ def format_mixed(result: MixedResult, top: int = 10) -> str:
         + f"{'mean rank':>11s}",
     ]
 
-    def row(point: MixedPoint, label: str | None = None) -> str:
+    def row(point: TunePoint, label: str | None = None) -> str:
         text = label or ",".join(map(str, point.layers))
         return (
             f"{text:12s} {point.bias:6g} {point.pooling:8s} {point.postprocess:16s}"
@@ -570,7 +389,7 @@ def load_dev_tasks(
     if unknown:
         raise ValueError(f"unknown dev task families {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
     if not paths:
-        raise ValueError(f"a mixed tune needs at least one dev task ({', '.join(FAMILIES)})")
+        raise ValueError(f"a tune needs at least one dev task ({', '.join(FAMILIES)})")
     tasks = []
     for family in FAMILIES:
         if family not in paths:
@@ -581,7 +400,7 @@ def load_dev_tasks(
     return tasks
 
 
-def tune_mixed(
+def tune(
     base: Any,
     paths: Mapping[str, str | Path],
     *,
@@ -593,14 +412,15 @@ def tune_mixed(
     limits: Mapping[str, int | None] | None = None,
     cache: Any = None,
     save: bool = True,
-    on_point: Callable[[MixedPoint], None] | None = None,
-) -> MixedResult:
-    """Tune the kv method on several dev task families at once: the point with the lowest mean rank over the
-    tasks wins (ties: the earliest in grid order) and is saved with its post-processing.
+    on_point: Callable[[TunePoint], None] | None = None,
+) -> TuneResult:
+    """Tune the kv method on one or several dev task families: the point with the lowest mean rank over the
+    tasks wins (with one task: the best score; ties: the earliest in grid order) and is saved.
 
     ``paths`` maps families (``sts``, ``retrieval``, ``classification``, ``clustering``) to dev data (see
-    :func:`load_dev_tasks`); ``postprocesses`` (default: the embedder's own) are variants such as ``"none"``,
-    ``"center"``, ``"whiten:0.3"``. With one family the winner is :func:`tune`'s.
+    :func:`load_dev_tasks`). ``poolings`` (default: the embedder's own) may add e.g. ``"last"``;
+    ``postprocesses`` (default: the embedder's own, then not saved, so ``postprocess="auto"`` still decides) are
+    variants such as ``"none"``, ``"center"``, ``"whiten:0.3"``, saved with the winner when given.
     """
     from .cache import EmbeddingCache
     from .harness import model_label
@@ -620,7 +440,7 @@ def tune_mixed(
         on_point=on_point,
     )
     no_rerouting_by = {f"{pool} {post}": p.to_dict()["scores"] for (pool, post), p in found.off.items()}
-    result = MixedResult(
+    result = TuneResult(
         model_label(base),
         [t.describe() for t in tasks],
         found.grid,
@@ -630,13 +450,14 @@ def tune_mixed(
     )
     if save:
         best = result.best
+        chosen = {"postprocess": best.postprocess} if postprocesses else {}  # only what was searched is tuned
         payload = {
             "layers": best.layers,
             "bias": best.bias,
             "pooling": best.pooling,
-            "postprocess": best.postprocess,
+            **chosen,
             "model": base.source.to_dict(),
-            # the store's readers look for these (what it was tuned on)
+            # what it was tuned on, per family
             "tuning_set": {t["task"]: {k: v for k, v in t.items() if k != "task"} for t in result.tasks},
             **{k: v for k, v in result.to_dict().items() if k not in ("saved_to", "model")},
         }
