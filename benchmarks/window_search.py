@@ -155,6 +155,50 @@ def encode_all_poolings(embedder: Any, cache: Any, texts: list[str], role: str) 
     return out, tokens
 
 
+class EmbedFilter:
+    """EmbedFilter (arXiv 2606.07502; ``CentreChen/EmbFilter``): keep the middle band of the unembedding
+    matrix's right singular directions, ``k = d // ratio`` of them, dropping the ``(d - k) // 2`` with the largest
+    singular values (frequency-aligned: they write frequent, uninformative tokens) and the smallest rest. Their
+    code applies it to every final-layer state (after the final norm) before pooling; it is linear, so on pooled
+    vectors of mean, last or hybrid pooling it is the same (the L2 norm is a per-row scale).
+
+    ``Vh`` comes from ``W^T W`` (``d x d``, float64): its eigenvectors are ``W``'s right singular vectors."""
+
+    def __init__(self, weight: Any, ratio: int = 2) -> None:
+        import torch
+
+        w = weight.detach().float()
+        gram = torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64)
+        for start in range(0, w.shape[0], 65536):  # (V, d) in slices: the float64 copy stays small
+            chunk = w[start : start + 65536].double()
+            gram += chunk.T @ chunk
+        values, vectors = torch.linalg.eigh(gram)  # ascending
+        order = torch.argsort(values, descending=True)
+        self.vh = vectors[:, order].T.numpy().astype(np.float32)  # (d, d) rows: largest singular value first
+        d = self.vh.shape[0]
+        k = d // ratio
+        start = (d - k) // 2
+        self.kept = self.vh[start : start + k]  # (k, d)
+        self.ratio = ratio
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        out = vectors @ self.kept.T  # (n, k)
+        return (out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def transform_for(spec: Any, cal: np.ndarray, fit: Any, apply: Any) -> Any:
+    """A function of raw vectors for one post-processing column: a post-processing spec fitted on the point's
+    calibration vectors, EmbedFilter, or EmbedFilter followed by a spec fitted on the filtered calibration."""
+    if isinstance(spec, EmbedFilter):
+        return spec
+    if isinstance(spec, tuple):  # (EmbedFilter, spec)
+        filt, inner = spec
+        stats = fit(filt(cal), inner)
+        return lambda v: apply(filt(v), stats)
+    stats = fit(cal, spec)
+    return lambda v: apply(v, stats)
+
+
 def score_point(
     embedder: Any,
     samples: list[Sample],
@@ -182,12 +226,12 @@ def score_point(
         return vectors
 
     cal = get(calibration, "document", None)
-    fitted = {name: fit(cal, spec) for name, spec in specs.items()}
+    fitted = {name: transform_for(spec, cal, fit, apply) for name, spec in specs.items()}
     rows = []
     for s in samples:
         raw = {p: get(t, r, s.max_length) for p, (t, r) in s.texts.items()}
-        for name, stats in fitted.items():
-            value = s.score({p: apply(v, stats) for p, v in raw.items()})
+        for name, transform in fitted.items():
+            value = s.score({p: transform(v) for p, v in raw.items()})
             rows.append(dict(family=s.family, sample=s.name, post=name, score=round(float(value), 4), **s.extra))
     return rows, {"seconds": round(time.perf_counter() - start, 1), "tokens_computed": tokens}
 
@@ -278,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", default="1,2,3")
     parser.add_argument("--biases", default="1,2")
     parser.add_argument("--poolings", default="hybrid")
-    parser.add_argument("--posts", default="auto,none", help="'auto' (the shipped spec, fitted per point), 'none'")
+    parser.add_argument(
+        "--posts",
+        default="auto,none",
+        help="'auto' (the shipped spec, fitted per point), 'none', 'embfilter' (EmbedFilter, keep the middle half), "
+        "'embfilter+auto' (then the shipped spec, fitted on the filtered vectors)",
+    )
     parser.add_argument("--families", default="sts,banking,clustering,scifact")
     parser.add_argument("--sts-pairs", type=int, default=150)
     parser.add_argument("--banking", type=int, default=150, help="training and test texts per sample")
@@ -319,7 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     auto = resolve_auto(base)
     specs: dict[str, Any] = {}
+    embed_filter: EmbedFilter | None = None
     for name in filter(None, (p.strip() for p in args.posts.split(","))):
+        if name.startswith("embfilter"):  # embfilter, embfilter+auto: EmbedFilter (keep 1/2), then a spec
+            if embed_filter is None:
+                embed_filter = EmbedFilter(base.model.get_input_embeddings().weight)  # tied: the unembedding
+            _, _, then = name.partition("+")
+            inner = auto if then == "auto" else (pp.parse_spec(then) if then else None)
+            label_ = "embfilter:2" + (f"+{'auto=' if then == 'auto' else ''}{inner}" if inner is not None else "")
+            specs[label_] = embed_filter if inner is None else (embed_filter, inner)
+            continue
         spec = auto if name == "auto" else pp.parse_spec(name)
         specs[f"auto={spec}" if name == "auto" else str(spec)] = spec
     shipped = label(base.layers, base.bias, base.pooling)

@@ -9,7 +9,13 @@ import pickle
 import numpy as np
 import pytest
 
-from kvembed_rag.retrieval.vector_index import EmbedderMismatchError, IndexCorruptError, VectorIndex, check_compatible
+from kvembed_rag.retrieval.vector_index import (
+    EmbedderMismatchError,
+    IndexCorruptError,
+    VectorIndex,
+    attachment_file,
+    check_compatible,
+)
 
 DIM = 8
 
@@ -180,6 +186,45 @@ def test_truncated_or_modified_files_are_detected(index, tmp_path):
     docstore.write_text(docstore.read_text().replace('"alpha"', '"ALPHA"'))
     with pytest.raises(IndexCorruptError, match="checksum"):
         VectorIndex.load(folder)
+
+
+def test_attachments_travel_with_the_index_verified_and_opaque(index, tmp_path):
+    stats = tmp_path / "stats.safetensors"
+    stats.write_bytes(b"statistics the index never reads")
+    with pytest.raises(ValueError, match="lowercase word"):
+        index.attach("../escape", stats)
+    with pytest.raises(FileNotFoundError):
+        index.attach("postprocess", tmp_path / "missing.bin")
+    index.attach("postprocess", stats)
+    folder = index.save(tmp_path / "idx")
+    found = attachment_file(folder, "postprocess")
+    assert found is not None and found.parent == folder and found.read_bytes() == stats.read_bytes()
+    assert found.name.startswith("postprocess-") and found.suffix == ".safetensors"
+    assert attachment_file(folder, "other") is None
+    # carried through load and re-save; a moved index still finds it
+    loaded = VectorIndex.load(folder)
+    assert loaded.attachments == {"postprocess": found}
+    loaded.save(folder)
+    moved = folder.rename(tmp_path / "moved")
+    assert attachment_file(moved, "postprocess") == moved / found.name
+    # a replaced attachment is refused by the loader and by attachment_file; a missing one too
+    (moved / found.name).write_bytes(b"someone else's statistics")
+    for read in (lambda: VectorIndex.load(moved), lambda: attachment_file(moved, "postprocess")):
+        with pytest.raises(IndexCorruptError, match="checksum"):
+            read()
+    (moved / found.name).unlink()
+    with pytest.raises(IndexCorruptError, match="missing"):
+        VectorIndex.load(moved)
+    # re-attaching other contents under the same name replaces the file at the next save; the old one goes
+    fresh = tmp_path / "fresh"
+    index.attach("postprocess", stats)
+    index.save(fresh)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"refitted statistics")
+    index.attach("postprocess", other)
+    index.save(fresh)
+    files = sorted(p.name for p in fresh.glob("postprocess-*"))
+    assert files == [attachment_file(fresh, "postprocess").name]  # type: ignore[union-attr]
 
 
 def test_count_mismatch_is_detected(index, tmp_path):

@@ -4,6 +4,7 @@ fit/show``, and ``kvembed-rag index --fit-postprocess`` (statistics fitted on th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -159,8 +160,9 @@ def test_index_fit_postprocess_then_search_uses_the_same_statistics(
     stats = report["embedder"]["postprocess"]
     assert report["embedder"]["provenance"]["postprocess"] == "file" and stats["n"] == report["chunks"]
     manifest = json.loads((out / MANIFEST).read_text())
-    entry = manifest["embedder"]["postprocess_file"]
-    assert (out / entry["name"]).is_file() and entry["name"] == f"postprocess-{stats['fingerprint']}.safetensors"
+    entry = manifest["attachments"]["postprocess"]  # carried by the index as an opaque, checksummed attachment
+    assert (out / entry["file"]).is_file() and re.fullmatch(r"postprocess-[0-9a-f]{16}\.safetensors", entry["file"])
+    assert list(out.glob("postprocess-*")) == [out / entry["file"]]  # written once, under its attachment name
     assert manifest["embedder"]["postprocess"]["fingerprint"] == stats["fingerprint"]
     # search rebuilds the embedder with the index's statistics: the queries get the corpus' post-processing
     index, embedder = load_for_search(out)

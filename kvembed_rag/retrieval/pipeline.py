@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
 from .chunking import chunk_text
 from .documents import SourceDocument
-from .vector_index import MANIFEST, POSTPROCESS_RECORD, VectorIndex, own_postprocess_file
+from .vector_index import MANIFEST, VectorIndex, attachment_file, attachment_file_name
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +67,20 @@ def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False, hybrid:
     index gets BM25 over its stored texts); ``None`` keeps what the index has.
     """
     info = embedder.describe()
-    own = _own_stats(Path(out_dir), embedder)
-    if own is not None:  # statistics fitted on this index's corpus: the manifest names them and their checksum
-        from .._io import file_sha256
-
-        info[POSTPROCESS_RECORD] = {"name": own.name, "sha256": file_sha256(own, memoise=False)}
     if (out_dir / MANIFEST).is_file() and not overwrite:
         index = VectorIndex.load(out_dir, embedder=info)
         if hybrid is not None and hybrid is not False:
             index.enable_hybrid(hybrid)
-        return index
-    return VectorIndex(embedder.dim, embedder=info, hybrid=hybrid)
+    else:
+        index = VectorIndex(embedder.dim, embedder=info, hybrid=hybrid)
+    own = _own_stats(Path(out_dir), embedder)
+    if own is not None:  # statistics fitted on this index's corpus travel with it, checksummed
+        index.attach(POSTPROCESS_ATTACHMENT, own)
+    return index
+
+
+#: the attachment holding post-processing statistics fitted on the index's own corpus (``--fit-postprocess``)
+POSTPROCESS_ATTACHMENT = "postprocess"
 
 
 def _own_stats(folder: Path, embedder: Any) -> Path | None:
@@ -99,8 +102,7 @@ def corpus_postprocess(out_dir: str | Path) -> str | None:
     if not (folder / MANIFEST).is_file():
         return None
     try:
-        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("embedder") or {}
-        own = own_postprocess_file(folder, record)
+        own = attachment_file(folder, POSTPROCESS_ATTACHMENT)
         return None if own is None else pp.spec_text(pp.PostprocessSpec.from_dict(pp.read_header(own)["spec"]))
     except (ValueError, AttributeError, IndexCorruptError):
         return None
@@ -152,9 +154,7 @@ def fit_index_postprocess(
     folder = Path(out_dir)
     wanted = pp.parse_spec(spec)  # a bad spelling fails before any work
     if (folder / MANIFEST).is_file() and not overwrite:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        record = manifest.get("embedder") or {}
-        own = own_postprocess_file(folder, record)
+        own = attachment_file(folder, POSTPROCESS_ATTACHMENT)
         if own is None:
             raise EmbedderMismatchError(
                 f"{folder} was built without a post-processing fitted on its corpus; fitting one now would make its "
@@ -178,8 +178,10 @@ def fit_index_postprocess(
         raw_vectors.update(zip(texts, raw, strict=True))
     fitted = embedder.fit_postprocess(texts, spec, raw_vectors=raw)
     assert fitted.postprocess_stats is not None
-    target = folder / f"postprocess-{fitted.postprocess_stats.fingerprint}.safetensors"
-    fitted.save_postprocess(target)  # atomic (a .part file renamed); the manifest names it at the first save
+    draft = folder / "postprocess-fitting.safetensors"
+    fitted.save_postprocess(draft)  # atomic (a .part file renamed)
+    # renamed to the name the index gives this attachment (content-addressed): saving the index copies nothing
+    target = draft.replace(folder / attachment_file_name(POSTPROCESS_ATTACHMENT, draft))
     return fitted.variant(postprocess=str(target))
 
 
@@ -409,7 +411,7 @@ def load_for_search(out_dir: str | Path, **overrides: Any) -> tuple[VectorIndex,
     config = stored_config(record)
     if config is None:
         raise ValueError(f"{folder}: the index does not record the embedder that built it; pass --model")
-    own = own_postprocess_file(folder, record)
+    own = attachment_file(folder, POSTPROCESS_ATTACHMENT)
     if own is not None:  # the recorded absolute path may be where the index was built, not where it is now
         config = config.replace(postprocess=str(own))
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -10,8 +10,9 @@ On disk an index is a directory::
     manifest.json           format, dim, factory, counts, the embedder's describe(), file names, sha256s
     index-<gen>.faiss       FAISS's own binary format
     docstore-<gen>.json     ids, texts and metadata (JSON: nothing executes when it is read)
-    postprocess-<fp>.safetensors   optional: post-processing statistics fitted on this index's own corpus
-                            (``kvembed-rag index --fit-postprocess``), named with its sha256 in the embedder record
+    <name>-<sha16><suffix>  optional attachments: files the index carries for its users, opaque to it (the
+                            pipeline attaches the post-processing statistics fitted on the corpus as
+                            ``postprocess``), listed under ``attachments`` with their sha256s and verified on load
     bm25-<gen>.npz          optional (``hybrid=...``): the BM25 store of the records' texts, plain arrays (no
                             pickle), in ``files`` with its sha256; the fusion defaults under ``hybrid``
 
@@ -48,9 +49,8 @@ from .lexical import BM25Store, HybridConfig, fuse
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-#: the embedder record's entry naming the index's own post-processing statistics: {"name": ..., "sha256": ...}
-POSTPROCESS_RECORD = "postprocess_file"
-POSTPROCESS_FILE = re.compile(r"postprocess-[0-9a-f]{16}\.safetensors")
+#: attachment names: a word (they become file names inside the index directory)
+ATTACHMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
 #: what ``VectorIndex(precision=...)`` accepts; uint8/ubinary are the same storage as int8/binary
 INDEX_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -97,28 +97,46 @@ def check_compatible(stored: Mapping[str, Any] | None, querying: Mapping[str, An
         )
 
 
-def own_postprocess_file(folder: str | os.PathLike[str], embedder: Mapping[str, Any] | None) -> Path | None:
-    """The post-processing statistics file an index's embedder record names (fitted on its corpus), verified:
-    a plain name inside ``folder``, present, and matching the sha256 recorded in the manifest. ``None`` when the
-    index has none. Raises :class:`IndexCorruptError` when it is missing, damaged or was replaced."""
-    entry = (embedder or {}).get(POSTPROCESS_RECORD)
-    if entry is None:
-        return None
-    name = entry.get("name") if isinstance(entry, Mapping) else None
-    if not isinstance(name, str) or not POSTPROCESS_FILE.fullmatch(name):
-        raise IndexCorruptError(f"{Path(folder) / MANIFEST}: post-processing file entry {entry!r} is not valid")
-    path = Path(folder) / name
-    if not path.is_file():
-        raise IndexCorruptError(
-            f"{path} is missing: the post-processing statistics this index was built with (fitted on its corpus); "
-            "restore it, or rebuild the index with --overwrite"
-        )
-    if file_sha256(path, memoise=False) != entry.get("sha256"):
-        raise IndexCorruptError(
-            f"{path} does not match its checksum in {MANIFEST}: the index's post-processing statistics were "
-            "damaged or replaced; restore the original file, or rebuild the index with --overwrite"
-        )
-    return path
+def attachment_file_name(name: str, path: Path) -> str:
+    """``<name>-<sha16><suffix>``: content-addressed, so re-attaching the same bytes keeps the same file."""
+    return f"{name}-{file_sha256(path, memoise=False)[:16]}{path.suffix[:16]}"
+
+
+def _verified_attachments(folder: Path, manifest: Mapping[str, Any]) -> dict[str, Path]:
+    """The manifest's attachments as paths inside ``folder``, each present and matching its checksum."""
+    entries = manifest.get("attachments") or {}
+    if not isinstance(entries, Mapping):
+        raise IndexCorruptError(f"{folder / MANIFEST}: 'attachments' must be an object")
+    found: dict[str, Path] = {}
+    for name, entry in entries.items():
+        file = entry.get("file") if isinstance(entry, Mapping) else None
+        if (
+            not ATTACHMENT_NAME.fullmatch(str(name))
+            or not isinstance(file, str)
+            or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", file)
+            or ".." in file
+        ):
+            raise IndexCorruptError(f"{folder / MANIFEST}: attachment {name!r}: {entry!r} is not valid")
+        path = folder / file
+        if not path.is_file():
+            raise IndexCorruptError(
+                f"{path} is missing: the {name!r} file this index was saved with; restore it, or rebuild the index"
+            )
+        if file_sha256(path, memoise=False) != entry.get("sha256"):
+            raise IndexCorruptError(
+                f"{path} does not match its checksum in {MANIFEST}: the index's {name!r} file was damaged or "
+                "replaced; restore the original, or rebuild the index"
+            )
+        found[str(name)] = path
+    return found
+
+
+def attachment_file(folder: str | os.PathLike[str], name: str) -> Path | None:
+    """The verified path of the index's attachment ``name`` (e.g. ``"postprocess"``), or None when it has none.
+    Reads only the manifest and that file, so a caller can use it before loading the index (the pipeline builds
+    the querying embedder from it). Raises :class:`IndexCorruptError` when it is missing, damaged or replaced."""
+    directory = Path(folder)
+    return _verified_attachments(directory, _read_manifest(directory)).get(name)
 
 
 class VectorIndex:
@@ -151,6 +169,8 @@ class VectorIndex:
         self._next_label = 0
         self.hybrid = HybridConfig.parse(hybrid)
         self.lexical: BM25Store | None = BM25Store() if self.hybrid is not None else None
+        #: name -> file, saved inside the index directory and verified on load (see :meth:`attach`)
+        self.attachments: dict[str, Path] = {}
         if self.binary:
             if dim % 8:
                 raise ValueError(f"binary precision packs 8 dimensions per byte; dim={dim} is not a multiple of 8")
@@ -422,6 +442,18 @@ class VectorIndex:
             )
         return results
 
+    def attach(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Carry the file ``path`` with the index as ``name``: :meth:`save` copies it into the index directory
+        (content-addressed, with its sha256 in the manifest), :meth:`load` verifies it, and
+        :func:`attachment_file` finds it, wherever the index was moved. The index never reads it: what it means
+        is its user's business (the pipeline attaches corpus-fitted post-processing statistics)."""
+        if not ATTACHMENT_NAME.fullmatch(name):
+            raise ValueError(f"an attachment name is a lowercase word (it names a file); got {name!r}")
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"cannot attach {name!r}: no file at {source}")
+        self.attachments[name] = source
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write atomically (see the module docstring). Returns the directory."""
@@ -447,6 +479,17 @@ class VectorIndex:
         )
         serialize = faiss.serialize_index_binary if self.binary else faiss.serialize_index
         write_bytes_atomically(folder / names["index"], serialize(self._faiss).tobytes(), fsync=True)
+        attached: dict[str, dict[str, str]] = {}
+        for name, source in sorted(self.attachments.items()):
+            file = attachment_file_name(name, source)
+            if source.resolve() != (folder / file).resolve():
+                write_bytes_atomically(folder / file, source.read_bytes(), fsync=True)
+            attached[name] = {"file": file, "sha256": file_sha256(folder / file, memoise=False)}
+        try:  # what the manifest being replaced attached: files no longer named go after the commit
+            previous = _read_manifest(folder).get("attachments") or {}
+            earlier = {str(e.get("file")) for e in previous.values() if isinstance(e, Mapping)}
+        except (IndexCorruptError, AttributeError):
+            earlier = set()
         manifest = {
             "format": FORMAT_VERSION,
             "generation": generation,
@@ -460,19 +503,18 @@ class VectorIndex:
             "hybrid": None if self.hybrid is None else self.hybrid.to_dict(),
             "files": names,
             "sha256": {key: file_sha256(folder / name, memoise=False) for key, name in names.items()},
+            "attachments": attached,
         }
         write_bytes_atomically(
             folder / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"), fsync=True
         )  # the commit point
-        keep = set(names.values()) | {MANIFEST}
-        own = (self.embedder or {}).get(POSTPROCESS_RECORD)
-        if isinstance(own, Mapping):
-            keep.add(str(own.get("name")))
+        keep = set(names.values()) | {MANIFEST} | {entry["file"] for entry in attached.values()}
         for stale in folder.iterdir():
             old_data = re.fullmatch(r"(index|docstore|bm25)-\d+\.(faiss|json|npz)", stale.name)
-            # statistics of an earlier corpus fit (an --overwrite rebuild refits): only the named file is current
-            if stale.name not in keep and (old_data or POSTPROCESS_FILE.fullmatch(stale.name)):
+            # an attachment the replaced manifest named and this one does not (an --overwrite rebuild refits)
+            if stale.name not in keep and (old_data or stale.name in earlier):
                 stale.unlink(missing_ok=True)
+        self.attachments = {name: folder / entry["file"] for name, entry in attached.items()}
         return folder
 
     @classmethod
@@ -498,7 +540,7 @@ class VectorIndex:
                 raise IndexCorruptError(f"{path} is missing (the {key} of this index)")
             if file_sha256(path, memoise=False) != manifest.get("sha256", {}).get(key):
                 raise IndexCorruptError(f"{path} does not match its checksum: truncated or modified")
-        own_postprocess_file(folder, manifest.get("embedder"))  # its corpus-fitted statistics, if any, verified
+        attachments = _verified_attachments(folder, manifest)
         check_compatible(manifest.get("embedder"), embedder)
         precision = str(manifest.get("precision", "float32"))  # indexes saved before precisions existed: float32
         if precision not in INDEX_PRECISIONS:
@@ -520,6 +562,7 @@ class VectorIndex:
             precision=precision,
             hybrid=hybrid,
         )
+        self.attachments = attachments
         if "bm25" in files:
             self.lexical = BM25Store.from_bytes(
                 (folder / files["bm25"]).read_bytes(), where=str(folder / files["bm25"])
