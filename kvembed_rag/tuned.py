@@ -7,25 +7,27 @@ One JSON file per model (keyed by the weights' identity, the layer count and the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
 from typing import Any
 
-from ._io import cache_root, write_json_atomically
+from ._io import write_json_atomically
+from .artifacts import artifact_path, file_lock
 from .methods import get_method
 
 
 def tuned_path(source: Any, num_layers: int) -> Path:
-    """Where the tuned configuration of the model ``source`` (a ``ModelSource``) with the kv prompts is kept."""
+    """Where the tuned configuration of the model ``source`` (a ``ModelSource``) with the kv prompts is kept: the
+    artifact store's path (``$KVEMBED_CACHE/tuned/<key hash>.json``). Unlike the other artifacts nothing is shipped
+    or computed on a miss (only ``kvembed-rag tune`` writes it), so it uses the store's naming and lock, not its
+    lookup."""
     key = {
         "model": source.identity or source.spec,
         "num_layers": num_layers,
         "prompts": get_method("kv").prompts.to_dict(),
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root() / "tuned" / f"{digest}.json"
+    return artifact_path("tuned", key, ".json", digits=16)
 
 
 def load_tuned(source: Any, num_layers: int) -> dict[str, Any] | None:
@@ -61,7 +63,8 @@ def load_tuned(source: Any, num_layers: int) -> dict[str, Any] | None:
 def save_tuned(source: Any, num_layers: int, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (must hold ``layers`` and ``bias``) as the model's tuned configuration; returns the path."""
     target = tuned_path(source, num_layers)
-    write_json_atomically(target, payload)
+    with file_lock(target):  # two tunes finishing together: one complete file wins, never a mix
+        write_json_atomically(target, payload)
     return target
 
 
