@@ -69,6 +69,10 @@ def variants(
             stats = fit(centred(fit_on, fit_on.mean(0)), spec)
             q = apply(centred(queries, cal_query.mean(0)), stats)
             out[f"{spec_text} {where} per-role mean"] = (q, apply(centred(docs, doc_mean), stats))
+        # corpus fit, queries centred on the corpus mean moved by the calibration's query - document offset
+        stats = fit(corpus, spec)
+        offset = cal_query.mean(0) - cal_doc.mean(0)
+        out[f"{spec_text} corpus role offset"] = (apply(centred(queries, offset), stats), apply(docs, stats))
     return out
 
 

@@ -220,6 +220,7 @@ class KVEmbedder(SentenceTransformersAPI):
         *,
         role: Role = "document",
         raw_vectors: np.ndarray | None = None,
+        query_raw_vectors: np.ndarray | None = None,
     ) -> KVEmbedder:
         """This embedder with its post-processing fitted on ``texts`` (e.g. your own corpus) instead of the
         shipped calibration texts: the same statistics, fitted on the ``role`` vectors before post-processing.
@@ -227,7 +228,9 @@ class KVEmbedder(SentenceTransformersAPI):
         ``spec`` defaults to the config's ``postprocess`` (``"center"`` if that is ``"none"``). The result's
         ``describe()`` records the statistics' fingerprint, so an index built with it refuses other embedders.
         ``raw_vectors`` ``(len(texts), hidden)``: the texts' vectors before post-processing, already computed with
-        this configuration (:meth:`raw`), so that nothing is embedded again.
+        this configuration (:meth:`raw`), so that nothing is embedded again. ``query_raw_vectors``: raw vectors of
+        texts embedded as queries (e.g. the calibration texts); queries are then centred on their mean, not on
+        the documents' (what a fit on one corpus's documents needs: see ``PostprocessStats``).
         """
         if spec:
             text = spec
@@ -244,7 +247,7 @@ class KVEmbedder(SentenceTransformersAPI):
                 f"raw_vectors must have shape {(len(checked), self.hidden_size)} (one raw vector per text); "
                 f"got {raw_vectors.shape}"
             )
-        stats = fit_postprocess(raw_vectors, parse_spec(config.postprocess))
+        stats = fit_postprocess(raw_vectors, parse_spec(config.postprocess), query_vectors=query_raw_vectors)
         return KVEmbedder(self.model, self.tokenizer, config, source=self.source, postprocess_stats=stats)
 
     def raw(self) -> KVEmbedder:
@@ -254,12 +257,12 @@ class KVEmbedder(SentenceTransformersAPI):
             return self
         return KVEmbedder(self.model, self.tokenizer, self.config.replace(postprocess="none"), source=self.source)
 
-    def apply_postprocess(self, raw_vectors: np.ndarray) -> np.ndarray:
-        """This embedder's post-processing applied to vectors of :meth:`raw` ``(n, hidden)``: row by row, so the
-        result equals what :meth:`encode` gives for the same texts (up to batching round-off)."""
+    def apply_postprocess(self, raw_vectors: np.ndarray, role: Role = "document") -> np.ndarray:
+        """This embedder's post-processing applied to ``role`` vectors of :meth:`raw` ``(n, hidden)``: row by row,
+        so the result equals what :meth:`encode` gives for the same texts (up to batching round-off)."""
         if self.postprocess_stats is None:
             return np.asarray(raw_vectors, dtype=np.float32)
-        return apply_postprocess(raw_vectors, self.postprocess_stats)
+        return apply_postprocess(raw_vectors, self.postprocess_stats, role)
 
     @property
     def postprocess_key(self) -> dict[str, Any]:
@@ -420,7 +423,7 @@ class KVEmbedder(SentenceTransformersAPI):
             items, chosen_role, batch_tokens=batch_tokens, show_progress=settings["progress"], on_batch=on_batch
         )
         if self.postprocess_stats is not None:
-            vectors = apply_postprocess(vectors, self.postprocess_stats)  # (n, dim) unit rows, row by row
+            vectors = apply_postprocess(vectors, self.postprocess_stats, chosen_role)  # (n, dim) unit rows, row-wise
         return finish(vectors, single, settings, convert_to_tensor=convert_to_tensor, convert_to_numpy=convert_to_numpy)
 
     def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray:

@@ -170,6 +170,29 @@ def test_round_trip_save_load_is_exact(tmp_path: Path) -> None:
     assert b"pickle" not in (tmp_path / "s0.safetensors").read_bytes()[:8]
 
 
+def test_query_mean_centres_queries_only_and_round_trips(tmp_path: Path) -> None:
+    docs = anisotropic(seed=1)
+    shift = np.zeros(docs.shape[1])
+    shift[1] = 0.8  # the query prompt's vectors sit elsewhere
+    queries = _unit(anisotropic(seed=2) + shift)
+    for spec in SPECS:
+        plain = fit(docs, spec)
+        per_role = fit(docs, spec, query_vectors=queries)
+        assert per_role.query_mean is not None and plain.query_mean is None
+        np.testing.assert_allclose(per_role.query_mean, queries.mean(axis=0), atol=1e-6)
+        assert per_role.fingerprint != plain.fingerprint and per_role.describe()["query_mean"]
+        # documents are untouched; queries are centred on their own mean
+        assert np.array_equal(apply(docs, per_role), apply(docs, plain))
+        moved = queries - per_role.query_mean + per_role.mean  # what centring on the query mean amounts to
+        np.testing.assert_allclose(apply(queries, per_role, "query"), apply(moved, plain), atol=1e-5)
+        assert np.array_equal(apply(queries, plain, "query"), apply(queries, plain))  # no query mean: as documents
+        back = load(save(tmp_path / "q.safetensors", per_role, key=KEY), key=KEY, spec=spec)
+        assert back.fingerprint == per_role.fingerprint and np.array_equal(back.query_mean, per_role.query_mean)
+    with pytest.raises(ValueError, match="query_vectors"):
+        fit(docs, SPECS[0], query_vectors=queries[:, :4])
+    assert fit(docs, PostprocessSpec("none"), query_vectors=queries).query_mean is None
+
+
 def test_planted_file_with_another_key_is_refused(tmp_path: Path) -> None:
     path = save(tmp_path / "stats.safetensors", fit(anisotropic(), PostprocessSpec("center")), key=KEY)
     other = {**KEY, "layers": [8, 9]}

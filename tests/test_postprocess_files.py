@@ -16,6 +16,7 @@ from kvembed_rag import postprocess as pp
 from kvembed_rag.cli import main
 from kvembed_rag.errors import ConfigError, EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
 from kvembed_rag.forward import Forward
+from kvembed_rag.layer_selection import load_calibration
 from kvembed_rag.retrieval.pipeline import load_for_search
 from kvembed_rag.retrieval.vector_index import MANIFEST, VectorIndex
 
@@ -168,6 +169,11 @@ def test_index_fit_postprocess_then_search_uses_the_same_statistics(
     index, embedder = load_for_search(out)
     assert embedder.describe()["postprocess"]["fingerprint"] == stats["fingerprint"]
     assert embedder.provenance["postprocess"] == "file"
+    # a corpus fit centres queries on the calibration texts embedded as queries, not on the corpus's documents
+    assert stats["query_mean"] and embedder.postprocess_stats.query_mean is not None
+    raw_query = embedder.raw().encode_queries(["topic 1"])
+    np.testing.assert_allclose(embedder.encode_queries(["topic 1"]), embedder.apply_postprocess(raw_query, "query"))
+    assert not np.allclose(embedder.apply_postprocess(raw_query, "query"), embedder.apply_postprocess(raw_query))
     hits = index.search(embedder.encode_queries("topic 1"), k=3)[0]
     assert len(hits) == 3
     assert main(["search", str(out), "corpus document about topic 1", "-k", "2", "--json"]) == 0
@@ -183,6 +189,7 @@ def test_index_fit_postprocess_embeds_each_chunk_once(
     checkpoints, corpus_folder, tmp_path, capsys, monkeypatch
 ) -> None:
     model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    monkeypatch.setenv("KVEMBED_CACHE", str(tmp_path / "cache"))  # the calibration query mean is computed here
     forwarded: list[int] = []
     embed_encoded = Forward.embed_encoded  # every forward pass of every embedder goes through it
 
@@ -193,9 +200,11 @@ def test_index_fit_postprocess_embeds_each_chunk_once(
     monkeypatch.setattr(Forward, "embed_encoded", counting)
     assert _index(model, corpus_folder, out, "--fit-postprocess", "whiten:0.5@8", "--json") == 0
     report = json.loads(capsys.readouterr().out)
-    # the fit's raw vectors are post-processed for the index: one forward pass per chunk, not two
+    # the fit's raw vectors are post-processed for the index: one forward pass per chunk, not two (plus the
+    # calibration texts as queries, once per configuration: their mean centres the queries; cached after)
+    calibration = len(load_calibration())
     assert (
-        sum(forwarded) == report["chunks"]
+        sum(forwarded) == report["chunks"] + calibration
         and report["reused"] == report["chunks"] == report["embedder"]["postprocess"]["n"]
     )
     index, embedder = load_for_search(out)

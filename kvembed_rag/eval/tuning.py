@@ -168,7 +168,7 @@ class PostprocessedEncoder:
         from ..postprocess import apply
 
         vectors = self.raw.encode(texts, role)
-        return vectors if self.stats is None else apply(vectors, self.stats)
+        return vectors if self.stats is None else apply(vectors, self.stats, role)
 
 
 def check_postprocess(texts: Sequence[str]) -> list[str]:

@@ -57,8 +57,16 @@ def save(path: str | Path, stats: PostprocessStats, *, key: dict[str, Any], half
         tensors["projection"] = np.ascontiguousarray(stats.projection, dtype=np.float16 if half else np.float32)
     if stats.removed is not None:
         tensors["removed"] = np.ascontiguousarray(stats.removed, dtype=np.float32)
+    if stats.query_mean is not None:
+        tensors["query_mean"] = np.ascontiguousarray(stats.query_mean, dtype=np.float32)
     stored = PostprocessStats(
-        stats.spec, tensors["mean"], tensors.get("projection"), stats.n, stats.shrinkage, tensors.get("removed")
+        stats.spec,
+        tensors["mean"],
+        tensors.get("projection"),
+        stats.n,
+        stats.shrinkage,
+        tensors.get("removed"),
+        tensors.get("query_mean"),
     )  # the fingerprint of what is on disk
     metadata = {
         "format": FORMAT,
@@ -136,7 +144,13 @@ def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None 
     if "mean" not in tensors:
         raise PostprocessMismatchError(f"{path}: no 'mean' tensor (damaged file?); fit it again")
     stats = PostprocessStats(
-        stored, tensors["mean"], tensors.get("projection"), header["n"], header["shrinkage"], tensors.get("removed")
+        stored,
+        tensors["mean"],
+        tensors.get("projection"),
+        header["n"],
+        header["shrinkage"],
+        tensors.get("removed"),
+        tensors.get("query_mean"),
     )
     if header["fingerprint"] is not None and stats.fingerprint != header["fingerprint"]:
         raise PostprocessMismatchError(f"{path}: statistics do not match their recorded fingerprint (file damaged?)")

@@ -25,6 +25,7 @@ scaled by ``(λ_i^s)^(-1/2)``), which gives FAISS smaller vectors.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -112,6 +113,11 @@ class PostprocessStats:
     instead of a d x d matrix, so the file stays small), then ``y @ projection``, and re-normalises. ``n`` is
     the number of vectors fitted; ``shrinkage`` is
     the value used (the Ledoit-Wolf estimate for ``"auto"``), for the record.
+
+    ``query_mean`` (d,), optional: queries are centred on it instead of ``mean``. A fit on one corpus's
+    documents needs it: centring queries on the documents' mean leaves the gap between the query and the
+    document prompt's vectors (and the corpus's own domain) in every query, and on QMSum passages that gap
+    ranked the passages, not the question (docs/RESULTS.md, "the corpus-fit trap").
     """
 
     spec: PostprocessSpec
@@ -120,6 +126,7 @@ class PostprocessStats:
     n: int
     shrinkage: float | None = None
     removed: np.ndarray | None = None
+    query_mean: np.ndarray | None = None
 
     @property
     def in_dim(self) -> int:
@@ -133,7 +140,7 @@ class PostprocessStats:
     def fingerprint(self) -> str:
         """A short hash of the spec and the exact bytes of the statistics."""
         digest = hashlib.sha256(json.dumps(self.spec.to_dict(), sort_keys=True).encode())
-        for array in (self.mean, self.removed, self.projection):
+        for array in (self.mean, self.removed, self.projection, self.query_mean):
             if array is not None:
                 digest.update(str(array.shape).encode())
                 digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
@@ -147,6 +154,7 @@ class PostprocessStats:
             "in_dim": self.in_dim,
             "out_dim": self.out_dim,
             "shrinkage": self.shrinkage,
+            "query_mean": self.query_mean is not None,
             "fingerprint": self.fingerprint,
         }
 
@@ -205,11 +213,23 @@ def check_determined(spec: PostprocessSpec, n: int, d: int) -> None:
         )
 
 
-def fit(vectors: np.ndarray, spec: PostprocessSpec) -> PostprocessStats:
+def fit(vectors: np.ndarray, spec: PostprocessSpec, *, query_vectors: np.ndarray | None = None) -> PostprocessStats:
     """Fit ``spec`` on ``vectors`` (n, d), the embedder's L2-normalised output for calibration or corpus texts.
 
+    ``query_vectors`` (m, d), optional: raw vectors of texts embedded as queries (the calibration texts), whose
+    mean becomes ``query_mean`` (queries are centred on it; see :class:`PostprocessStats`).
     Deterministic: the same input gives bit-identical statistics (float64 arithmetic, fixed eigenvector signs).
     """
+    stats = _fit(vectors, spec)
+    if query_vectors is None or spec.kind == "none":
+        return stats
+    queries = _as_matrix(query_vectors, "query_vectors")
+    if queries.shape[1] != stats.in_dim or len(queries) < 1:
+        raise ValueError(f"query_vectors must have shape (m >= 1, {stats.in_dim}); got {queries.shape}")
+    return dataclasses.replace(stats, query_mean=queries.mean(axis=0).astype(np.float32))
+
+
+def _fit(vectors: np.ndarray, spec: PostprocessSpec) -> PostprocessStats:
     x = _as_matrix(vectors)
     n, d = x.shape
     if spec.kind == "none":
@@ -246,8 +266,9 @@ def fit(vectors: np.ndarray, spec: PostprocessSpec) -> PostprocessStats:
     return PostprocessStats(spec, mean.astype(np.float32), projection.astype(np.float32), n, shrinkage)
 
 
-def apply(vectors: np.ndarray, stats: PostprocessStats) -> np.ndarray:
-    """``normalise((x - mean) @ projection)`` as float32 unit rows (a single vector ``(d,)`` gives ``(out,)``).
+def apply(vectors: np.ndarray, stats: PostprocessStats, role: str = "document") -> np.ndarray:
+    """``normalise((x - mean) @ projection)`` as float32 unit rows (a single vector ``(d,)`` gives ``(out,)``);
+    ``role="query"`` centres on ``query_mean`` when the statistics have one.
 
     Row-wise, so applying to rows one by one equals applying to the batch. A row that the post-processing maps
     to zero (e.g. the calibration mean itself) comes back as zeros rather than NaN.
@@ -257,7 +278,8 @@ def apply(vectors: np.ndarray, stats: PostprocessStats) -> np.ndarray:
     x = x[None, :] if single else x
     if x.ndim != 2 or x.shape[1] != stats.in_dim:
         raise ValueError(f"vectors must have shape (n, {stats.in_dim}); got {np.asarray(vectors).shape}")
-    out = (x - stats.mean).astype(np.float64)
+    centre = stats.query_mean if role == "query" and stats.query_mean is not None else stats.mean
+    out = (x - centre).astype(np.float64)
     if stats.removed is not None:
         removed = stats.removed.astype(np.float64)  # (k, d)
         out = np.stack([row - (removed @ row) @ removed for row in out]) if len(out) else out
