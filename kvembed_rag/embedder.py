@@ -33,7 +33,7 @@ from .forward import Forward, backbone_lock, check_texts
 from .loading import ModelSource, load_model, load_tokenizer, pick_device, pick_dtype
 from .loading import resolve as resolve_location
 from .methods import MethodSpec, get_method
-from .postprocess import PostprocessStats, parse_spec, spec_text
+from .postprocess import PostprocessStats, calibration_query_mean, parse_spec, spec_text
 from .postprocess import apply as apply_postprocess
 from .postprocess import fit as fit_postprocess
 from .prompts import PromptTemplate, Role
@@ -228,9 +228,10 @@ class KVEmbedder(SentenceTransformersAPI):
         ``spec`` defaults to the config's ``postprocess`` (``"center"`` if that is ``"none"``). The result's
         ``describe()`` records the statistics' fingerprint, so an index built with it refuses other embedders.
         ``raw_vectors`` ``(len(texts), hidden)``: the texts' vectors before post-processing, already computed with
-        this configuration (:meth:`raw`), so that nothing is embedded again. ``query_raw_vectors``: raw vectors of
-        texts embedded as queries (e.g. the calibration texts); queries are then centred on their mean, not on
-        the documents' (what a fit on one corpus's documents needs: see ``PostprocessStats``).
+        this configuration (:meth:`raw`), so that nothing is embedded again. Queries are centred on the mean of
+        ``query_raw_vectors`` (default, for a ``"document"`` fit: the calibration texts embedded as queries, cached
+        per configuration), not on the documents' mean, which on one corpus's passages ranked by the gap between
+        the two prompts instead of the question (docs/RESULTS.md, "the corpus-fit trap").
         """
         if spec:
             text = spec
@@ -247,6 +248,8 @@ class KVEmbedder(SentenceTransformersAPI):
                 f"raw_vectors must have shape {(len(checked), self.hidden_size)} (one raw vector per text); "
                 f"got {raw_vectors.shape}"
             )
+        if query_raw_vectors is None and role == "document":
+            query_raw_vectors = calibration_query_mean(self.postprocess_key, self.forward.encode)
         stats = fit_postprocess(raw_vectors, parse_spec(config.postprocess), query_vectors=query_raw_vectors)
         return KVEmbedder(self.model, self.tokenizer, config, source=self.source, postprocess_stats=stats)
 

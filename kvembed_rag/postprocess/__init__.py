@@ -4,6 +4,7 @@ from ..errors import PostprocessMismatchError
 from .files import (
     FORMAT,
     SHIPPED_DIR,
+    calibration_query_mean,
     load,
     read_header,
     resolve_stats,
@@ -22,6 +23,7 @@ __all__ = [
     "PostprocessSpec",
     "PostprocessStats",
     "apply",
+    "calibration_query_mean",
     "check_determined",
     "fit",
     "load",

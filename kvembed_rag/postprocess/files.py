@@ -247,3 +247,35 @@ def resolve_stats(
         errors=(OSError, ValueError, KeyError),
     )
     return stats, how_auto or {"computed": "fitted"}.get(how, how), spec_text(spec)
+
+
+def calibration_query_mean(key: dict[str, Any], raw_encode: RawEncode) -> np.ndarray:
+    """``(1, d)``: the mean raw vector of the 222 shipped calibration texts embedded as queries
+    (``raw_encode(texts, "query")``) for the raw vectors keyed ``key``; computed once per configuration and kept in
+    the artifact cache. A fit on one corpus's documents centres queries on it (``fit(..., query_vectors=...)``)."""
+    import io
+
+    from .._io import write_bytes_atomically
+
+    def read(path: Path) -> np.ndarray:
+        mean = np.load(path, allow_pickle=False)
+        if mean.ndim != 2 or mean.shape[0] != 1 or not np.isfinite(mean).all():
+            raise ValueError(f"shape {mean.shape}, not (1, d)")
+        return mean
+
+    def write(path: Path, mean: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, mean)
+        write_bytes_atomically(path, buffer.getvalue())
+
+    def compute() -> np.ndarray:
+        from ..layer_selection import load_calibration
+
+        return (
+            np.asarray(raw_encode(load_calibration(), "query"), np.float64)
+            .mean(axis=0, keepdims=True)
+            .astype(np.float32)
+        )
+
+    mean, _ = cached_artifact("query-mean", key, suffix=".npy", read=read, write=write, compute=compute)
+    return mean

@@ -15,7 +15,6 @@ index that has them keeps them: appending reuses them without refitting, ``overw
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -26,7 +25,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .._io import write_bytes_atomically
 from ..errors import EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
 from .chunking import chunk_text
 from .documents import SourceDocument
@@ -178,49 +176,16 @@ def fit_index_postprocess(
     raw = embedder.raw().encode_documents(texts)  # (n, hidden) raw document vectors
     if raw_vectors is not None:
         raw_vectors.update(zip(texts, raw, strict=True))
-    # queries are centred on the calibration texts embedded as queries, not on this corpus's documents: with the
-    # corpus mean, whitening fitted on QMSum passages lost 0.07-0.13 nDCG@10 and centring alone 0.2 (the gap
-    # between the query and document prompts, and the corpus's own domain, then ranks the passages); per role
-    # it matched or beat the shipped calibration statistics (docs/RESULTS.md, "the corpus-fit trap")
-    query_raw = calibration_query_mean(embedder)  # (1, hidden): their mean is all the fit uses
-    fitted = embedder.fit_postprocess(texts, spec, raw_vectors=raw, query_raw_vectors=query_raw)
+    # queries are centred on the calibration texts embedded as queries (fit_postprocess's default), not on this
+    # corpus's documents: with the corpus mean, whitening fitted on QMSum passages lost 0.07-0.13 nDCG@10 and
+    # centring alone 0.2 (docs/RESULTS.md, "the corpus-fit trap")
+    fitted = embedder.fit_postprocess(texts, spec, raw_vectors=raw)
     assert fitted.postprocess_stats is not None
     draft = folder / "postprocess-fitting.safetensors"
     fitted.save_postprocess(draft)  # atomic (a .part file renamed)
     # renamed to the name the index gives this attachment (content-addressed): saving the index copies nothing
     target = draft.replace(folder / attachment_file_name(POSTPROCESS_ATTACHMENT, draft))
     return fitted.variant(postprocess=str(target))
-
-
-def calibration_query_mean(embedder: Any) -> np.ndarray:
-    """``(1, hidden)``: the mean raw vector of the shipped calibration texts embedded as queries by ``embedder``'s
-    configuration (before post-processing), computed once per configuration and kept in the artifact cache."""
-    from ..artifacts import cached_artifact
-    from ..layer_selection import load_calibration
-    from ..postprocess import stats_key
-
-    raw = embedder.raw()
-
-    def read(path: Path) -> np.ndarray:
-        mean = np.load(path, allow_pickle=False)
-        if mean.shape != (1, raw.hidden_size) or not np.isfinite(mean).all():
-            raise ValueError(f"shape {mean.shape}, not (1, {raw.hidden_size})")
-        return mean
-
-    def write(path: Path, mean: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, mean)
-        write_bytes_atomically(path, buffer.getvalue())
-
-    mean, _ = cached_artifact(
-        "query-mean",
-        stats_key(raw.describe()),
-        suffix=".npy",
-        read=read,
-        write=write,
-        compute=lambda: raw.encode_queries(load_calibration()).mean(axis=0, keepdims=True).astype(np.float32),
-    )
-    return mean
 
 
 def stored_config(info: dict[str, Any]) -> Any:
