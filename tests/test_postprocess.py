@@ -181,6 +181,7 @@ def test_query_mean_centres_queries_only_and_round_trips(tmp_path: Path) -> None
         assert per_role.query_mean is not None and plain.query_mean is None
         np.testing.assert_allclose(per_role.query_mean, queries.mean(axis=0), atol=1e-6)
         assert per_role.fingerprint != plain.fingerprint and per_role.describe()["query_mean"]
+        assert "query_mean" not in plain.describe()  # statistics without one describe themselves as before
         # documents are untouched; queries are centred on their own mean
         assert np.array_equal(apply(docs, per_role), apply(docs, plain))
         moved = queries - per_role.query_mean + per_role.mean  # what centring on the query mean amounts to

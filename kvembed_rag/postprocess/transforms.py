@@ -148,15 +148,17 @@ class PostprocessStats:
 
     def describe(self) -> dict[str, Any]:
         """JSON record (for ``describe()`` and index provenance)."""
-        return {
+        record = {
             "spec": self.spec.to_dict(),
             "n": self.n,
             "in_dim": self.in_dim,
             "out_dim": self.out_dim,
             "shrinkage": self.shrinkage,
-            "query_mean": self.query_mean is not None,
             "fingerprint": self.fingerprint,
         }
+        if self.query_mean is not None:  # only then: statistics without one describe themselves as before
+            record["query_mean"] = True
+        return record
 
 
 def _as_matrix(vectors: np.ndarray, name: str = "vectors") -> np.ndarray:
