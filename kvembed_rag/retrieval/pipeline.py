@@ -177,8 +177,8 @@ def fit_index_postprocess(
     if raw_vectors is not None:
         raw_vectors.update(zip(texts, raw, strict=True))
     # queries are centred on the calibration texts embedded as queries (fit_postprocess's default), not on this
-    # corpus's documents: with the corpus mean, whitening fitted on QMSum passages lost 0.07-0.13 nDCG@10 and
-    # centring alone 0.2 (docs/RESULTS.md, "the corpus-fit trap")
+    # corpus's documents: with the corpus mean, whitening fitted on QMSum passages lost 0.07-0.16 nDCG@10 to the
+    # shipped statistics and centring alone 0.29 (docs/RESULTS.md, "the corpus-fit trap")
     fitted = embedder.fit_postprocess(texts, spec, raw_vectors=raw)
     assert fitted.postprocess_stats is not None
     draft = folder / "postprocess-fitting.safetensors"
