@@ -44,10 +44,6 @@ def centred(vectors: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return (vectors - mean).astype(np.float32)
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def variants(
     cal_doc: np.ndarray, cal_query: np.ndarray, corpus: np.ndarray, queries: np.ndarray, docs: np.ndarray
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
