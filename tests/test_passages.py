@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from kvembed_rag.eval.passages import (
+    ANSWER_BUDGETS,
+    SAMPLES,
+    Passage,
     PassageOptions,
+    SpanQuery,
+    answer_coverage,
     evaluate_passages,
     load_passage_task,
     make_passages,
@@ -109,6 +114,36 @@ def test_passage_metrics_by_hand(meetings: Path) -> None:
     assert metrics["doc_ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
 
 
+def test_answer_coverage_within_a_token_budget_by_hand() -> None:
+    # one document "aaaa bbbb cccc dddd" (4 words); the answer is "bbbb cccc" (characters 5-14)
+    text = "aaaa bbbb cccc dddd"
+    passages = {
+        "d#0": Passage("d#0", "d", text[0:9], 0, 9),  # aaaa bbbb: 2 tokens, half the answer
+        "d#1": Passage("d#1", "d", text[5:14], 5, 14),  # bbbb cccc: 2 tokens, all of it
+        "d#2": Passage("d#2", "d", text[10:19], 10, 19),  # cccc dddd: 2 tokens, the other half
+        "e#0": Passage("e#0", "e", "zzzz", 0, 4),  # another document's characters 0-4 never count
+    }
+    tokens = {"d#0": 2, "d#1": 2, "d#2": 2, "e#0": 1}
+    query = SpanQuery("q", "b c", "d", [(5, 14)])
+    answer = len("bbbb cccc")
+    assert answer_coverage([["d#1"]], [query], passages, tokens, 2) == pytest.approx(1.0)
+    assert answer_coverage([["d#0", "d#2"]], [query], passages, tokens, 2) == pytest.approx(4 / answer)  # budget: one
+    assert answer_coverage([["d#0", "d#2"]], [query], passages, tokens, 4) == pytest.approx(8 / answer)
+    # overlapping passages count their shared characters once; the other document's passage spends budget only
+    assert answer_coverage([["e#0", "d#0", "d#1"]], [query], passages, tokens, 5) == pytest.approx(1.0)
+    assert answer_coverage([["e#0", "d#0", "d#1"]], [query], passages, tokens, 3) == pytest.approx(4 / answer)
+    # the first passage is always handed over, even past the budget
+    assert answer_coverage([["d#1"]], [query], passages, tokens, 1) == pytest.approx(1.0)
+
+
+def test_prepare_counts_tokens_and_scores_report_answer_coverage(meetings: Path) -> None:
+    run = prepare(load_passage_task(meetings), whitespace_offsets, size=6)
+    assert run.tokens == {p.id: len(p.text.split()) for p in run.passages}
+    metrics = run.score(np.eye(len(run.queries), len(run.passages)))
+    assert {f"answer@{b}" for b in ANSWER_BUDGETS} <= set(metrics)
+    assert all(0.0 <= metrics[f"answer@{b}"] <= 1.0 for b in ANSWER_BUDGETS)
+
+
 def test_samples_a_and_b_are_disjoint_and_seeded(tmp_path: Path) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
@@ -124,6 +159,19 @@ def test_samples_a_and_b_are_disjoint_and_seeded(tmp_path: Path) -> None:
     assert {q.document for q in a.queries} == set(a.documents)
     with pytest.raises(ValueError, match="needs 12 documents; only 10"):
         task.sample(6, "B")
+    # C and D, the further confirmation samples, are disjoint from A, B and each other
+    blocks = [set(task.sample(2, which, seed=3).documents) for which in SAMPLES]
+    assert len(set().union(*blocks)) == 2 * len(SAMPLES)
+    with pytest.raises(ValueError, match="sample must be one of"):
+        task.sample(2, "E")
+
+
+def test_cli_lists_the_same_samples_as_the_task() -> None:
+    from kvembed_rag.cli import build_parser
+
+    eval_parser = build_parser()._subparsers._group_actions[0].choices["eval"]  # type: ignore[union-attr]
+    choices = next(a.choices for a in eval_parser._actions if a.dest == "passage_sample")
+    assert list(choices) == list(SAMPLES)
 
 
 def test_bm25_row_without_a_model_finds_the_exact_words(meetings: Path) -> None:

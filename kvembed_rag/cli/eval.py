@@ -78,7 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     passages = parser.add_argument_group("passages")
     passages.add_argument(
-        "--passage-sample", choices=["A", "B"], default="A", help="which of two disjoint seeded samples (default A)"
+        "--passage-sample",
+        choices=["A", "B", "C", "D"],  # eval.passages.SAMPLES, listed so --help imports no numpy
+        default="A",
+        help="which of the disjoint seeded samples (A chooses, B-D confirm; default A)",
     )
     passages.add_argument("--passage-split", help="only documents of this split (qmsum_spans: train or val)")
     passages.add_argument("--passage-tokens", type=positive_int, default=256, help="tokens per passage (256)")

@@ -42,7 +42,8 @@ from .tasks import _jsonl  # one JSON-lines reader for the eval readers
 
 #: character ``(start, end)`` offsets of each token of a text
 Offsets = Callable[[str], list[tuple[int, int]]]
-SAMPLES = ("A", "B")
+ANSWER_BUDGETS = (1024, 2048)  # tokens of context handed to the generator, for answer coverage
+SAMPLES = ("A", "B", "C", "D")  # disjoint seeded blocks of documents: A chooses, the others confirm
 
 
 @dataclass
@@ -285,6 +286,47 @@ def passage_metrics(
     }
 
 
+def answer_coverage(
+    ranked: Sequence[Sequence[str]],
+    queries: Sequence[SpanQuery],
+    passages: dict[str, Passage],
+    tokens: dict[str, int],
+    budget: int,
+) -> float:
+    """Mean share of each query's answer characters inside the passages a generator would get: the ranked
+    passages, in order, while their tokens fit in ``budget`` (the first one always). Unlike nDCG over passages,
+    this compares passage sizes and overlaps: a larger passage finds its answer more easily but fills the budget
+    sooner, and an overlapping one spends tokens on text the generator already has."""
+    shares = []
+    for row, query in zip(ranked, queries, strict=True):
+        answer = _merge(query.spans)
+        total = sum(end - start for start, end in answer)
+        used, covered = 0, list[tuple[int, int]]()
+        for passage_id in row:
+            cost = tokens[passage_id]
+            if covered and used + cost > budget:
+                break
+            used += cost
+            passage = passages[passage_id]
+            if passage.document == query.document:
+                covered.append((passage.start, passage.end))
+        inside = _merge(covered)
+        hit = sum(max(0, min(e, f) - max(s, r)) for s, e in answer for r, f in inside)
+        shares.append(hit / total if total else 0.0)
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def _merge(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping union of character ranges."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        elif end > start:
+            out.append((start, end))
+    return out
+
+
 def bm25_scores(passages: Sequence[Passage], queries: Sequence[SpanQuery], params: Any = None) -> np.ndarray:
     """``(queries, passages)`` BM25 scores (the library and tokenizer hybrid retrieval uses)."""
     from ..retrieval.lexical import BM25Store
@@ -321,10 +363,16 @@ class PassageRun:
     qrels: dict[str, dict[str, float]]
     dropped: int = 0  # queries whose answer overlaps no passage (an empty or out-of-range span)
     document_of: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)  # passage id -> its tokens (header included)
 
     def score(self, scores: np.ndarray) -> dict[str, float]:
         ranked = rank_passages(scores, [p.id for p in self.passages])
-        return passage_metrics(ranked, self.queries, self.qrels, self.document_of)
+        metrics = passage_metrics(ranked, self.queries, self.qrels, self.document_of)
+        if self.tokens:
+            by_id = {p.id: p for p in self.passages}
+            for budget in ANSWER_BUDGETS:
+                metrics[f"answer@{budget}"] = answer_coverage(ranked, self.queries, by_id, self.tokens, budget)
+        return metrics
 
 
 def prepare(
@@ -342,6 +390,7 @@ def prepare(
         {q.id: qrels[q.id] for q in queries},
         len(task.queries) - len(queries),
         {p.id: p.document for p in passages},
+        {p.id: len(offsets(p.text)) for p in passages},
     )
 
 
