@@ -237,10 +237,7 @@ def _cached(cache: Any, embedder: Any, texts: list[str], role: str) -> bool:
 
 def make_embedder(base: Any, setting: str) -> Any:
     options = dict(SETTINGS[setting])
-    if options.get("layers") == "middle":  # the middle two layers (Gemma: [8, 9]; RESULTS' retrieval winner)
-        mid = base.num_layers // 2 - 1
-        options["layers"] = [mid, mid + 1]
-    return base.variant(**options)
+    return base.variant(**options)  # "middle": layer_selection.middle_window (Gemma [8, 9], SmolLM2 [14, 15, 16])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,9 +31,10 @@ from .prompts import PromptTemplate
 
 DEFAULT_BIAS = 1.0
 DEFAULT_MAX_LENGTH = 4096
-#: the named layer rules: the intrinsic-dimension window (KV-Embedding's rule), the 20%-depth window, or the
-#: window (and bias, pooling) that ``kvembed-rag tune`` saved for the model; "id" is an old name of "auto"
-LAYER_RULES = ("auto", "default", "tuned")
+#: the named layer rules: the intrinsic-dimension window (KV-Embedding's rule), the 20%-depth window, the
+#: middle-depth window (the dev winner on both offline models), or the window (and bias, pooling) that
+#: ``kvembed-rag tune`` saved for the model; "id" is an old name of "auto"
+LAYER_RULES = ("auto", "default", "middle", "tuned")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 PADDING_SIDES = ("left", "right")
 #: the poolings (kvembed_rag.pooling implements them); written here so that reading a config needs no torch
@@ -111,7 +112,8 @@ class KVEmbedConfig:
     )
     method: str = _option("kv", VECTORS, f"embedding method: {', '.join(METHODS)}")
     layers: tuple[int, ...] | str = _option(
-        "auto", VECTORS, "re-routed layers: 'auto' (intrinsic-dimension window), 'default', 'tuned' or e.g. '3,4'"
+        "auto", VECTORS, "re-routed layers: 'auto' (intrinsic-dimension window), 'middle' (middle-depth window), 'default', "
+        "'tuned' or e.g. '3,4'"
     )
     bias: float | None = _option(None, VECTORS, f"logit bias on the re-routed slot (default {DEFAULT_BIAS:g})")
     pooling: str | None = _option(None, VECTORS, f"{', '.join(POOLINGS)} (default: the method's)")

@@ -44,6 +44,19 @@ PROXY_VERSION = 1
 RULES = ("id", "proxy")
 
 
+def middle_window(num_layers: int) -> list[int]:
+    """``layers="middle"``: round(L / 10) layers (at least one) centred on the middle layer, L // 2.
+
+    Not a measurement of the model: a depth prior. It is the window that won the label-scored window searches
+    on both offline models (Gemma-3-270M, 18 layers: [8, 9]; SmolLM2-135M, 30 layers: [14, 15, 16];
+    docs/RESULTS.md), where the ID rule ([4, 5], [29]) and the proxy ([6, 7], [20, 21, 22]) missed."""
+    if num_layers < 1:
+        raise ValueError(f"a model needs at least one layer; got {num_layers}")
+    length = max(1, int(num_layers / 10 + 0.5))
+    start = max(0, min(num_layers // 2 - length // 2, num_layers - length))
+    return list(range(start, start + length))
+
+
 def first_candidate_layer(num_layers: int) -> int:
     """The first layer at or past 20% of the depth (the first 20% are never re-routed)."""
     if num_layers < 1:

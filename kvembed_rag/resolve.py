@@ -116,6 +116,11 @@ def resolve_options(
         selection = select_layers(Forward(model, tokenizer, ResolvedConfig.of(calibrating), source))
         window = list(selection.layers)
         provenance["layers"] = "intrinsic-dimension"
+    elif layers == "middle":
+        from .layer_selection import middle_window
+
+        window = middle_window(num_layers)
+        provenance["layers"] = "middle-depth"
     elif layers == "tuned":
         from .tuned import load_tuned, tuned_path
 

@@ -16,6 +16,7 @@ from kvembed_rag.layer_selection import (
     default_window,
     half_retrieval_scores,
     load_calibration,
+    middle_window,
     proxy_windows,
     select_layers,
     split_halves,
@@ -63,6 +64,26 @@ def test_window_ties_go_to_the_earliest_layer():
 
 def test_flat_curve_gives_the_default_window():
     assert choose_window([4.0] * 18, 18) == default_window(18) == [4, 5]
+
+
+def test_middle_window_is_a_tenth_of_the_depth_centred_on_the_middle_layer():
+    assert middle_window(18) == [8, 9]  # Gemma-3-270M's dev winner
+    assert middle_window(30) == [14, 15, 16]  # SmolLM2-135M's dev winner
+    assert middle_window(1) == [0] and middle_window(2) == [1] and middle_window(5) == [2]
+    for layers in range(1, 81):
+        window = middle_window(layers)
+        assert window == list(range(window[0], window[-1] + 1)) and 0 <= window[0] and window[-1] < layers
+        assert len(window) == max(1, round(layers / 10 + 1e-9)) and window[0] <= layers // 2 <= window[-1]
+    with pytest.raises(ValueError, match="at least one layer"):
+        middle_window(0)
+
+
+def test_layers_middle_resolves_without_a_calibration_pass(checkpoints, cache_dir):
+    embedder = KVEmbedder.from_pretrained(str(checkpoints["llama"]), method="kv", layers="middle")
+    assert embedder.layers == middle_window(embedder.num_layers)
+    assert embedder.describe()["provenance"]["layers"] == "middle-depth"
+    assert not (cache_dir / "layers").exists()  # no intrinsic-dimension pass ran
+    assert embedder.variant(layers="middle").layers == embedder.layers
 
 
 def test_window_is_clipped_at_the_last_layer():
