@@ -112,8 +112,10 @@ class KVEmbedConfig:
     )
     method: str = _option("kv", VECTORS, f"embedding method: {', '.join(METHODS)}")
     layers: tuple[int, ...] | str = _option(
-        "auto", VECTORS, "re-routed layers: 'auto' (intrinsic-dimension window), 'middle' (middle-depth window), 'default', "
-        "'tuned' or e.g. '3,4'"
+        "auto",
+        VECTORS,
+        "re-routed layers: 'auto' (intrinsic-dimension window), 'middle' (middle-depth window), 'default', "
+        "'tuned' or e.g. '3,4'",
     )
     bias: float | None = _option(None, VECTORS, f"logit bias on the re-routed slot (default {DEFAULT_BIAS:g})")
     pooling: str | None = _option(None, VECTORS, f"{', '.join(POOLINGS)} (default: the method's)")

@@ -72,7 +72,7 @@ def test_middle_window_is_a_tenth_of_the_depth_centred_on_the_middle_layer():
     assert middle_window(1) == [0] and middle_window(2) == [1] and middle_window(5) == [2]
     for layers in range(1, 81):
         window = middle_window(layers)
-        assert window == list(range(window[0], window[-1] + 1)) and 0 <= window[0] and window[-1] < layers
+        assert window == list(range(window[0], window[-1] + 1)) and window[0] >= 0 and window[-1] < layers
         assert len(window) == max(1, round(layers / 10 + 1e-9)) and window[0] <= layers // 2 <= window[-1]
     with pytest.raises(ValueError, match="at least one layer"):
         middle_window(0)
