@@ -47,6 +47,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "kv-last": dict(method="kv", layers="id", pooling="last"),
     "kv-last-b2": dict(method="kv", layers="id", pooling="last", bias=2.0),
     "kv-mid": dict(method="kv", layers="middle"),
+    "kv-off": dict(method="kv", layers=[]),  # the same configuration without re-routing: kv's own ablation
     "prompteol": dict(method="prompteol"),
     "token-prepending": dict(method="token-prepending"),
     "last": dict(method="last"),

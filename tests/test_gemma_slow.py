@@ -47,6 +47,15 @@ def test_short_text_setting_gets_its_own_shipped_whitening(gemma):
     assert hybrid_b2.config.postprocess == "none"
 
 
+def test_layers_middle_is_the_dev_winner_with_its_shipped_whitening(gemma):
+    # docs/RESULTS.md: the label-scored window searches chose [8, 9] on Gemma (and [14, 15, 16] on SmolLM2)
+    middle = gemma.variant(layers="middle", postprocess="auto")
+    assert middle.layers == [8, 9] and middle.provenance["layers"] == "middle-depth"
+    assert middle.config.postprocess == "whiten:0.6" and middle.provenance["postprocess"] == "shipped-default"
+    vectors = middle.encode(TEXTS[:3])
+    assert vectors.shape == (3, 640) and not np.allclose(vectors, gemma.encode(TEXTS[:3]), atol=1e-3)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_batched_equals_alone_on_real_weights(gemma, side):
     embedder = gemma.variant(padding_side=side)

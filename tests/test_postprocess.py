@@ -272,6 +272,12 @@ def test_shipped_index_entries_load_with_their_keys() -> None:
         assert stats.in_dim == entry["key"]["dim"]
         with pytest.raises(PostprocessMismatchError):
             load(SHIPPED_DIR / entry["file"], key={**entry["key"], "bias": -1.0})
+    # the statistics shipped for layers="middle" are keyed by the window the rule gives today
+    from kvembed_rag.layer_selection import middle_window
+
+    middle = [e for e in entries if e.get("setting") == "kv-mid"]
+    assert {e["model"] for e in middle} >= {"default", "smollm2"}
+    assert all(e["key"]["layers"] == middle_window(e["key"]["num_layers"]) and e["default"] for e in middle)
     # postprocess="auto" picks the entry marked default: at most one per configuration
     defaults = [json.dumps(e["key"], sort_keys=True) for e in entries if e.get("default")]
     assert len(defaults) == len(set(defaults))
