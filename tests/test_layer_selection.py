@@ -245,7 +245,8 @@ def test_select_layers_command_prints_the_proxy_beside_the_id_curve(checkpoints,
     model = str(checkpoints["llama"])
     assert main(["select-layers", "--model", model, "--calibration", str(calibration), "--proxy", "-q"]) == 0
     text = capsys.readouterr().out
-    assert "proxy MRR" in text and "proxy rule:" in text and "re-routed layers:" in text
+    assert "proxy MRR" in text and "proxy rule:" in text and "re-routed layers:" in text and "middle rule:" in text
     assert main(["select-layers", "--model", model, "--calibration", str(calibration), "--proxy", "--json", "-q"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["rule"] == "id" and payload["proxy"]["rule"] == "proxy" and payload["proxy"]["layers"]
+    assert payload["middle"] == middle_window(payload["num_layers"])

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
         require_matplotlib()  # before the model loads, not after the curve is computed
     validate_model_args(args)
-    from ..layer_selection import first_candidate_layer, load_calibration, plot_curve, select_layers
+    from ..layer_selection import first_candidate_layer, load_calibration, middle_window, plot_curve, select_layers
 
     try:
         texts = load_calibration(args.calibration)
@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json:
         extra = {"proxy": proxy.to_dict()} if proxy is not None else {}
-        print(json.dumps({**selection.to_dict(), "model": embedder.describe()["model"], "plot": args.plot, **extra}))
+        payload = {**selection.to_dict(), "model": embedder.describe()["model"], "plot": args.plot}
+        print(json.dumps({**payload, "middle": middle_window(embedder.num_layers), **extra}))
         return EXIT_OK
     print(
         f"model {embedder.source.spec} ({embedder.num_layers} layers), {selection.n_texts} calibration texts, "
@@ -101,6 +102,9 @@ def run(args: argparse.Namespace) -> int:
             f"proxy rule: {proxy.layers} (p; MRR of the window starting at each layer, {proxy.n_texts} half-text "
             f"pairs; re-routing off: {proxy.off:.4f}){' (cached)' if proxy.cached else ''}"
         )
+    print(
+        f"middle rule: {middle_window(embedder.num_layers)} (layers='middle': the middle of the depth, no measurement)"
+    )
     if args.plot:
         print(f"plot: {args.plot}")
     return EXIT_OK
