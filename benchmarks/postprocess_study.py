@@ -328,11 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for earlier in args.include:  # e.g. the shipped-default rows of a --base-postprocess auto run
         rows += json.loads(Path(earlier).read_text())["rows"]
+    if args.json:  # before the tables, so a report that fails loses no scores
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     report(rows)
     setting, _, post = args.reference.partition(":")
     head_to_head(rows, (setting, post))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0
 
 
@@ -432,7 +432,9 @@ def report(rows: list[dict[str, Any]]) -> None:
         print("|---" * (len(have) + 1) + "|")
         for p in posts:
             row_cells = [
-                f"{table[(s, p)].get((f, 'A'), float('nan')):.4f} / {table[(s, p)].get((f, 'B'), float('nan')):.4f}"
+                # a variant a setting could not fit (e.g. @256 beyond what its calibration texts determine): NaN
+                f"{table.get((s, p), {}).get((f, 'A'), float('nan')):.4f} / "
+                f"{table.get((s, p), {}).get((f, 'B'), float('nan')):.4f}"
                 for s in have
             ]
             print(f"| {p} | " + " | ".join(row_cells) + " |")
