@@ -1,4 +1,4 @@
-"""Passage retrieval on QMSum: which lexical side, which dense side and which fusion the shipped hybrid uses.
+r"""Passage retrieval on QMSum: which lexical side, which dense side and which fusion the shipped hybrid uses.
 
     python benchmarks/passage_hybrid.py --samples A,B,C,D --windows "4,5;off" \
         --json docs/results/passage_hybrid_gemma.json
@@ -19,7 +19,6 @@ passages and questions:
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -29,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qmsum_spans"
+sys.path.insert(0, str(Path(__file__).parent))
+
+from passage_postprocess import DATA, parse_windows, passage_parser
+
 FUSIONS = ("weighted:0.3", "weighted:0.4", "weighted:0.5", "weighted:0.6", "weighted:0.7", "rrf:0.5", "rrf:0.6")
 
 
@@ -63,18 +65,10 @@ def bm25_matrix(passages: list[str], queries: list[str], stem: bool) -> np.ndarr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--samples", default="A,B")
-    parser.add_argument("--documents", type=int, default=4)
-    parser.add_argument("--size", type=int, default=256, help="tokens per passage")
+    parser = passage_parser(__doc__)
     parser.add_argument("--overlap", type=int, default=0, help="tokens shared by consecutive passages")
     parser.add_argument("--max-length", type=int, default=512, help="the embedder's (512 shares the caches)")
-    parser.add_argument("--windows", default="4,5;off")
     parser.add_argument("--anchor", default="all-MiniLM-L6-v2", help="sentence-transformers model ('' for none)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"no data at {DATA}: skipping", file=sys.stderr)
@@ -88,9 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.layer_selection import load_calibration
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import HybridConfig
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from passage_postprocess import parse_windows
 
     torch.set_num_threads(args.threads)
     base = KVEmbedder.from_pretrained(

@@ -72,17 +72,22 @@ def variants(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def passage_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every passage benchmark shares (``passage_hybrid.py`` adds its own)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--samples", default="A,B")
-    parser.add_argument("--documents", type=int, default=4)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--windows", default="4,5;off")
+    parser.add_argument("--samples", default="A,B", help="eval passages' samples, e.g. A,B or C,D")
+    parser.add_argument("--documents", type=int, default=4, help="meetings per sample")
+    parser.add_argument("--size", type=int, default=256, help="tokens per passage")
+    parser.add_argument("--windows", default="4,5;off", help="re-routed windows, ';'-separated; 'off' = layers=[]")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = passage_parser(__doc__).parse_args(argv)
     if not DATA.is_dir():
         print(f"no data at {DATA}: skipping", file=sys.stderr)
         return 0
