@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .attention import ReroutingPlan
-    from .config import KVEmbedConfig
+    from .config import PASSAGE_TOKENS, KVEmbedConfig
     from .embedder import KVEmbedder, shared_embedder
     from .errors import (
         ConfigError,
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .methods import METHODS
     from .prompts import PromptTemplate
     from .quantization import quantize_embeddings
-    from .retrieval.chunking import Chunk, chunk_text, text_token_budget
+    from .retrieval.chunking import Chunk, chunk_text, passage_input_tokens, text_token_budget
     from .retrieval.vector_index import VectorIndex
 
 # public name -> submodule. Imported on first use, so that `import kvembed_rag` (and the command line's
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "ReroutingPlan": "attention",
     "KVEmbedConfig": "config",
+    "PASSAGE_TOKENS": "config",
     "KVEmbedder": "embedder",
     "shared_embedder": "embedder",
     **{
@@ -56,6 +57,7 @@ _LAZY = {
     "Chunk": "retrieval.chunking",
     "chunk_text": "retrieval.chunking",
     "text_token_budget": "retrieval.chunking",
+    "passage_input_tokens": "retrieval.chunking",
 }
 
 
@@ -73,6 +75,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "METHODS",
+    "PASSAGE_TOKENS",
     "Chunk",
     "ConfigError",
     "EmbedderMismatchError",
@@ -90,6 +93,7 @@ __all__ = [
     "VectorIndex",
     "__version__",
     "chunk_text",
+    "passage_input_tokens",
     "quantize_embeddings",
     "shared_embedder",
     "text_token_budget",

@@ -6,7 +6,7 @@ MTEB wrapper, and the configuration an index records (and restores exactly) for 
 
 A configuration is *resolved* against a loaded model before an embedder is built (``kvembed_rag.resolve``):
 ``None`` options become concrete values (the method's pooling and prompts, ``max_length`` at the model's limit),
-``layers="auto"`` becomes the intrinsic-dimension window and ``postprocess="auto"`` the shipped choice. The result is
+``layers="auto"`` becomes the middle-depth window and ``postprocess="auto"`` the shipped choice. The result is
 a :class:`ResolvedConfig`, whose fields have concrete types. Nothing here reads machine state: ``layers="tuned"``
 (what ``kvembed-rag tune`` saved) applies only when asked.
 
@@ -31,10 +31,15 @@ from .prompts import PromptTemplate
 
 DEFAULT_BIAS = 1.0
 DEFAULT_MAX_LENGTH = 4096
-#: the named layer rules: the intrinsic-dimension window (KV-Embedding's rule), the 20%-depth window, the
-#: middle-depth window (the dev winner on both offline models), or the window (and bias, pooling) that
-#: ``kvembed-rag tune`` saved for the model; "id" is an old name of "auto"
-LAYER_RULES = ("auto", "default", "middle", "tuned")
+#: text tokens per passage when a long document is indexed for RAG (index, the LangChain and LlamaIndex
+#: splitters): on QMSum meetings 512-token passages put the most of the answer into a generator's budget
+#: (docs/RESULTS.md, "Passage size"); an option of indexing, not of the vectors
+PASSAGE_TOKENS = 512
+#: the named layer rules: "auto" (today the middle-depth rule: the only rule that found the label-scored
+#: winner on both offline models, docs/RESULTS.md), "middle" (the same, by name), "id" (the intrinsic-dimension
+#: window, KV-Embedding's rule; "auto" until 2026-12-06), "default" (the 20%-depth window), or "tuned" (the
+#: window, bias and pooling ``kvembed-rag tune`` saved for the model)
+LAYER_RULES = ("auto", "middle", "id", "default", "tuned")
 DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 PADDING_SIDES = ("left", "right")
 #: the poolings (kvembed_rag.pooling implements them); written here so that reading a config needs no torch
@@ -114,8 +119,8 @@ class KVEmbedConfig:
     layers: tuple[int, ...] | str = _option(
         "auto",
         VECTORS,
-        "re-routed layers: 'auto' (intrinsic-dimension window), 'middle' (middle-depth window), 'default', "
-        "'tuned' or e.g. '3,4'",
+        "re-routed layers: 'auto' (= 'middle', the middle-depth window), 'id' (intrinsic-dimension window), "
+        "'default', 'tuned' or e.g. '3,4'",
     )
     bias: float | None = _option(None, VECTORS, f"logit bias on the re-routed slot (default {DEFAULT_BIAS:g})")
     pooling: str | None = _option(None, VECTORS, f"{', '.join(POOLINGS)} (default: the method's)")
@@ -238,9 +243,9 @@ class ResolvedConfig:
     Built by :func:`kvembed_rag.resolve.resolve` (never by hand: :meth:`of` checks a config that claims to be
     resolved). ``config`` is the same as a plain config (what ``describe()["config"]`` records and
     ``KVEmbedConfig.from_dict`` rebuilds on any machine); ``provenance`` says how each option was chosen
-    ("given", "method", "default", "intrinsic-dimension", "tuned", "shipped-default" ...); ``postprocess_stats``
-    are the fitted statistics ``config.postprocess`` names (``None`` for ``"none"``); ``layer_selection`` the
-    intrinsic-dimension curve when ``layers="auto"`` chose the window.
+    ("given", "method", "default", "middle-depth", "intrinsic-dimension", "tuned", "shipped-default" ...);
+    ``postprocess_stats`` are the fitted statistics ``config.postprocess`` names (``None`` for ``"none"``);
+    ``layer_selection`` the intrinsic-dimension curve when ``layers="id"`` chose the window.
     """
 
     config: KVEmbedConfig
@@ -252,7 +257,7 @@ class ResolvedConfig:
     padding_side: str
     provenance: Mapping[str, str] = field(default_factory=dict)
     postprocess_stats: Any = field(default=None, compare=False)  # PostprocessStats (numpy): kept untyped here
-    layer_selection: Any = field(default=None, compare=False)  # the LayerSelection when layers="auto" chose
+    layer_selection: Any = field(default=None, compare=False)  # the LayerSelection when layers="id" chose
 
     @classmethod
     def of(
@@ -355,7 +360,7 @@ def _normalise_postprocess(text: object) -> str:
 
 
 def _normalise_layers(layers: object) -> tuple[int, ...] | str:
-    if layers is None or layers == "id":
+    if layers is None:
         return "auto"
     if isinstance(layers, str):
         text = layers.strip()
@@ -414,6 +419,7 @@ __all__ = [
     "DEFAULT_MAX_LENGTH",
     "LAYER_RULES",
     "NOT_VECTOR_FIELDS",
+    "PASSAGE_TOKENS",
     "RAW_VECTOR_FIELDS",
     "STATS_SUFFIX",
     "VECTOR_FIELDS",

@@ -91,7 +91,7 @@ class KVEmbedder(SentenceTransformersAPI):
         self.provenance: dict[str, str] = dict(resolved.provenance)
         #: the fitted isotropy calibration applied to every vector (None: config.postprocess == "none")
         self.postprocess_stats: PostprocessStats | None = resolved.postprocess_stats
-        self.layer_selection: Any = resolved.layer_selection  # the LayerSelection when layers="auto" chose
+        self.layer_selection: Any = resolved.layer_selection  # the LayerSelection when layers="id" chose
         for role in ("document", "query"):
             self.tokenize([""], role)  # fail now, not mid-corpus, if the prompt alone exceeds max_length
 

@@ -1,7 +1,7 @@
 """``Forward``: a loaded backbone run over a resolved configuration, to raw (not post-processed) vectors.
 
 The one forward function of the package: :class:`~kvembed_rag.KVEmbedder` encodes through it, and resolution
-(``layers="auto"``'s calibration pass, fitting post-processing statistics) runs it directly, so that no embedder is
+(``layers="id"``'s calibration pass, fitting post-processing statistics) runs it directly, so that no embedder is
 built to construct another. The encode loop follows sentence-transformers': inputs sorted by length (longest first),
 batches sized in padded tokens, order restored; an out-of-memory batch is split in halves down to one text.
 """

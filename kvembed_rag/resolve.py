@@ -2,7 +2,8 @@
 
 Everything the configuration leaves to the model is decided here, before an embedder exists: ``max_length`` at the
 model's limit, the tokenizer's padding side, the method's pooling and prompts, the layer window (``"auto"``: the
-intrinsic-dimension rule over the shipped calibration texts; ``"tuned"``: what ``kvembed-rag tune`` saved) and the
+middle-depth rule; ``"id"``: the intrinsic-dimension rule over the shipped calibration texts; ``"tuned"``: what
+``kvembed-rag tune`` saved) and the
 post-processing statistics (a file, shipped, cached, or fitted on the calibration texts). Calibration passes run
 through :class:`~kvembed_rag.forward.Forward`, the same forward function an embedder encodes with.
 """
@@ -77,7 +78,7 @@ def resolve_options(
     """Every ``None`` / rule option of ``config`` but ``postprocess`` made concrete against ``model``.
 
     Returns the config, how each of ``layers``, ``bias`` and ``pooling`` was chosen, and the ``LayerSelection``
-    when the intrinsic-dimension rule ran (``layers="auto"``: the shipped calibration texts through a
+    when the intrinsic-dimension rule ran (``layers="id"``: the shipped calibration texts through a
     :class:`Forward` without re-routing, or the cached / shipped selection). ``layers="tuned"`` reads the store of
     tuned defaults and fails if ``kvembed-rag tune`` saved nothing.
     """
@@ -104,11 +105,11 @@ def resolve_options(
         provenance["bias"] = "default"
     selection: Any = None
     layers = config.layers
-    if layers == "default" or (layers == "auto" and not spec.reroute):
+    if layers == "default" or (layers in ("auto", "middle", "id") and not spec.reroute):
         # only kv re-routes: do not spend a calibration pass on a window other methods never use
         window = default_window(num_layers)
         provenance["layers"] = "default-window"
-    elif layers == "auto":
+    elif layers == "id":
         from .layer_selection import select_layers
 
         # the selection reads hidden states without re-routing or post-processing (its cache key ignores both)
@@ -116,9 +117,11 @@ def resolve_options(
         selection = select_layers(Forward(model, tokenizer, ResolvedConfig.of(calibrating), source))
         window = list(selection.layers)
         provenance["layers"] = "intrinsic-dimension"
-    elif layers == "middle":
+    elif layers in ("auto", "middle"):
         from .layer_selection import middle_window
 
+        # "auto" is the middle-depth rule: on both offline models it, and neither the ID rule nor the label-free
+        # proxy, found the window the label-scored searches chose (docs/RESULTS.md, issue 29); no calibration pass
         window = middle_window(num_layers)
         provenance["layers"] = "middle-depth"
     elif layers == "tuned":

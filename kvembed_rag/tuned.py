@@ -2,7 +2,7 @@
 
 One JSON file per model (keyed by the weights' identity, the layer count and the kv prompts) under
 ``$KVEMBED_CACHE/tuned/``. It is machine state, so it applies only when asked for (``layers="tuned"``);
-``layers="auto"`` is the intrinsic-dimension window and gives the same vectors on every machine.
+``layers="auto"`` is the middle-depth window and gives the same vectors on every machine.
 """
 
 from __future__ import annotations

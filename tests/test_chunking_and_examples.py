@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kvembed_rag import TruncationWarning
-from kvembed_rag.retrieval.chunking import chunk_text, text_copies
-from kvembed_rag.retrieval.documents import read_folder, stdlib_documents
+from kvembed_rag import PASSAGE_TOKENS, TruncationWarning
+from kvembed_rag.retrieval.chunking import chunk_text, passage_input_tokens, prompt_overhead, text_copies
+from kvembed_rag.retrieval.documents import SourceDocument, read_folder, stdlib_documents
+from kvembed_rag.retrieval.pipeline import index_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = " ".join(f"Sentence {i} talks about retrieval, vectors and long meeting transcripts." for i in range(120))
@@ -47,6 +48,27 @@ def test_chunks_fit_when_the_prompt_repeats_the_text(make_embedder):
     with warnings.catch_warnings():
         warnings.simplefilter("error", TruncationWarning)
         echo.encode_documents([c.text for c in chunks])
+
+
+def test_passages_hold_passage_tokens_of_text_at_most_max_length(make_embedder):
+    embedder, echo = make_embedder(max_length=4096), make_embedder(max_length=4096, method="echo")
+    assert PASSAGE_TOKENS == 512  # docs/RESULTS.md, "Passage size": the size indexes and splitters use
+    assert passage_input_tokens(embedder) == PASSAGE_TOKENS + prompt_overhead(embedder) + 8
+    assert passage_input_tokens(echo) == 2 * PASSAGE_TOKENS + prompt_overhead(echo) + 8  # echo feeds the text twice
+    assert passage_input_tokens(embedder, 0) == passage_input_tokens(embedder, None) == 4096  # whole when it fits
+    assert passage_input_tokens(make_embedder(max_length=256)) == 256  # never past the window
+    with pytest.raises(ValueError, match="at least 16"):
+        passage_input_tokens(embedder, 8)
+    # the index cuts a long document into passages of at most 512 text tokens (title included), not 4,096
+    text = LONG[: len(LONG) // 2]  # about 2,700 of the tiny tokenizer's tokens: fits 4,096, not 512
+    assert 4096 > len(embedder.token_offsets(text)) > 4 * PASSAGE_TOKENS
+    document = SourceDocument("long", "Transcript 7", text, "x")
+    passages = index_texts(embedder, document)
+    whole = index_texts(embedder, document, passage_tokens=0)
+    counts = [len(embedder.token_offsets(text)) for text in passages]
+    assert len(whole) == 1 and len(passages) >= 4 and max(counts) <= PASSAGE_TOKENS
+    assert all(text.startswith("Transcript 7\n\n") for text in passages)
+    assert index_texts(embedder, SourceDocument("s", "", "A short note.", "y")) == ["A short note."]
 
 
 def test_too_small_window_is_an_error(make_embedder):

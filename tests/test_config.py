@@ -30,7 +30,8 @@ def test_defaults_are_written_once_and_validated() -> None:
         16_384,
     )
     assert not config.is_resolved
-    assert KVEmbedConfig(layers="id").layers == "auto"  # the old name of the intrinsic-dimension rule
+    assert KVEmbedConfig(layers="id").layers == "id"  # the intrinsic-dimension rule ("auto" until 2026-12-06)
+    assert KVEmbedConfig(layers=" middle ").layers == "middle" and KVEmbedConfig(layers=None).layers == "auto"
     assert KVEmbedConfig(layers="3, 4").layers == (3, 4) and KVEmbedConfig(layers=[5]).layers == (5,)
     assert KVEmbedConfig(method="Token_Prepending").method == "token-prepending"
     assert KVEmbedConfig(prompts="Q: {text}").prompts == PromptTemplate("Q: {text}", "Q: {text}")
@@ -108,7 +109,7 @@ def test_mteb_loader_kwargs_are_the_vector_options(make_embedder) -> None:
 
 
 def test_resolution_happens_before_construction_and_is_recorded(make_embedder) -> None:
-    base = make_embedder("llama", method="kv")
+    base = make_embedder("llama", method="kv", layers="id")
     assert base.config.is_resolved and isinstance(base.config.layers, tuple)
     assert base.describe()["provenance"] == {
         "layers": "intrinsic-dimension",

@@ -40,19 +40,25 @@ def test_default_model_is_gemma3_with_its_shipped_post_processing(gemma):
 
 def test_short_text_setting_gets_its_own_shipped_whitening(gemma):
     # last-token pooling with bias 2: the short-text setting of docs/RESULTS.md, whitened at shrinkage 0.6
-    short = gemma.variant(pooling="last", bias=2.0, postprocess="auto")
+    short = gemma.variant(layers="id", pooling="last", bias=2.0, postprocess="auto")  # shipped at the ID window
     assert short.config.postprocess == "whiten:0.6" and short.provenance["postprocess"] == "shipped-default"
     assert short.dim == 640 and short.fingerprint != gemma.fingerprint
-    hybrid_b2 = gemma.variant(bias=2.0, postprocess="auto")  # a configuration nothing was shipped for
-    assert hybrid_b2.config.postprocess == "none"
+    # a setting nothing was shipped for gets the model's whitening fitted for it, not raw vectors
+    hybrid_b2 = gemma.variant(bias=2.0, postprocess="auto")
+    assert hybrid_b2.config.postprocess == "whiten:0.6" and hybrid_b2.provenance["postprocess"] == "model-default"
 
 
-def test_layers_middle_is_the_dev_winner_with_its_shipped_whitening(gemma):
-    # docs/RESULTS.md: the label-scored window searches chose [8, 9] on Gemma (and [14, 15, 16] on SmolLM2)
-    middle = gemma.variant(layers="middle", postprocess="auto")
-    assert middle.layers == [8, 9] and middle.provenance["layers"] == "middle-depth"
-    assert middle.config.postprocess == "whiten:0.6" and middle.provenance["postprocess"] == "shipped-default"
-    vectors = middle.encode(TEXTS[:3])
+def test_auto_layers_are_the_middle_window_the_dev_searches_chose(gemma):
+    # docs/RESULTS.md: the label-scored window searches chose [8, 9] on Gemma (and [14, 15, 16] on SmolLM2);
+    # layers="auto" (the default) is the middle-depth rule, which finds both without labels or a calibration pass
+    assert gemma.layers == [8, 9] and gemma.provenance["layers"] == "middle-depth"
+    assert gemma.variant(layers="middle").fingerprint == gemma.fingerprint
+    # the intrinsic-dimension rule (the paper's; the default until 2026-12-06) still resolves, with its own shipped
+    # whitening, so indexes built with it keep their vectors
+    by_id = gemma.variant(layers="id")
+    assert by_id.layers == [4, 5] and by_id.provenance["layers"] == "intrinsic-dimension"
+    assert by_id.config.postprocess == "whiten:0.6" and by_id.provenance["postprocess"] == "shipped-default"
+    vectors = by_id.encode(TEXTS[:3])
     assert vectors.shape == (3, 640) and not np.allclose(vectors, gemma.encode(TEXTS[:3]), atol=1e-3)
 
 

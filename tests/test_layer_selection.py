@@ -147,13 +147,22 @@ def test_cache_key_changes_with_calibration_and_preprocessing(checkpoints, cache
     assert len(list((cache_dir / "layers").glob("*.json"))) == 3
 
 
-def test_auto_layers_use_the_selection(checkpoints, cache_dir):
-    auto = KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="kv", layers="auto")
-    assert auto.layer_selection is not None
-    assert auto.layers == auto.layer_selection.layers
-    assert auto.describe()["layers"] == auto.layers
+def test_id_layers_use_the_selection(checkpoints, cache_dir):
+    by_id = KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="kv", layers="id")
+    assert by_id.layer_selection is not None
+    assert by_id.layers == by_id.layer_selection.layers
+    assert by_id.describe()["layers"] == by_id.layers
+    assert by_id.describe()["provenance"]["layers"] == "intrinsic-dimension"
     # other methods do not pay for a calibration pass
-    assert KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="mean").layer_selection is None
+    assert KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="mean", layers="id").layer_selection is None
+
+
+def test_auto_layers_are_the_middle_rule_without_a_calibration_pass(checkpoints, cache_dir):
+    auto = KVEmbedder.from_pretrained(str(checkpoints["gemma3"]), method="kv")  # layers="auto", the default
+    assert auto.layers == middle_window(auto.num_layers) and auto.layer_selection is None
+    assert auto.describe()["provenance"]["layers"] == "middle-depth"
+    assert auto.describe()["config"]["layers"] == auto.layers  # a resolved config records the window, not the rule
+    assert not (cache_dir / "layers").exists()
 
 
 def test_too_few_calibration_texts(checkpoints, cache_dir):
@@ -165,7 +174,7 @@ def test_select_layers_command(checkpoints, cache_dir, tmp_path, capsys):
     model = str(checkpoints["qwen3"])
     assert main(["select-layers", "--model", model, "-q"]) == 0
     text = capsys.readouterr().out
-    assert "re-routed layers:" in text and "layer   0" in text
+    assert "ID rule (layers='id'):" in text and "layer   0" in text
     calibration = tmp_path / "calib.txt"
     calibration.write_text("\n".join(load_calibration()[:60]))
     plot = tmp_path / "id.png"
@@ -245,7 +254,7 @@ def test_select_layers_command_prints_the_proxy_beside_the_id_curve(checkpoints,
     model = str(checkpoints["llama"])
     assert main(["select-layers", "--model", model, "--calibration", str(calibration), "--proxy", "-q"]) == 0
     text = capsys.readouterr().out
-    assert "proxy MRR" in text and "proxy rule:" in text and "re-routed layers:" in text and "middle rule:" in text
+    assert "proxy MRR" in text and "proxy rule:" in text and "ID rule (layers='id'):" in text and "middle rule:" in text
     assert main(["select-layers", "--model", model, "--calibration", str(calibration), "--proxy", "--json", "-q"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["rule"] == "id" and payload["proxy"]["rule"] == "proxy" and payload["proxy"]["layers"]

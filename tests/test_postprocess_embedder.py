@@ -63,6 +63,24 @@ def test_auto_is_none_where_nothing_is_shipped_and_the_default_where_it_is(make_
     assert chosen.describe()["postprocess"]["n"] == 9
 
 
+def test_auto_fits_the_backbones_shipped_spec_for_a_setting_nothing_was_shipped_for(make_embedder, monkeypatch):
+    raw = make_embedder("llama", method="kv", layers=[1])
+    key = pp.stats_key(raw.describe())
+    other = {**key, "layers": [0], "bias": 2.0}  # the same backbone and method, another window and bias
+    entry = {"default": True, "key": other, "spec": pp.PostprocessSpec("center").to_dict(), "file": "x"}
+    monkeypatch.setattr(pp.files, "_shipped_index", lambda: [entry])
+    assert pp.shipped_default(key) is None and pp.model_default(key) == pp.PostprocessSpec("center")
+    chosen = raw.variant(postprocess="auto")  # not raw vectors: the backbone's spec, fitted for this window
+    assert chosen.config.postprocess == "center" and chosen.provenance["postprocess"] == "model-default"
+    assert chosen.postprocess_stats is not None and chosen.postprocess_stats.n == 222
+    assert np.allclose(chosen.postprocess_stats.mean, raw.variant(postprocess="center").postprocess_stats.mean)
+    # another method, or defaults that disagree on the spec: nothing to carry over, raw vectors as before
+    assert pp.model_default({**key, "method": "prompteol"}) is None
+    disagreeing = {**entry, "key": {**other, "layers": [1, 2]}, "spec": pp.PostprocessSpec("whiten").to_dict()}
+    monkeypatch.setattr(pp.files, "_shipped_index", lambda: [entry, disagreeing])
+    assert raw.variant(postprocess="auto").config.postprocess == "none"
+
+
 def test_zero_mean_centring_is_the_identity(make_embedder) -> None:
     raw = make_embedder("qwen3", method="prompteol")
     zero = pp.PostprocessStats(pp.PostprocessSpec("center"), np.zeros(raw.hidden_size, np.float32), None, 1)

@@ -37,7 +37,7 @@ def test_resolution_builds_no_embedder_and_gives_concrete_types(make_embedder, m
         real_init(self, *args, **kwargs)
 
     monkeypatch.setattr(KVEmbedder, "__init__", counting_init)
-    requested = KVEmbedConfig(model="tiny", layers="auto", postprocess="center")
+    requested = KVEmbedConfig(model="tiny", layers="id", postprocess="center")
     resolved = resolve(loaded.model, loaded.tokenizer, requested, source=loaded.source)
     assert built == []  # the calibration pass and the statistics fit ran through Forward, not an embedder
     assert isinstance(resolved.layers, tuple) and all(isinstance(i, int) for i in resolved.layers)

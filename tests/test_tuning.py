@@ -72,10 +72,10 @@ def test_tune_scores_the_grid_saves_the_winner_and_tuned_uses_it(checkpoints, st
     explicit = KVEmbedder.from_pretrained(model, layers="tuned", bias=5.0)
     assert explicit.bias == 5.0 and explicit.layers == result.best.layers
     assert explicit.describe()["provenance"]["bias"] == "given"
-    # "auto" is the intrinsic-dimension window whatever this machine has tuned: the same vectors everywhere
+    # "auto" is the middle-depth window whatever this machine has tuned: the same vectors everywhere
     auto = KVEmbedder.from_pretrained(model)
-    assert not auto.tuned and auto.describe()["provenance"]["layers"] == "intrinsic-dimension"
-    assert auto.layers == KVEmbedder.from_pretrained(model, layers="id").layers  # "id" is an old name of "auto"
+    assert not auto.tuned and auto.describe()["provenance"]["layers"] == "middle-depth"
+    assert auto.layers == KVEmbedder.from_pretrained(model, layers="middle").layers
     assert load_tuned(tuned.source, tuned.num_layers) is not None
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_text_splitters import TextSplitter
 
-from kvembed_rag import KVEmbedder, chunk_text, text_token_budget
+from kvembed_rag import KVEmbedder, chunk_text, passage_input_tokens, text_token_budget
 
 
 def _embedder_of(embeddings: Any) -> KVEmbedder:
@@ -41,9 +41,11 @@ class KVTokenTextSplitter(TextSplitter):
             splitter = KVTokenTextSplitter(embeddings, chunk_overlap=64)
             chunks = splitter.split_documents(documents)   # metadata copied, plus start_index / chunk_index
 
-    ``chunk_size`` is tokens per *embedder input* (prompt included; default the embedder's ``max_length``),
-    not characters. A text that fits is kept whole. ``title_key`` names a metadata field whose value heads
-    every chunk of a document (as ``kvembed-rag index`` does with titles).
+    ``chunk_size`` is tokens per *embedder input* (prompt included), not characters; the default holds 512
+    text tokens (``kvembed_rag.PASSAGE_TOKENS``, the passage size that won on QMSum; pass
+    ``chunk_size=embeddings.embedder.max_length`` for the largest chunks). A text that fits is kept whole.
+    ``title_key`` names a metadata field whose value heads every chunk of a document (as ``kvembed-rag index``
+    does with titles).
     """
 
     def __init__(
@@ -58,7 +60,8 @@ class KVTokenTextSplitter(TextSplitter):
         **kwargs: Any,
     ) -> None:
         self._embedder = _embedder_of(embeddings)
-        size = chunk_size or self._embedder.max_length
+        # default: inputs that hold PASSAGE_TOKENS (512) text tokens, the passage size that won on QMSum
+        size = chunk_size or passage_input_tokens(self._embedder, margin=margin)
         self._margin = margin
         budget = text_token_budget(self._embedder, size, margin=margin)
         if budget < 16:

@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import PASSAGE_TOKENS
     from ..demo import DEMO_BATCH_TOKENS, DEMO_MAX_LENGTH, default_demo_dir, demo_documents, run_demo
 
     chosen = creatable_folder(args.out, "--out") if args.out else None
@@ -51,12 +52,16 @@ def run(args: argparse.Namespace) -> int:
     loaded = time.perf_counter() - start
     # the default index lives per embedder fingerprint: a changed default (method, post-processing ...) builds
     # its own index next to the old one instead of refusing it
-    out = chosen or default_demo_dir(embedder.method) / embedder.fingerprint
+    # (and per passage size: the chunking is not part of the fingerprint)
+    out = chosen or default_demo_dir(embedder.method) / f"{embedder.fingerprint}-p{PASSAGE_TOKENS}"
     print(
         f"model: {embedder.source.spec} ({embedder.describe()['architecture']}, {embedder.num_layers} layers), "
         f"method {embedder.method}, layers {embedder.layers}, ready after {loaded:.1f} s"
     )
-    print(f"corpus: {len(documents)} module pages, whole up to {embedder.max_length} tokens, chunked beyond")
+    print(
+        f"corpus: {len(documents)} module pages in passages of up to {PASSAGE_TOKENS} tokens (as 'kvembed-rag "
+        "index' makes them); a page ranks by its best passage"
+    )
     progress = BuildProgress("indexing", len(documents), enabled=show)
     result = run_demo(
         embedder,

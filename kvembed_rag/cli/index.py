@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ..config import PASSAGE_TOKENS
 from .options import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -43,7 +44,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         "--long-docs",
         choices=["chunk", "truncate"],
         default="chunk",
-        help="documents over --max-length: overlapping titled chunks (default) or cut",
+        help="documents longer than a passage: overlapping titled passages (default) or one input cut at --max-length",
+    )
+    parser.add_argument(
+        "--passage-tokens",
+        type=int,
+        default=PASSAGE_TOKENS,
+        metavar="N",
+        help=f"text tokens per passage of a long document (default {PASSAGE_TOKENS}: the size that put most of the "
+        "answer into a generator's budget on QMSum; 0: as many as --max-length holds, a document whole when it fits)",
     )
     parser.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
     parser.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")
@@ -177,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
                 out,
                 spec,
                 long_docs=args.long_docs,
+                passage_tokens=args.passage_tokens,
                 overwrite=args.overwrite,
                 limit=args.fit_limit,
                 raw_vectors=raw_vectors,
@@ -205,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             documents,
             out,
             long_docs=args.long_docs,
+            passage_tokens=args.passage_tokens,
             progress=progress,
             encode=encode,
             group_tokens=group_tokens,

@@ -92,7 +92,11 @@ def _fit(args: argparse.Namespace) -> int:
     embedder = load_embedder(args, postprocess="none")  # raw vectors: nothing fitted on calibration texts
     from ..retrieval.pipeline import index_texts, sample_texts
 
-    texts = [text for document in documents for text in index_texts(embedder, document, long_docs=args.long_docs)]
+    texts = [
+        text
+        for document in documents
+        for text in index_texts(embedder, document, long_docs=args.long_docs, passage_tokens=args.passage_tokens)
+    ]
     texts = sample_texts(texts, args.limit, seed=args.seed)
     status(f"fitting {spec} on {len(texts):,} texts ...", enabled=show)
     fitted = embedder.fit_postprocess(texts, spec)

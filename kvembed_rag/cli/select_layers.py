@@ -1,5 +1,6 @@
 """``kvembed-rag select-layers``: each layer's intrinsic dimension and the re-routing window it picks (with
-``--proxy``, beside it the label-free half-text retrieval score of the window starting at each layer)."""
+``--proxy``, beside it the label-free half-text retrieval score of the window starting at each layer), and the
+middle-depth window, which is what ``layers="auto"`` uses."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .options import (
 from .output import status
 
 NAME = "select-layers"
-HELP = "Estimate each layer's intrinsic dimension and pick the window."
+HELP = "Show the layer rules' windows: intrinsic dimension per layer, the proxy, the middle rule ('auto')."
 EXAMPLES = """examples:
   kvembed-rag select-layers
   kvembed-rag select-layers --model ./SmolLM2-135M-Instruct.Q4_1.gguf --plot id.png
@@ -96,14 +97,15 @@ def run(args: argparse.Namespace) -> int:
             mark += "p" if layer in proxy.layers else " "
             bar = (f"proxy MRR {score:.4f}  " if score == score else " " * 22) + bar
         print(f"{mark} layer {layer:3d}  ID {value:7.2f}  {bar}")
-    print(f"re-routed layers: {selection.layers}  (* chosen, - skipped: first 20%)")
+    print(f"ID rule (layers='id'): {selection.layers}  (* chosen, - skipped: first 20%)")
     if proxy is not None:
         print(
             f"proxy rule: {proxy.layers} (p; MRR of the window starting at each layer, {proxy.n_texts} half-text "
             f"pairs; re-routing off: {proxy.off:.4f}){' (cached)' if proxy.cached else ''}"
         )
     print(
-        f"middle rule: {middle_window(embedder.num_layers)} (layers='middle': the middle of the depth, no measurement)"
+        f"middle rule: {middle_window(embedder.num_layers)} (layers='auto' and 'middle': the middle of the depth, no "
+        "measurement; the only rule that found the label-scored winner on both offline models)"
     )
     if args.plot:
         print(f"plot: {args.plot}")

@@ -34,7 +34,7 @@ EXAMPLES = """examples:
       --limit sts=300,retrieval=30,classification=200,clustering=300 --corpus-limit 300 --sample
   kvembed-rag tune sts dev.tsv --reset          # forget the tuned choice for this model
 The winner is saved in the store of tuned defaults: embedders built with layers='tuned' use its window (and its
-bias, pooling and post-processing unless given); layers='auto' stays the intrinsic-dimension window on every
+bias, pooling and post-processing unless given); layers='auto' stays the middle-depth window on every
 machine. Every point is ranked on each dev task; the lowest mean rank wins (one task: the best score; ties: the
 first in the grid). 'mixed' takes one dev set per family."""
 

@@ -25,6 +25,7 @@ __all__ = [
     "FORMAT",
     "SHIPPED_DIR",
     "load",
+    "model_default",
     "read_header",
     "resolve_stats",
     "save",
@@ -160,23 +161,45 @@ def load(path: str | Path, *, key: dict[str, Any], spec: PostprocessSpec | None 
 def shipped_default(key: dict[str, Any]) -> PostprocessSpec | None:
     """The post-processing chosen for this exact configuration by the dev-data study (docs/RESULTS.md,
     "Post-processing"), if the package ships one marked ``default``; ``None`` otherwise."""
-    index_path = SHIPPED_DIR / "index.json"
-    if not index_path.is_file():
-        return None
     wanted = json.loads(json.dumps(key, sort_keys=True))
-    for entry in json.loads(index_path.read_text(encoding="utf-8")):
+    for entry in _shipped_index():
         if entry.get("default") and entry["key"] == wanted:
             return PostprocessSpec.from_dict(entry["spec"])
     return None
 
 
-def shipped_stats(key: dict[str, Any], spec: PostprocessSpec) -> PostprocessStats | None:
-    """The statistics shipped in ``kvembed_rag/data/postprocess/`` for this key and spec, or ``None``."""
+#: what must match for a shipped default's *spec* to carry over to another configuration of the same backbone
+_MODEL_FIELDS = ("model", "architecture", "num_layers", "dim", "method")
+
+
+def model_default(key: dict[str, Any]) -> PostprocessSpec | None:
+    """The post-processing the package ships as the default for this backbone and method under *other* settings
+    (another window, bias, pooling or prompts), when all of those defaults agree; ``None`` otherwise.
+
+    ``postprocess="auto"`` fits it on the calibration texts for a configuration nothing was shipped for: on every
+    kv setting measured on the offline models (windows, ``layers=[]``, biases, poolings) the model's whitening
+    beat raw vectors by far (docs/RESULTS.md), so raw vectors would be a silent loss."""
+    wanted = json.loads(json.dumps(key, sort_keys=True))
+    specs = {
+        json.dumps(entry["spec"], sort_keys=True)
+        for entry in _shipped_index()
+        if entry.get("default") and all(entry["key"].get(f) == wanted.get(f) for f in _MODEL_FIELDS)
+    }
+    return PostprocessSpec.from_dict(json.loads(specs.pop())) if len(specs) == 1 else None
+
+
+def _shipped_index() -> list[dict[str, Any]]:
     index_path = SHIPPED_DIR / "index.json"
     if not index_path.is_file():
-        return None
+        return []
+    entries: list[dict[str, Any]] = json.loads(index_path.read_text(encoding="utf-8"))
+    return entries
+
+
+def shipped_stats(key: dict[str, Any], spec: PostprocessSpec) -> PostprocessStats | None:
+    """The statistics shipped in ``kvembed_rag/data/postprocess/`` for this key and spec, or ``None``."""
     wanted = json.loads(json.dumps(key, sort_keys=True))
-    for entry in json.loads(index_path.read_text(encoding="utf-8")):
+    for entry in _shipped_index():
         if entry["key"] == wanted and entry["spec"] == spec.to_dict():
             return load(SHIPPED_DIR / entry["file"], key=key, spec=spec)
     return None
@@ -187,6 +210,10 @@ def resolve_stats(
 ) -> tuple[PostprocessStats | None, str, str]:
     """The statistics ``postprocess`` (a config's value) names for the raw vectors keyed ``key``, where they came
     from, and the canonical spelling of what was chosen (``"auto"`` becomes the shipped choice or ``"none"``).
+
+    ``"auto"``: the statistics shipped for this exact configuration (``"shipped-default"``); else, for another
+    setting of a shipped backbone and method, the same spec fitted for this configuration (``"model-default"``,
+    :func:`model_default`); else ``"none"`` (a model nothing was measured on).
 
     ``"file"``: a statistics file (checked against ``key``); ``"shipped"`` with the package; ``"cached"`` on this
     machine; ``"fitted"`` now on the 222 shipped calibration texts (``raw_encode(texts, "document")``), then cached.
@@ -214,9 +241,12 @@ def resolve_stats(
             raise ConfigError(f"postprocess={postprocess!r}: cannot read the statistics file ({exc})") from None
     if postprocess == "auto":
         chosen = shipped_default(key)  # shipped data, the same on every machine
+        how_auto = "shipped-default"
+        if chosen is None:  # another setting of a shipped backbone: its spec, fitted for this configuration
+            chosen, how_auto = model_default(key), "model-default"
         if chosen is None:
             return None, "none", "none"
-        spec, how_auto = chosen, "shipped-default"
+        spec = chosen
     else:
         spec, how_auto = parse_spec(postprocess), ""
 

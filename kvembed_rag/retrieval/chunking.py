@@ -1,15 +1,22 @@
-"""Split only what does not fit: documents longer than the embedder's window become overlapping chunks.
+"""Split only what does not fit: documents longer than a passage become overlapping chunks.
 
-KV-Embedding is meant for long inputs, so a document that fits in ``max_length`` tokens (prompt included)
-is embedded whole. A longer one is cut into windows of whole tokens that overlap by ``overlap`` tokens;
-each window starts with the document's title (when given) so that a chunk from the middle of a report
-still says what it belongs to.
+A document that fits in ``max_tokens`` tokens (prompt included) is embedded whole. A longer one is cut into
+windows of whole tokens that overlap by ``overlap`` tokens; each window starts with the document's title (when
+given) so that a chunk from the middle of a report still says what it belongs to.
+
+How large: ``chunk_text`` on its own fills the embedder's window (``max_length``, 4,096 by default), which is
+what the document-level evaluations measure. What a RAG pipeline indexes (``kvembed-rag index``, the LangChain
+and LlamaIndex splitters) is passages of :data:`PASSAGE_TOKENS` text tokens (:func:`passage_input_tokens`): on
+QMSum meetings 512-token passages put more of the answer into a generator's budget than 128, 256, 1,024 or 2,048
+(docs/RESULTS.md, "Passage size").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from ..config import PASSAGE_TOKENS
 
 
 @dataclass
@@ -36,6 +43,17 @@ def text_token_budget(embedder: Any, max_tokens: int | None = None, *, margin: i
     prompt's tokens and ``margin``, shared between the text's copies when the prompt repeats it (echo)."""
     total = (max_tokens or embedder.max_length) - prompt_overhead(embedder, role) - margin
     return total // text_copies(embedder, role)
+
+
+def passage_input_tokens(embedder: Any, text_tokens: int | None = PASSAGE_TOKENS, *, margin: int = 8) -> int:
+    """Tokens per embedder input (prompt and ``margin`` included) that hold ``text_tokens`` of text, at most the
+    embedder's ``max_length``; ``None`` or 0: ``max_length`` (a document embedded whole when it fits)."""
+    if not text_tokens:
+        return int(embedder.max_length)
+    if text_tokens < 16:
+        raise ValueError(f"a passage needs at least 16 text tokens; got {text_tokens}")
+    needed = text_tokens * text_copies(embedder) + prompt_overhead(embedder) + margin
+    return min(int(embedder.max_length), needed)
 
 
 def chunk_text(

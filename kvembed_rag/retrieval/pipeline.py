@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
-from .chunking import chunk_text
+from .chunking import PASSAGE_TOKENS, chunk_text, passage_input_tokens
 from .documents import SourceDocument
 from .vector_index import MANIFEST, VectorIndex, attachment_file, attachment_file_name
 
@@ -116,11 +116,22 @@ def sample_texts(texts: list[str], limit: int | None, *, seed: int = 0) -> list[
     return [texts[i] for i in chosen]
 
 
-def index_texts(embedder: Any, document: SourceDocument, *, long_docs: str = "chunk", overlap: int = 64) -> list[str]:
-    """The texts a document is indexed as: titled overlapping chunks (``long_docs="chunk"``) or the whole text
-    (cut at ``max_length`` when embedded). Chunking needs the tokenizer only."""
+def index_texts(
+    embedder: Any,
+    document: SourceDocument,
+    *,
+    long_docs: str = "chunk",
+    overlap: int = 64,
+    passage_tokens: int | None = PASSAGE_TOKENS,
+) -> list[str]:
+    """The texts a document is indexed as: titled overlapping passages of ``passage_tokens`` text tokens
+    (``long_docs="chunk"``; ``None`` or 0: as much as ``max_length`` holds) or the whole text (cut at
+    ``max_length`` when embedded). Chunking needs the tokenizer only."""
     if long_docs == "chunk":
-        return [c.text for c in chunk_text(embedder, document.text, title=document.title, overlap=overlap)]
+        size = passage_input_tokens(embedder, passage_tokens)
+        return [
+            c.text for c in chunk_text(embedder, document.text, title=document.title, max_tokens=size, overlap=overlap)
+        ]
     return [f"{document.title}\n\n{document.text}" if document.title else document.text]
 
 
@@ -132,6 +143,7 @@ def fit_index_postprocess(
     *,
     long_docs: str = "chunk",
     overlap: int = 64,
+    passage_tokens: int | None = PASSAGE_TOKENS,
     overwrite: bool = False,
     limit: int | None = None,
     seed: int = 0,
@@ -168,7 +180,9 @@ def fit_index_postprocess(
             )
         return embedder.variant(postprocess=str(own))  # reused as stored: no refit
     texts = [
-        text for document in documents for text in index_texts(embedder, document, long_docs=long_docs, overlap=overlap)
+        text
+        for document in documents
+        for text in index_texts(embedder, document, long_docs=long_docs, overlap=overlap, passage_tokens=passage_tokens)
     ]
     if not texts:
         raise ValueError("no documents to fit the post-processing on")
@@ -216,6 +230,7 @@ def build_index(
     *,
     long_docs: str = "chunk",
     overlap: int = 64,
+    passage_tokens: int | None = PASSAGE_TOKENS,
     checkpoint_seconds: float = 30.0,
     group_tokens: int = 32_768,
     progress: Callable[[int, int, int], None] | None = None,
@@ -255,7 +270,7 @@ def build_index(
     # work units: (document, digest, chunk texts, tokens per chunk); chunking needs the tokenizer only
     units = []
     for document, digest in pending:
-        texts = index_texts(embedder, document, long_docs=long_docs, overlap=overlap)
+        texts = index_texts(embedder, document, long_docs=long_docs, overlap=overlap, passage_tokens=passage_tokens)
         tokens = [len(e.ids) for e in embedder.tokenize(texts)]
         units.append((document, digest, texts, tokens))
     total_tokens = sum(sum(tokens) for *_, tokens in units)

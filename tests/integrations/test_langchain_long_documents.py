@@ -10,6 +10,8 @@ from langchain_core.documents import Document
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore, KVParentDocumentRetriever, KVTokenTextSplitter
 from long_document import NEEDLE, long_document
 
+from kvembed_rag import PASSAGE_TOKENS
+
 #: identical prompts for both roles: a query equal to a chunk's text gets that chunk's vector exactly, so
 #: the planted passage is found even by a random tiny model (what is tested here is the plumbing)
 SAME_PROMPTS = {"document": "Passage: {text}", "query": "Passage: {text}"}
@@ -40,6 +42,16 @@ def test_splitter_chunks_fit_the_window_with_the_prompt(embeddings, document):
     assert chunks[-1].metadata["end_index"] == len(text.rstrip()) or chunks[-1].metadata["end_index"] == len(text)
     # overlap: each chunk starts before the previous one ends
     assert all(b.metadata["start_index"] < a.metadata["end_index"] for a, b in itertools.pairwise(chunks))
+
+
+def test_splitter_default_is_512_token_passages_and_chunk_size_overrides_it(embeddings, document):
+    text, _ = document
+    embedder = embeddings.embedder
+    default = KVTokenTextSplitter(embeddings, chunk_overlap=0).split_text(text)
+    largest = KVTokenTextSplitter(embeddings, chunk_size=embedder.max_length, chunk_overlap=0).split_text(text)
+    counts = [len(embedder.token_offsets(chunk)) for chunk in default]
+    assert max(counts) <= PASSAGE_TOKENS and max(counts) > PASSAGE_TOKENS - 64
+    assert len(largest) < 0.6 * len(default)  # 1,024-token inputs: about half as many chunks
 
 
 def test_short_text_stays_whole(embeddings):

@@ -1,7 +1,7 @@
 """``KVTokenNodeParser``: a LlamaIndex node parser that cuts by the embedder's own tokenizer and budget.
 
 LlamaIndex embeds a node as its metadata string plus its text (``MetadataMode.EMBED``), inside this
-package's prompt. The parser subtracts both from the embedder's ``max_length``, so every node fits one input
+package's prompt. The parser subtracts both from ``chunk_size`` (at most ``max_length``), so every node fits one input
 and nothing is cut off at embedding time. Chunks are the ones ``kvembed-rag index`` makes
 (:func:`kvembed_rag.chunk_text`): whole when a text fits, else windows overlapping by ``chunk_overlap``
 tokens. Nodes keep their source document as ``ref_doc_id`` (LlamaIndex's ``SOURCE`` relationship), which
@@ -15,7 +15,7 @@ from typing import Any
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.node_parser.interface import MetadataAwareTextSplitter
 
-from kvembed_rag import KVEmbedder, chunk_text, text_token_budget
+from kvembed_rag import KVEmbedder, chunk_text, passage_input_tokens, text_token_budget
 
 
 def _embedder_of(embed_model: Any) -> KVEmbedder:
@@ -41,11 +41,14 @@ class KVTokenNodeParser(MetadataAwareTextSplitter):
             parser = KVTokenNodeParser(embed_model, chunk_overlap=64)
             index = VectorStoreIndex.from_documents(documents, embed_model=embed_model, transformations=[parser])
 
-    ``chunk_size`` is tokens per embedder input, prompt and metadata included (default: the embedder's
-    ``max_length``).
+    ``chunk_size`` is tokens per embedder input, prompt and metadata included (default: enough for 512 text
+    tokens, ``kvembed_rag.PASSAGE_TOKENS``, the passage size that won on QMSum; ``chunk_size=embed_model.embedder.
+    max_length`` for the largest nodes).
     """
 
-    chunk_size: int | None = Field(default=None, description="tokens per embedder input (default max_length)")
+    chunk_size: int | None = Field(
+        default=None, description="tokens per embedder input (default: enough for 512 text tokens, prompt included)"
+    )
     chunk_overlap: int = Field(default=64, ge=0, description="tokens shared by consecutive chunks")
     margin: int = Field(default=8, ge=0, description="spare tokens for merges at the chunk edges")
     embedder_fingerprint: str = Field(default="", description="the embedder's fingerprint (part of cache keys)")
@@ -68,7 +71,8 @@ class KVTokenNodeParser(MetadataAwareTextSplitter):
         return self._embedder
 
     def _input_tokens(self, metadata_str: str) -> int:
-        size = self.chunk_size or self._embedder.max_length
+        # default: inputs that hold PASSAGE_TOKENS (512) text tokens, the passage size that won on QMSum
+        size = self.chunk_size or passage_input_tokens(self._embedder, margin=self.margin)
         if not metadata_str:
             return size
         # LlamaIndex's default text template puts "{metadata_str}\n\n" before the content
