@@ -17,10 +17,10 @@ from typing import Any
 from .retrieval.documents import DEMO_MODULES, SourceDocument, stdlib_documents
 from .retrieval.pipeline import BuildReport, DocumentHit, build_index, search_documents
 
-#: tokens per input in the demo (pages are indexed in 512-token passages, as ``kvembed-rag index`` does; this caps
-#: queries and any passage size given)
+#: tokens per input in the demo: caps the passages (``kvembed-rag index`` makes 2,048 text tokens) so that a
+#: passage and its prompt fit; keeps the first run within minutes on 2 CPU cores
 DEMO_MAX_LENGTH = 2048
-#: padded tokens per forward pass in the demo: about eight passages, so progress moves every few seconds
+#: padded tokens per forward pass in the demo: two 2,048-token passages, so progress moves every few seconds
 #: on a CPU (the library default, 16,384, is one update per ~half a minute on 2 cores, for no speed gain)
 DEMO_BATCH_TOKENS = 4096
 

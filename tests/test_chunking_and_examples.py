@@ -51,23 +51,26 @@ def test_chunks_fit_when_the_prompt_repeats_the_text(make_embedder):
 
 
 def test_passages_hold_passage_tokens_of_text_at_most_max_length(make_embedder):
-    embedder, echo = make_embedder(max_length=4096), make_embedder(max_length=4096, method="echo")
-    assert PASSAGE_TOKENS == 512  # docs/RESULTS.md, "Passage size": the size indexes and splitters use
+    embedder, echo = make_embedder(max_length=8192), make_embedder(max_length=8192, method="echo")
+    assert PASSAGE_TOKENS == 2048  # docs/RESULTS.md, "Passage size beyond 512": the size indexes and splitters use
     assert passage_input_tokens(embedder) == PASSAGE_TOKENS + prompt_overhead(embedder) + 8
     assert passage_input_tokens(echo) == 2 * PASSAGE_TOKENS + prompt_overhead(echo) + 8  # echo feeds the text twice
-    assert passage_input_tokens(embedder, 0) == passage_input_tokens(embedder, None) == 4096  # whole when it fits
+    assert passage_input_tokens(embedder, 512) == 512 + prompt_overhead(embedder) + 8
+    assert passage_input_tokens(embedder, 0) == passage_input_tokens(embedder, None) == 8192  # whole when it fits
     assert passage_input_tokens(make_embedder(max_length=256)) == 256  # never past the window
     with pytest.raises(ValueError, match="at least 16"):
         passage_input_tokens(embedder, 8)
-    # the index cuts a long document into passages of at most 512 text tokens (title included), not 4,096
-    text = LONG[: len(LONG) // 2]  # about 2,700 of the tiny tokenizer's tokens: fits 4,096, not 512
-    assert 4096 > len(embedder.token_offsets(text)) > 4 * PASSAGE_TOKENS
+    # the index cuts a long document into titled passages of at most the passage size, not the whole window
+    text = LONG[: len(LONG) // 2]  # about 2,700 of the tiny tokenizer's tokens: fits 8,192, not 2,048
+    assert 8192 > len(embedder.token_offsets(text)) > PASSAGE_TOKENS
     document = SourceDocument("long", "Transcript 7", text, "x")
-    passages = index_texts(embedder, document)
-    whole = index_texts(embedder, document, passage_tokens=0)
-    counts = [len(embedder.token_offsets(text)) for text in passages]
-    assert len(whole) == 1 and len(passages) >= 4 and max(counts) <= PASSAGE_TOKENS
-    assert all(text.startswith("Transcript 7\n\n") for text in passages)
+    passages, small = index_texts(embedder, document), index_texts(embedder, document, passage_tokens=512)
+    assert len(index_texts(embedder, document, passage_tokens=0)) == 1
+    for texts, size in ((passages, PASSAGE_TOKENS), (small, 512)):
+        counts = [len(embedder.token_offsets(t)) for t in texts]
+        assert len(texts) >= len(embedder.token_offsets(text)) // size and max(counts) <= size
+        assert all(t.startswith("Transcript 7\n\n") for t in texts)
+    assert len(passages) == 2 and len(small) >= 6
     assert index_texts(embedder, SourceDocument("s", "", "A short note.", "y")) == ["A short note."]
 
 

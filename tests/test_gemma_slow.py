@@ -34,7 +34,7 @@ def test_default_model_is_gemma3_with_its_shipped_post_processing(gemma):
     assert info["dim"] == 640 and gemma.encode(TEXTS).shape == (len(TEXTS), 640)
     # the earlier default (256 dims) still loads, for indexes built with it; it can no longer be fitted from
     # the 222 calibration texts (they determine 221 directions)
-    older = gemma.variant(postprocess="whiten:0.3@256")
+    older = gemma.variant(layers="id", postprocess="whiten:0.3@256")  # shipped for the ID window [4, 5]
     assert older.dim == 256 and older.provenance["postprocess"] != "fitted"
 
 
@@ -55,7 +55,7 @@ def test_auto_layers_are_the_middle_window_the_dev_searches_chose(gemma):
     assert gemma.variant(layers="middle").fingerprint == gemma.fingerprint
     # the intrinsic-dimension rule (the paper's; the default until 2026-12-06) still resolves, with its own shipped
     # whitening, so indexes built with it keep their vectors
-    by_id = gemma.variant(layers="id")
+    by_id = gemma.variant(layers="id", postprocess="auto")
     assert by_id.layers == [4, 5] and by_id.provenance["layers"] == "intrinsic-dimension"
     assert by_id.config.postprocess == "whiten:0.6" and by_id.provenance["postprocess"] == "shipped-default"
     vectors = by_id.encode(TEXTS[:3])

@@ -41,9 +41,9 @@ class KVTokenTextSplitter(TextSplitter):
             splitter = KVTokenTextSplitter(embeddings, chunk_overlap=64)
             chunks = splitter.split_documents(documents)   # metadata copied, plus start_index / chunk_index
 
-    ``chunk_size`` is tokens per *embedder input* (prompt included), not characters; the default holds 512
-    text tokens (``kvembed_rag.PASSAGE_TOKENS``, the passage size that won on QMSum; pass
-    ``chunk_size=embeddings.embedder.max_length`` for the largest chunks). A text that fits is kept whole.
+    ``chunk_size`` is tokens per *embedder input* (prompt included), not characters; the default holds 2,048
+    text tokens (``kvembed_rag.PASSAGE_TOKENS``, the passage size that won on QMSum), at most ``max_length``.
+    A text that fits is kept whole.
     ``title_key`` names a metadata field whose value heads every chunk of a document (as ``kvembed-rag index``
     does with titles).
     """
@@ -60,7 +60,7 @@ class KVTokenTextSplitter(TextSplitter):
         **kwargs: Any,
     ) -> None:
         self._embedder = _embedder_of(embeddings)
-        # default: inputs that hold PASSAGE_TOKENS (512) text tokens, the passage size that won on QMSum
+        # default: inputs that hold PASSAGE_TOKENS (2,048) text tokens, the passage size that won on QMSum
         size = chunk_size or passage_input_tokens(self._embedder, margin=margin)
         self._margin = margin
         budget = text_token_budget(self._embedder, size, margin=margin)

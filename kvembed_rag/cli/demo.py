@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         f"method {embedder.method}, layers {embedder.layers}, ready after {loaded:.1f} s"
     )
     print(
-        f"corpus: {len(documents)} module pages in passages of up to {PASSAGE_TOKENS} tokens (as 'kvembed-rag "
-        "index' makes them); a page ranks by its best passage"
+        f"corpus: {len(documents)} module pages in passages of up to {min(PASSAGE_TOKENS, embedder.max_length)} "
+        "tokens with the prompt (as 'kvembed-rag index' makes them); a page ranks by its best passage"
     )
     progress = BuildProgress("indexing", len(documents), enabled=show)
     result = run_demo(

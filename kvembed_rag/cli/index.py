@@ -51,8 +51,8 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=PASSAGE_TOKENS,
         metavar="N",
-        help=f"text tokens per passage of a long document (default {PASSAGE_TOKENS}: the size that put most of the "
-        "answer into a generator's budget on QMSum; 0: as many as --max-length holds, a document whole when it fits)",
+        help=f"text tokens per passage of a long document (default {PASSAGE_TOKENS}, at most --max-length: the size "
+        "that put most of the answer into a generator's budget on QMSum; 0: as many as --max-length holds)",
     )
     parser.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
     parser.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")

@@ -6,9 +6,9 @@ given) so that a chunk from the middle of a report still says what it belongs to
 
 How large: ``chunk_text`` on its own fills the embedder's window (``max_length``, 4,096 by default), which is
 what the document-level evaluations measure. What a RAG pipeline indexes (``kvembed-rag index``, the LangChain
-and LlamaIndex splitters) is passages of :data:`PASSAGE_TOKENS` text tokens (:func:`passage_input_tokens`): on
-QMSum meetings 512-token passages put more of the answer into a generator's budget than 128, 256, 1,024 or 2,048
-(docs/RESULTS.md, "Passage size").
+and LlamaIndex splitters) is passages of :data:`PASSAGE_TOKENS` (2,048) text tokens (:func:`passage_input_tokens`):
+on QMSum meetings they put more of the answer into a 2,048-token generator budget than 128- to 1,024-token passages
+(docs/RESULTS.md, "Passage size beyond 512").
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore, KVParentDocumentRetriever, KVTokenTextSplitter
 from long_document import NEEDLE, long_document
 
-from kvembed_rag import PASSAGE_TOKENS
+from kvembed_rag import PASSAGE_TOKENS, passage_input_tokens
 
 #: identical prompts for both roles: a query equal to a chunk's text gets that chunk's vector exactly, so
 #: the planted passage is found even by a random tiny model (what is tested here is the plumbing)
@@ -44,14 +44,18 @@ def test_splitter_chunks_fit_the_window_with_the_prompt(embeddings, document):
     assert all(b.metadata["start_index"] < a.metadata["end_index"] for a, b in itertools.pairwise(chunks))
 
 
-def test_splitter_default_is_512_token_passages_and_chunk_size_overrides_it(embeddings, document):
+def test_splitter_default_is_the_passage_size_capped_at_max_length(embeddings, document):
     text, _ = document
-    embedder = embeddings.embedder
+    embedder = embeddings.embedder  # max_length 1,024 here: below PASSAGE_TOKENS, so the window caps the passages
     default = KVTokenTextSplitter(embeddings, chunk_overlap=0).split_text(text)
-    largest = KVTokenTextSplitter(embeddings, chunk_size=embedder.max_length, chunk_overlap=0).split_text(text)
+    assert default == KVTokenTextSplitter(
+        embeddings, chunk_size=passage_input_tokens(embedder), chunk_overlap=0
+    ).split_text(text)
+    assert passage_input_tokens(embedder) == embedder.max_length < PASSAGE_TOKENS
+    smaller = KVTokenTextSplitter(embeddings, chunk_size=256, chunk_overlap=0).split_text(text)
     counts = [len(embedder.token_offsets(chunk)) for chunk in default]
-    assert max(counts) <= PASSAGE_TOKENS and max(counts) > PASSAGE_TOKENS - 64
-    assert len(largest) < 0.6 * len(default)  # 1,024-token inputs: about half as many chunks
+    assert max(counts) <= embedder.max_length and max(counts) > embedder.max_length - 64
+    assert len(smaller) > 3 * len(default)
 
 
 def test_short_text_stays_whole(embeddings):

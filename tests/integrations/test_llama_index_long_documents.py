@@ -10,7 +10,7 @@ from llama_index.core.storage.docstore import SimpleDocumentStore
 from llama_index.embeddings.kvembed import BestNodePerDocument, KVDocumentRetriever, KVEmbedding, KVTokenNodeParser
 from long_document import NEEDLE, long_document
 
-from kvembed_rag import PASSAGE_TOKENS
+from kvembed_rag import PASSAGE_TOKENS, passage_input_tokens
 
 #: identical prompts for both roles: a query equal to a node's text gets that node's vector exactly, so the
 #: planted passage is found even by a random tiny model (what is tested here is the plumbing)
@@ -40,13 +40,15 @@ def test_node_parser_budget_counts_prompt_and_metadata(embed_model):
         KVTokenNodeParser(object())
 
 
-def test_node_parser_default_is_512_token_passages(embed_model):
-    embedder = embed_model.embedder
+def test_node_parser_default_is_the_passage_size_capped_at_max_length(embed_model):
+    embedder = embed_model.embedder  # max_length 1,024 here: below PASSAGE_TOKENS, so the window caps the nodes
     text = " ".join(f"sentence number {i} about rivers and lanterns." for i in range(400))
     default = KVTokenNodeParser(embed_model, chunk_overlap=0).split_text(text)
-    largest = KVTokenNodeParser(embed_model, chunk_size=embedder.max_length, chunk_overlap=0).split_text(text)
+    sized = KVTokenNodeParser(embed_model, chunk_size=passage_input_tokens(embedder), chunk_overlap=0).split_text(text)
+    smaller = KVTokenNodeParser(embed_model, chunk_size=256, chunk_overlap=0).split_text(text)
     counts = [len(embedder.token_offsets(chunk)) for chunk in default]
-    assert max(counts) <= PASSAGE_TOKENS and max(counts) > PASSAGE_TOKENS - 64 and len(largest) < len(default)
+    assert default == sized and PASSAGE_TOKENS > embedder.max_length >= max(counts) > embedder.max_length - 64
+    assert len(smaller) > len(default)
 
 
 def test_30k_token_document_finds_the_planted_passage_near_its_end(embed_model):

@@ -41,13 +41,13 @@ class KVTokenNodeParser(MetadataAwareTextSplitter):
             parser = KVTokenNodeParser(embed_model, chunk_overlap=64)
             index = VectorStoreIndex.from_documents(documents, embed_model=embed_model, transformations=[parser])
 
-    ``chunk_size`` is tokens per embedder input, prompt and metadata included (default: enough for 512 text
-    tokens, ``kvembed_rag.PASSAGE_TOKENS``, the passage size that won on QMSum; ``chunk_size=embed_model.embedder.
-    max_length`` for the largest nodes).
+    ``chunk_size`` is tokens per embedder input, prompt and metadata included (default: enough for 2,048 text
+    tokens, ``kvembed_rag.PASSAGE_TOKENS``, the passage size that won on QMSum, at most ``max_length``; a smaller
+    ``chunk_size`` for smaller nodes).
     """
 
     chunk_size: int | None = Field(
-        default=None, description="tokens per embedder input (default: enough for 512 text tokens, prompt included)"
+        default=None, description="tokens per embedder input (default: enough for 2,048 text tokens, prompt included)"
     )
     chunk_overlap: int = Field(default=64, ge=0, description="tokens shared by consecutive chunks")
     margin: int = Field(default=8, ge=0, description="spare tokens for merges at the chunk edges")
@@ -71,7 +71,7 @@ class KVTokenNodeParser(MetadataAwareTextSplitter):
         return self._embedder
 
     def _input_tokens(self, metadata_str: str) -> int:
-        # default: inputs that hold PASSAGE_TOKENS (512) text tokens, the passage size that won on QMSum
+        # default: inputs that hold PASSAGE_TOKENS (2,048) text tokens, the passage size that won on QMSum
         size = self.chunk_size or passage_input_tokens(self._embedder, margin=self.margin)
         if not metadata_str:
             return size
