@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import PASSAGE_TOKENS
     from ..demo import DEMO_BATCH_TOKENS, DEMO_MAX_LENGTH, default_demo_dir, demo_documents, run_demo
+    from ..retrieval.chunking import passage_input_tokens
 
     chosen = creatable_folder(args.out, "--out") if args.out else None
     validate_model_args(args)
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         f"method {embedder.method}, layers {embedder.layers}, ready after {loaded:.1f} s"
     )
     print(
-        f"corpus: {len(documents)} module pages in passages of up to {min(PASSAGE_TOKENS, embedder.max_length)} "
-        "tokens with the prompt (as 'kvembed-rag index' makes them); a page ranks by its best passage"
+        f"corpus: {len(documents)} module pages in passages of up to {passage_input_tokens(embedder)} tokens with "
+        "the prompt (as 'kvembed-rag index' makes them); a page ranks by its best passage"
     )
     progress = BuildProgress("indexing", len(documents), enabled=show)
     result = run_demo(
