@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=0, help="tokens shared by consecutive passages")
     parser.add_argument("--max-length", type=int, default=512, help="the embedder's (512 shares the caches)")
     parser.add_argument("--anchor", default="all-MiniLM-L6-v2", help="sentence-transformers model ('' for none)")
+    parser.add_argument("--method", default="kv", help="the dense side's method (--windows apply to kv only)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"no data at {DATA}: skipping", file=sys.stderr)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     base = KVEmbedder.from_pretrained(
-        args.model, method="kv", max_length=args.max_length, dtype=args.dtype, postprocess="none"
+        args.model, method=args.method, max_length=args.max_length, dtype=args.dtype, postprocess="none"
     )
     cache_ = EmbeddingCache("default")
     calibration = load_calibration()
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    windows = parse_windows(args.windows)
+    windows = parse_windows(args.windows) if args.method == "kv" else [None]
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
         run = prepare(task.sample(args.documents, sample), base.token_offsets, size=args.size, overlap=args.overlap)
         passages = [p.text for p in run.passages]
@@ -117,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if anchor is not None:
             dense_sides[anchor.name] = anchor.encode(questions, "query") @ anchor.encode(passages, "document").T
         for window in windows:
-            embedder = base.variant(layers=window)
-            label = "kv " + (",".join(map(str, window)) or "off")
+            embedder = base if window is None else base.variant(layers=window)
+            label = args.method if window is None else "kv " + (",".join(map(str, window)) or "off")
             cal_doc = cache_.encode(embedder, calibration, "document")[0]
             docs = cache_.encode(embedder, passages, "document")[0]
             queries = cache_.encode(embedder, questions, "query")[0]

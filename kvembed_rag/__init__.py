@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .config import PASSAGE_TOKENS, KVEmbedConfig
     from .embedder import KVEmbedder, shared_embedder
     from .errors import (
+        ChunkingMismatchError,
         ConfigError,
         EmbedderMismatchError,
         EmbeddingMemoryError,
@@ -39,6 +40,7 @@ _LAZY = {
     **{
         name: "errors"
         for name in (
+            "ChunkingMismatchError",
             "ConfigError",
             "EmbedderMismatchError",
             "EmbeddingMemoryError",
@@ -77,6 +79,7 @@ __all__ = [
     "METHODS",
     "PASSAGE_TOKENS",
     "Chunk",
+    "ChunkingMismatchError",
     "ConfigError",
     "EmbedderMismatchError",
     "EmbeddingMemoryError",

@@ -35,6 +35,10 @@ class EmbedderMismatchError(KVEmbedError, ValueError):
     """The index (or a statistics file) was made by a different embedder than the one using it."""
 
 
+class ChunkingMismatchError(KVEmbedError, ValueError):
+    """Documents would be added to an index in passages of another size (or overlap) than the index holds."""
+
+
 class PostprocessMismatchError(EmbedderMismatchError):
     """A post-processing statistics file was fitted for another embedder configuration (or post-processing)."""
 

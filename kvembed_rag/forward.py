@@ -26,7 +26,7 @@ from .loading import ModelSource
 from .methods import MethodSpec, get_method, token_prepending_layers
 from .pooling import pool
 from .prompts import Role
-from .tokenization import EncodedText, encode_text
+from .tokenization import EncodedText, PromptTooLongError, encode_text, hierarchical_markers, sentence_end_token
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,11 @@ class Forward:
         self.num_layers = int(model_config.num_hidden_layers)
         self.spec: MethodSpec = get_method(resolved.method)
         self.pad_id = _pad_id(tokenizer)
-        self.token_prepending_layers = token_prepending_layers(self.num_layers) if self.spec.token_prepending else []
+        self.token_prepending_layers = (
+            token_prepending_layers(self.num_layers)
+            if self.spec.token_prepending or self.spec.hierarchical_prepending
+            else []
+        )
         self._placeholder_id = next(
             (v for v in (getattr(tokenizer, "unk_token_id", None), self.pad_id) if isinstance(v, int)), 0
         )
@@ -100,6 +104,9 @@ class Forward:
     # ------------------------------------------------------------------ tokenization
     def tokenize(self, texts: Sequence[str], role: Role = "document") -> list[EncodedText]:
         """Prompted, truncated token ids per text (what :meth:`encode` feeds the model)."""
+        if self.spec.hierarchical_prepending:
+            with self.lock:
+                return [self._hierarchical(text, role) for text in texts]
         reserve = 1 if self.spec.token_prepending else 0
         with self.lock:  # fast tokenizers are not thread-safe ("Already borrowed")
             encoded = [
@@ -116,12 +123,29 @@ class Forward:
             ]
         return self.insert_placeholder(encoded) if reserve else encoded
 
+    def _hierarchical(self, text: str, role: Role) -> EncodedText:
+        """HTP's input for one text, its markers counted in ``max_length`` (the text's tail is cut to make room)."""
+        reserve = 0
+        for _ in range(16):
+            item = encode_text(
+                self.tokenizer, text, self.resolved.prompts, role, self.resolved.max_length, reserve=reserve
+            )
+            tokens = self.tokenizer.convert_ids_to_tokens(item.ids[item.text_start : item.text_end])
+            ends = [sentence_end_token(str(t)) for t in tokens]
+            sentences = sum(ends[:-1]) + 1 if ends else 0
+            if len(item.ids) + 2 * sentences <= self.resolved.max_length:
+                return hierarchical_markers(item, ends, self._placeholder_id)
+            reserve = max(reserve + 1, 2 * sentences)
+        raise PromptTooLongError(f"could not fit HTP's markers into max_length={self.resolved.max_length} tokens")
+
     def insert_placeholder(self, encoded: list[EncodedText]) -> list[EncodedText]:
         """Token-prepending: put the placeholder token before each text (in place; other methods: unchanged)."""
         if self.spec.token_prepending:
             for item in encoded:
                 item.ids.insert(item.text_start, self._placeholder_id)
                 item.pool_end += 1
+                item.text_end = item.text_end + 1 if item.text_end >= 0 else item.text_end
+                item.copies = [(item.text_start, len(item.ids) - 1)]  # the placeholder gets the last token's state
         return encoded
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -142,6 +166,8 @@ class Forward:
             ids[row, offset : offset + len(item.ids)] = torch.tensor(item.ids, dtype=torch.long)
             mask[row, offset : offset + len(item.ids)] = 1
             pool_mask[row, offset + item.pool_start : offset + item.pool_end] = True
+            if item.pool_skip:
+                pool_mask[row, [offset + i for i in item.pool_skip]] = False
         return ids, mask, pool_mask
 
     # ------------------------------------------------------------------ the encode loop
@@ -272,24 +298,31 @@ class Forward:
 
     @contextmanager
     def _token_prepending(self, batch: list[EncodedText], mask: torch.Tensor) -> Iterator[None]:
-        """Forward pre-hooks that overwrite the placeholder with the previous layer's last-token state."""
+        """Forward pre-hooks that overwrite placeholders with the previous layer's state at their source position
+        (token prepending: the last token; HTP: each sentence's last token), per each input's ``copies``."""
         if not self.token_prepending_layers:
             yield
             return
         width = mask.shape[1]
         left = self.resolved.padding_side == "left"
-        offsets = [width - len(e.ids) if left else 0 for e in batch]
-        starts = [o + e.text_start for o, e in zip(offsets, batch, strict=True)]
-        slots = torch.tensor(starts, device=mask.device)  # (B,)
-        plan = build_plan(mask, layers=(), bias=0.0)
-        assert plan.last_index is not None
-        last = plan.last_index
-        rows = torch.arange(len(batch), device=mask.device)
+        rows_, targets_, sources_ = [], [], []
+        for row, item in enumerate(batch):
+            offset = width - len(item.ids) if left else 0
+            for target, source in item.copies:
+                rows_.append(row)
+                targets_.append(offset + target)
+                sources_.append(offset + source)
+        if not rows_:
+            yield
+            return
+        rows = torch.tensor(rows_, device=mask.device)  # (P,) one entry per copied position of the batch
+        targets = torch.tensor(targets_, device=mask.device)  # (P,)
+        sources = torch.tensor(sources_, device=mask.device)  # (P,)
 
         def overwrite(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H): the previous layer's output
             hidden = hidden.clone()
-            hidden[rows, slots] = hidden[rows, last]
+            hidden[rows, targets] = hidden[rows, sources]  # (P, H) gathered before any is written
             if args:
                 return (hidden, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}

@@ -13,6 +13,12 @@
 ``token-prepending``   Token Prepending: PromptEOL with a placeholder token before the text whose
                        hidden state is overwritten, at the input of the early layers, by the previous
                        layer's last-token state; last-token pooling.
+``htp``                Hierarchical Token Prepending (arXiv 2511.14868), the long-document baseline:
+                       the text cut into sentences, a placeholder before each and a block of one per
+                       sentence at the start of the text; at the input of the early layers each
+                       sentence's placeholders get the state of its last token (the last sentence's:
+                       the token after the text), so every token sees every earlier sentence's summary
+                       and the front block; mean over the text's own tokens.
 =====================  =========================================================================
 """
 
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .prompts import ECHO_PROMPTS, KV_PROMPTS, PLAIN, PROMPTEOL, PromptTemplate
+from .prompts import ECHO_PROMPTS, HTP_PROMPTS, KV_PROMPTS, PLAIN, PROMPTEOL, PromptTemplate
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class MethodSpec:
     bidirectional: bool = False
     pool_last_copy: bool = False  # echo: mean only over the last copy of the text
     token_prepending: bool = False
+    hierarchical_prepending: bool = False  # HTP: per-sentence placeholders and a front block (see the table)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -46,6 +53,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("echo", ECHO_PROMPTS, "mean", pool_last_copy=True),
         MethodSpec("bidirectional", KV_PROMPTS, "hybrid", bidirectional=True),
         MethodSpec("token-prepending", PROMPTEOL, "last", token_prepending=True),
+        MethodSpec("htp", HTP_PROMPTS, "mean", hierarchical_prepending=True),
     )
 }
 

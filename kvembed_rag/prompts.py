@@ -81,4 +81,10 @@ ECHO_PROMPTS = PromptTemplate(
     document="Rewrite the sentence: {text}, rewritten sentence: {text}",
     query="Rewrite the sentence: {text}, rewritten sentence: {text}",
 )
+#: HTP (arXiv 2511.14868, snap-research/HTP's config): the bare document, an instruction before the query; the
+#: text is followed by one token (HTP's "</s>") whose state summarises the last sentence
+HTP_PROMPTS = PromptTemplate(
+    document="{text}\n",
+    query="Retrieve relevant document. Text:{text}\n",
+)
 PLAIN = PromptTemplate()

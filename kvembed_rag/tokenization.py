@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .prompts import PromptTemplate, Role
@@ -18,6 +18,10 @@ class EncodedText:
     pool_end: int  # one past its last token
     text_start: int  # first token of the (first copy of the) text: where a placeholder would go
     truncated_by: int = 0  # text tokens dropped to fit max_length
+    text_end: int = -1  # one past the (first copy of the) text's last token; -1: not known
+    #: (target, source) positions: at the input of the prepending layers, target's state becomes source's
+    copies: list[tuple[int, int]] = field(default_factory=list)
+    pool_skip: list[int] = field(default_factory=list)  # positions inside the pooled span left out of the mean
 
 
 class PromptTooLongError(ValueError):
@@ -96,7 +100,53 @@ def encode_text(
     truncated_by = 0
     if text != original_text:
         truncated_by = max(1, (original_count or 0) - len(first_text))
-    return EncodedText(ids, pool_start, pool_end, text_start, truncated_by=truncated_by)
+    text_end = first_text[-1] + 1 if first_text else text_start
+    return EncodedText(ids, pool_start, pool_end, text_start, truncated_by=truncated_by, text_end=text_end)
+
+
+def sentence_end_token(token: str) -> bool:
+    """A token that ends a sentence: one holding a line break, or ending in ``.``, ``!`` or ``?`` (byte-level
+    and SentencePiece spellings of spaces and newlines included). HTP splits with spaCy; tokens are enough here."""
+    plain = token.replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n").replace("<0x0A>", "\n")
+    return "\n" in plain or plain.rstrip().endswith((".", "!", "?"))
+
+
+def hierarchical_markers(item: EncodedText, ends: list[bool], marker: int) -> EncodedText:
+    """HTP's input: a ``marker`` before each sentence of the text and a block of one marker per sentence at the
+    start of the text, with the positions each marker copies at the prepending layers and a pooled span that
+    covers the text's own tokens only. ``ends[i]``: the text's ``i``-th token ends a sentence."""
+    text = item.ids[item.text_start : item.text_end]
+    if not text:
+        return item
+    bounds, begin = [], 0
+    for i in range(len(text)):
+        if ends[i] or i == len(text) - 1:
+            bounds.append((begin, i + 1))
+            begin = i + 1
+    prefix, suffix = item.ids[: item.text_start], item.ids[item.text_end :]
+    ids = [*prefix, *([marker] * len(bounds))]
+    placeholders, last_tokens = [], []
+    for begin, end in bounds:
+        placeholders.append(len(ids))
+        ids.append(marker)
+        ids.extend(text[begin:end])
+        last_tokens.append(len(ids) - 1)
+    text_end = len(ids)
+    ids.extend(suffix)
+    # a sentence is summarised by its last token; the last sentence by the token after the text (HTP's "</s>")
+    sources = [*last_tokens[:-1], text_end if suffix else last_tokens[-1]]
+    front = range(len(prefix), len(prefix) + len(bounds))
+    copies = [*zip(placeholders, sources, strict=True), *zip(front, sources, strict=True)]
+    return EncodedText(
+        ids,
+        placeholders[0],
+        text_end,
+        len(prefix),
+        truncated_by=item.truncated_by,
+        text_end=text_end,
+        copies=copies,
+        pool_skip=placeholders,
+    )
 
 
 def _encodable(text: str) -> str:

@@ -208,3 +208,30 @@ def test_window_search_grid_and_report_compare_every_point_with_rerouting_off(tm
     assert summary["auto"]["per_family"]["sts"]["best_on_A"] == "4-5/b1/hybrid"  # re-routed points only
     assert "| 1 | 8-9/b1/hybrid | 1.50 | 0.7200 / 0.6500 (+0.0500) | 0.8500 / 0.7900 (-0.0100) |" in out
     assert "| scifact | 8-9/b1/hybrid | 0.8500 / 0.7900 | 0.8000 / 0.8000 | 0.7000 / 0.7500 | -0.0100 |" in out
+
+
+def test_parent_passages_score_by_their_best_overlapping_child() -> None:
+    parent = load_script("passage_parent")
+
+    class P:
+        def __init__(self, document: str, start: int, end: int) -> None:
+            self.document, self.start, self.end = document, start, end
+
+    parents = [P("m1", 0, 100), P("m1", 100, 200), P("m2", 0, 50)]
+    children = [P("m1", 0, 40), P("m1", 40, 120), P("m1", 120, 200), P("m2", 0, 50), P("m3", 0, 10)]
+    groups = parent.children_of(parents, children)
+    assert groups == [[0, 1], [1, 2], [3]]  # a child straddling two parents counts for both; other documents never
+    scores = np.array([[0.1, 0.9, 0.2, 0.3, 1.0]], np.float32)  # (queries, children)
+    np.testing.assert_allclose(parent.best_child(scores, groups), [[0.9, 0.9, 0.3]])
+
+
+def test_late_chunking_stretches_pack_consecutive_passages_of_one_document() -> None:
+    late = load_script("passage_late")
+
+    class P:
+        def __init__(self, identifier: str, document: str) -> None:
+            self.id, self.document = identifier, document
+
+    passages = [P("a0", "a"), P("a1", "a"), P("a2", "a"), P("b0", "b")]
+    tokens = {"a0": 60, "a1": 50, "a2": 20, "b0": 10}
+    assert late.stretches(passages, tokens, 100) == [[0], [1, 2], [3]]  # 60 + 50 > 100; a new document starts anew

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from kvembed_rag import PASSAGE_TOKENS
 from kvembed_rag.cli import main
+from kvembed_rag.errors import ChunkingMismatchError
 from kvembed_rag.retrieval.documents import SourceDocument
 from kvembed_rag.retrieval.pipeline import build_index, search_documents
 from kvembed_rag.retrieval.vector_index import VectorIndex
@@ -152,6 +154,57 @@ def test_index_refuses_another_embedder(checkpoints, corpus, tmp_path, capsys):
     assert _index(str(checkpoints["llama"]), corpus, out) == 0
     assert _index(str(checkpoints["llama"]), corpus, out, "--method", "mean") == 1
     assert "different embedder" in capsys.readouterr().err
+
+
+def test_index_records_its_cut_and_refuses_another(make_embedder, tmp_path):
+    embedder = make_embedder(max_length=256)
+    long = SourceDocument("long", "Long", LONG, "x")
+    out = tmp_path / "idx"
+    build_index(embedder, [long], out, passage_tokens=64)
+    stored = VectorIndex.load(out)
+    assert stored.chunking == {"long_docs": "chunk", "passage_tokens": 64, "overlap": 64}
+    chunks = len(stored)
+    other = SourceDocument("other", "Other", "A short note.", "y")
+    with pytest.raises(ChunkingMismatchError, match=r"passages of 64 text tokens.*--passage-tokens 64"):
+        build_index(embedder, [other], out, passage_tokens=128)
+    assert sorted(VectorIndex.load(out).ids) == sorted(stored.ids)  # nothing written
+    with pytest.raises(ChunkingMismatchError, match="truncate"):
+        build_index(embedder, [other], out, long_docs="truncate")
+    assert build_index(embedder, [long, other], out, passage_tokens=64).embedded == 1  # its own cut: appends
+    report = build_index(embedder, [long, other], out, passage_tokens=0, overwrite=True)  # re-cut everything
+    assert report.embedded == 2 and len(VectorIndex.load(out)) < chunks + 1
+    assert VectorIndex.load(out).chunking == {"long_docs": "chunk", "passage_tokens": 0, "overlap": 64}
+
+
+def test_an_index_saved_before_cuts_were_recorded_adopts_the_current_one(make_embedder, tmp_path, caplog):
+    embedder = make_embedder(max_length=128)
+    out = tmp_path / "idx"
+    build_index(embedder, [SourceDocument("a", "", "first note", "x")], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["chunking"]  # as saved by earlier versions
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert VectorIndex.load(out).chunking is None
+    with caplog.at_level("WARNING"):
+        build_index(embedder, [SourceDocument("b", "", "second note", "y")], out, passage_tokens=512)
+    assert "does not record how its 1 passages were cut" in caplog.text
+    assert VectorIndex.load(out).chunking == {"long_docs": "chunk", "passage_tokens": 512, "overlap": 64}
+
+
+def test_index_cli_appends_with_the_recorded_passage_size(checkpoints, corpus, tmp_path, capsys):
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus, out, "--passage-tokens", "48") == 0
+    first = json.loads(capsys.readouterr().out)
+    (corpus / "new.txt").write_text("A new note about parsing XML.")
+    assert _index(model, corpus, out) == 0  # no flag: the index's own 48, not the default
+    second = json.loads(capsys.readouterr().out)
+    assert second["embedded"] == 1 and second["skipped"] == first["documents"]
+    assert VectorIndex.load(out).chunking["passage_tokens"] == 48
+    assert _index(model, corpus, out, "--passage-tokens", "64") == 1
+    err = capsys.readouterr().err
+    assert "passages of 48 text tokens" in err and "--passage-tokens 48" in err and "--overwrite" in err
+    assert _index(model, corpus, out, "--overwrite") == 0  # a rebuild takes the default cut
+    capsys.readouterr()
+    assert VectorIndex.load(out).chunking["passage_tokens"] == PASSAGE_TOKENS
 
 
 def test_demo_runs_offline(checkpoints, tmp_path, capsys):

@@ -45,7 +45,7 @@ def test_top_level_non_string_is_rejected(make_embedder):
         make_embedder().encode(42)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("method", ["kv", "last", "mean", "echo", "token-prepending"])
+@pytest.mark.parametrize("method", ["kv", "last", "mean", "echo", "token-prepending", "htp"])
 @pytest.mark.parametrize("text", ["", "   ", "\n\t"])
 def test_empty_and_whitespace_strings_give_finite_unit_vectors(make_embedder, method, text):
     embedder = make_embedder(method=method)

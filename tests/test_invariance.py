@@ -30,8 +30,8 @@ TEXTS = [
 
 
 #: bfloat16 runs the methods whose forward pass or pooling differ (prompteol and last share mean's stock forward
-#: and token-prepending's last-token pooling), to keep the fast suite fast
-BF16_METHODS = ("kv", "mean", "echo", "bidirectional", "token-prepending")
+#: and token-prepending's last-token pooling), to keep the fast suite fast; htp copies many positions per text
+BF16_METHODS = ("kv", "mean", "echo", "bidirectional", "token-prepending", "htp")
 METHOD_DTYPES = [(m, "float32") for m in METHODS] + [(m, "bfloat16") for m in METHODS if m in BF16_METHODS]
 
 

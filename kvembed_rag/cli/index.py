@@ -49,10 +49,11 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--passage-tokens",
         type=int,
-        default=PASSAGE_TOKENS,
+        default=None,
         metavar="N",
-        help=f"text tokens per passage of a long document (default {PASSAGE_TOKENS}, at most --max-length: the size "
-        "that put most of the answer into a generator's budget on QMSum; 0: as many as --max-length holds)",
+        help=f"text tokens per passage of a long document (default: what an existing index records, else "
+        f"{PASSAGE_TOKENS}, at most --max-length: the size that put most of the answer into a generator's budget on "
+        "QMSum; 0: as many as --max-length holds)",
     )
     parser.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
     parser.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")
@@ -129,6 +130,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
 
 
+def resolve_passage_tokens(args: argparse.Namespace, out: Any = None) -> int:
+    """``--passage-tokens`` as given; left out: the cut the index at ``out`` records when appending to it (so a
+    re-run after an upgrade keeps adding passages of the index's size), else :data:`PASSAGE_TOKENS`."""
+    if args.passage_tokens is not None:
+        return int(args.passage_tokens)
+    if out is not None and not getattr(args, "overwrite", False):
+        from ..retrieval.pipeline import stored_chunking
+
+        recorded = stored_chunking(out) or {}
+        if recorded.get("long_docs") == "chunk" and isinstance(recorded.get("passage_tokens"), int):
+            return int(recorded["passage_tokens"])
+    return PASSAGE_TOKENS
+
+
 def _mismatch(out: Any, exc: Exception) -> int:
     from ..retrieval.pipeline import corpus_postprocess
 
@@ -167,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--hybrid: {exc}") from None
     documents = read_documents(args)
     show = not args.quiet and not args.json
+    args.passage_tokens = resolve_passage_tokens(args, out)
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
-    from ..errors import EmbedderMismatchError
+    from ..errors import ChunkingMismatchError, EmbedderMismatchError
 
     raw_vectors: dict[str, Any] = {}  # chunk text -> raw vector the corpus fit computed (not embedded twice)
     if spec is None:
@@ -193,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
             )
         except EmbedderMismatchError as exc:
             return _mismatch(out, exc)
+        except ChunkingMismatchError as exc:
+            print(f"kvembed-rag index: error: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     encode, group_tokens = None, 32_768
     if args.engine == "ray":
         import tempfile
@@ -225,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except EmbedderMismatchError as exc:
         return _mismatch(out, exc)
+    except ChunkingMismatchError as exc:
+        progress.close()
+        print(f"kvembed-rag index: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         progress.close()
         print(f"interrupted: finished documents are saved in {out}; run the same command to resume", file=sys.stderr)

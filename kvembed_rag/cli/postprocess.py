@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .index import add_input_arguments, fit_spec, read_documents
+from .index import add_input_arguments, fit_spec, read_documents, resolve_passage_tokens
 from .options import (
     EXIT_OK,
     UsageError,
@@ -95,7 +95,9 @@ def _fit(args: argparse.Namespace) -> int:
     texts = [
         text
         for document in documents
-        for text in index_texts(embedder, document, long_docs=args.long_docs, passage_tokens=args.passage_tokens)
+        for text in index_texts(
+            embedder, document, long_docs=args.long_docs, passage_tokens=resolve_passage_tokens(args)
+        )
     ]
     texts = sample_texts(texts, args.limit, seed=args.seed)
     status(f"fitting {spec} on {len(texts):,} texts ...", enabled=show)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..tokenization import EncodedText
+from ..tokenization import EncodedText, hierarchical_markers
 
 #: shapes of the paper's backbones, for randomly initialised benchmark models (no download needed)
 PAPER_SHAPES: dict[str, dict[str, Any]] = {
@@ -136,9 +136,9 @@ def synthetic_input(length: int, vocab: int, echo: bool, seed: int) -> EncodedTe
     generator = torch.Generator().manual_seed(seed)
     if echo:  # the text twice (the method's cost), pooled over the second half
         half = torch.randint(10, vocab, (length,), generator=generator).tolist()
-        return EncodedText([2, *half, *half], length + 1, 2 * length + 1, 1)
+        return EncodedText([2, *half, *half], length + 1, 2 * length + 1, 1, text_end=length + 1)
     ids = torch.randint(10, vocab, (length - 1,), generator=generator).tolist()
-    return EncodedText([2, *ids], 1, length, 1)
+    return EncodedText([2, *ids], 1, length, 1, text_end=length)
 
 
 def _sync(device: torch.device) -> None:
@@ -229,6 +229,9 @@ def _bench_length(embedders: dict[str, Any], length: int, batch_tokens: int, rep
     for name, embedder in embedders.items():
         items = [synthetic_input(length, vocab, embedder.spec.pool_last_copy, seed) for seed in range(batch)]
         embedder.insert_placeholder(items)
+        if embedder.spec.hierarchical_prepending:  # HTP: a sentence every 24 tokens, as in prose (its markers cost)
+            ends = [(i + 1) % 24 == 0 for i in range(length - 1)]
+            items = [hierarchical_markers(item, ends, 0) for item in items]
         seconds, peak = measure(lambda e=embedder, b=items: e.embed_encoded(b), device, repeats)
         rate = batch * length / seconds
         work = sum(matmul_flops_per_token(model, len(item.ids)) * len(item.ids) for item in items)

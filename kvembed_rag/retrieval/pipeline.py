@@ -3,7 +3,9 @@
 Each indexed unit is a chunk (a whole document is one chunk) whose metadata names its document, the
 document's content hash, its title and source. ``build_index`` saves checkpoints as it goes, so an
 interrupted build resumes without re-embedding finished documents, and re-indexing skips documents whose
-content hash has not changed. ``search_documents`` ranks documents by their best chunk.
+content hash has not changed. ``search_documents`` ranks documents by their best chunk. The index records how
+documents were cut (``chunking`` in its manifest: passage size, overlap); adding documents cut another way is
+refused (:class:`~kvembed_rag.errors.ChunkingMismatchError`), since one ranking would mix passage sizes.
 
 Corpus-fitted post-processing (``kvembed-rag index --fit-postprocess center``): :func:`fit_index_postprocess`
 fits the statistics on the raw document vectors of the chunks being indexed, writes them into the index folder
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
+from ..errors import ChunkingMismatchError, EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
 from .chunking import PASSAGE_TOKENS, chunk_text, passage_input_tokens
 from .documents import SourceDocument
 from .vector_index import MANIFEST, VectorIndex, attachment_file, attachment_file_name
@@ -55,6 +57,50 @@ class BuildReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
+
+
+def chunking_record(long_docs: str, passage_tokens: int | None, overlap: int) -> dict[str, Any]:
+    """How :func:`index_texts` cuts documents, as an index records it (``passage_tokens`` 0 = ``max_length``)."""
+    if long_docs == "truncate":
+        return {"long_docs": "truncate"}
+    return {"long_docs": long_docs, "passage_tokens": int(passage_tokens or 0), "overlap": int(overlap)}
+
+
+def _describe_chunking(record: dict[str, Any]) -> str:
+    if record.get("long_docs") == "truncate":
+        return "whole documents cut at max_length (long_docs='truncate')"
+    tokens = record.get("passage_tokens")
+    size = "as many text tokens as max_length holds" if not tokens else f"{tokens} text tokens"
+    return f"passages of {size}, overlap {record.get('overlap')}"
+
+
+def stored_chunking(out_dir: str | Path) -> dict[str, Any] | None:
+    """The chunking the index at ``out_dir`` records, or None (no index, or one saved before it was recorded)."""
+    folder = Path(out_dir)
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        record = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("chunking")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def check_chunking(stored: dict[str, Any] | None, wanted: dict[str, Any], where: Path) -> None:
+    """Refuse to add passages cut as ``wanted`` to an index that records another cut (``stored``): a resumed build
+    or an append would mix passage sizes in one ranking, and its unchanged documents would keep the old cut."""
+    if stored is None or stored == wanted:
+        return
+    flag = (
+        "--long-docs truncate"
+        if stored.get("long_docs") == "truncate"
+        else f"--passage-tokens {stored.get('passage_tokens')}"
+    )
+    raise ChunkingMismatchError(
+        f"{where} holds {_describe_chunking(stored)}, not {_describe_chunking(wanted)}: adding to it would mix "
+        f"passage sizes in one ranking. Add with its own cut ({flag}, or the recorded passage_tokens / long_docs / "
+        "overlap in Python), or rebuild it with --overwrite (overwrite=True) to re-cut every document"
+    )
 
 
 def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False, hybrid: Any = None) -> VectorIndex:
@@ -178,6 +224,7 @@ def fit_index_postprocess(
                 f"{folder}'s post-processing was fitted on its corpus as {pp.spec_text(stored)!r}, not {spec!r}; "
                 f"append with {pp.spec_text(stored)!r} (its statistics are reused), or rebuild it with overwrite"
             )
+        check_chunking(stored_chunking(folder), chunking_record(long_docs, passage_tokens, overlap), folder)
         return embedder.variant(postprocess=str(own))  # reused as stored: no refit
     texts = [
         text
@@ -254,6 +301,12 @@ def build_index(
         raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
     folder = Path(out_dir)
     index = open_index(folder, embedder, overwrite=overwrite, hybrid=hybrid)  # refuses another embedder's first
+    wanted = chunking_record(long_docs, passage_tokens, overlap)
+    check_chunking(index.chunking, wanted, folder)  # and another cut
+    if index.chunking is None:  # a new index, or one saved before the cut was recorded
+        if len(index):
+            logger.warning("%s does not record how its %d passages were cut; recording %s", folder, len(index), wanted)
+        index.chunking = wanted
     stored = _documents_in(index)
     report = BuildReport(documents=len(documents))
     seen: set[str] = set()

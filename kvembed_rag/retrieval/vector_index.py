@@ -150,9 +150,12 @@ class VectorIndex:
         embedder: Mapping[str, Any] | None = None,
         precision: str = "float32",
         hybrid: HybridConfig | Mapping[str, Any] | str | bool | None = None,
+        chunking: Mapping[str, Any] | None = None,
     ) -> None:
         """``hybrid`` (``True``, ``"rrf:0.5"``, a :class:`HybridConfig` ...): keep a BM25 store of the records'
-        texts beside the vectors, and make that fusion :meth:`search_hybrid`'s default (see ``lexical.py``)."""
+        texts beside the vectors, and make that fusion :meth:`search_hybrid`'s default (see ``lexical.py``).
+        ``chunking``: how documents were cut into the records (saved in the manifest; the index pipeline refuses
+        to add passages cut another way)."""
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int; got {dim!r}")
         if precision not in INDEX_PRECISIONS:
@@ -163,6 +166,7 @@ class VectorIndex:
         self.precision = {"uint8": "int8", "ubinary": "binary"}.get(precision, precision)
         self.binary = self.precision == "binary"
         self.embedder: dict[str, Any] | None = dict(embedder) if embedder else None
+        self.chunking: dict[str, Any] | None = dict(chunking) if chunking else None
         self._records: dict[int, Record] = {}
         self._label_of: dict[str, int] = {}
         self._tombstones: set[int] = set()  # labels deleted from indexes that cannot remove (HNSW)
@@ -501,6 +505,7 @@ class VectorIndex:
             "next_label": self._next_label,
             "embedder": self.embedder,
             "hybrid": None if self.hybrid is None else self.hybrid.to_dict(),
+            "chunking": self.chunking,
             "files": names,
             "sha256": {key: file_sha256(folder / name, memoise=False) for key, name in names.items()},
             "attachments": attached,
@@ -555,12 +560,16 @@ class VectorIndex:
             hybrid = HybridConfig.parse(manifest.get("hybrid"))
         except (ValueError, TypeError) as exc:
             raise IndexCorruptError(f"{folder / MANIFEST}: hybrid settings are not valid ({exc})") from exc
+        chunking = manifest.get("chunking")  # absent from indexes saved before it was recorded
+        if chunking is not None and not isinstance(chunking, dict):
+            raise IndexCorruptError(f"{folder / MANIFEST}: 'chunking' must be an object; got {chunking!r}")
         self = cls(
             int(manifest["dim"]),
             factory=str(manifest["factory"]),
             embedder=manifest.get("embedder"),
             precision=precision,
             hybrid=hybrid,
+            chunking=chunking,
         )
         self.attachments = attachments
         if "bm25" in files:
