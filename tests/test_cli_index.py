@@ -207,6 +207,18 @@ def test_index_cli_appends_with_the_recorded_passage_size(checkpoints, corpus, t
     assert VectorIndex.load(out).chunking["passage_tokens"] == PASSAGE_TOKENS
 
 
+def test_index_cli_appends_whole_documents_to_a_truncating_index(checkpoints, corpus, tmp_path, capsys):
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus, out, "--long-docs", "truncate") == 0
+    assert json.loads(capsys.readouterr().out)["chunks"] == 4  # one input per document
+    (corpus / "new.txt").write_text("A new note about parsing XML.")
+    assert _index(model, corpus, out) == 0  # no flag: the index's own policy
+    assert json.loads(capsys.readouterr().out)["embedded"] == 1
+    assert VectorIndex.load(out).chunking == {"long_docs": "truncate"}
+    assert _index(model, corpus, out, "--long-docs", "chunk") == 1
+    assert "--long-docs truncate" in capsys.readouterr().err
+
+
 def test_demo_runs_offline(checkpoints, tmp_path, capsys):
     argv = [
         "demo",

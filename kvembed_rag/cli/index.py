@@ -43,8 +43,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--long-docs",
         choices=["chunk", "truncate"],
-        default="chunk",
-        help="documents longer than a passage: overlapping titled passages (default) or one input cut at --max-length",
+        default=None,
+        help="documents longer than a passage: overlapping titled passages (default, or what an existing index "
+        "records) or one input cut at --max-length",
     )
     parser.add_argument(
         "--passage-tokens",
@@ -130,18 +131,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
 
 
-def resolve_passage_tokens(args: argparse.Namespace, out: Any = None) -> int:
-    """``--passage-tokens`` as given; left out: the cut the index at ``out`` records when appending to it (so a
-    re-run after an upgrade keeps adding passages of the index's size), else :data:`PASSAGE_TOKENS`."""
-    if args.passage_tokens is not None:
-        return int(args.passage_tokens)
+def resolve_chunking(args: argparse.Namespace, out: Any = None) -> None:
+    """Fill ``args.long_docs`` and ``args.passage_tokens`` left out: from the cut the index at ``out`` records when
+    appending to it (a re-run after an upgrade keeps adding passages of the index's size), else the defaults
+    (``chunk``, :data:`PASSAGE_TOKENS`)."""
+    recorded: dict[str, Any] = {}
     if out is not None and not getattr(args, "overwrite", False):
         from ..retrieval.pipeline import stored_chunking
 
         recorded = stored_chunking(out) or {}
-        if recorded.get("long_docs") == "chunk" and isinstance(recorded.get("passage_tokens"), int):
-            return int(recorded["passage_tokens"])
-    return PASSAGE_TOKENS
+    if args.long_docs is None:
+        args.long_docs = recorded.get("long_docs") if recorded.get("long_docs") in ("chunk", "truncate") else "chunk"
+    if args.passage_tokens is None:
+        stored = recorded.get("passage_tokens") if recorded.get("long_docs") == "chunk" else None
+        args.passage_tokens = int(stored) if isinstance(stored, int) else PASSAGE_TOKENS
 
 
 def _mismatch(out: Any, exc: Exception) -> int:
@@ -182,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--hybrid: {exc}") from None
     documents = read_documents(args)
     show = not args.quiet and not args.json
-    args.passage_tokens = resolve_passage_tokens(args, out)
+    resolve_chunking(args, out)
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
     from ..errors import ChunkingMismatchError, EmbedderMismatchError
 

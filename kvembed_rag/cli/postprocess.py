@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .index import add_input_arguments, fit_spec, read_documents, resolve_passage_tokens
+from .index import add_input_arguments, fit_spec, read_documents, resolve_chunking
 from .options import (
     EXIT_OK,
     UsageError,
@@ -87,6 +87,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise UsageError("postprocess fit fits --spec on your texts; drop --postprocess")
     validate_model_args(args)
     documents = read_documents(args)
+    resolve_chunking(args)
     show = not args.quiet and not args.json
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
     embedder = load_embedder(args, postprocess="none")  # raw vectors: nothing fitted on calibration texts
@@ -95,9 +96,7 @@ def _fit(args: argparse.Namespace) -> int:
     texts = [
         text
         for document in documents
-        for text in index_texts(
-            embedder, document, long_docs=args.long_docs, passage_tokens=resolve_passage_tokens(args)
-        )
+        for text in index_texts(embedder, document, long_docs=args.long_docs, passage_tokens=args.passage_tokens)
     ]
     texts = sample_texts(texts, args.limit, seed=args.seed)
     status(f"fitting {spec} on {len(texts):,} texts ...", enabled=show)
