@@ -182,7 +182,13 @@ def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> No
     dense, hybrid = tmp_path / "dense", tmp_path / "hybrid"
     common = ["--model", str(checkpoints["llama"]), "--max-length", "128", "-q", "--json"]
     assert main(["index", str(corpus), "--out", str(hybrid), "--hybrid", "weighted:1", *common]) == 0
-    assert main(["index", str(corpus), "--out", str(dense), *common]) == 0
+    assert main(["index", str(corpus), "--out", str(dense), "--hybrid", "none", *common]) == 0
+    assert VectorIndex.load(dense).lexical is None
+    default = tmp_path / "default"
+    assert main(["index", str(corpus), "--out", str(default), *common]) == 0  # a new index: hybrid by default
+    assert VectorIndex.load(default).hybrid == HybridConfig()
+    assert main(["index", str(corpus), "--out", str(dense), *common]) == 0  # an existing one keeps what it has
+    assert VectorIndex.load(dense).lexical is None
     capsys.readouterr()
     assert main(["search", str(hybrid), "compress folders", "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["hits"][0]["document"] == "zip.txt"  # BM25 alone (weight 1)

@@ -116,8 +116,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const="default",
         metavar="FUSION[:WEIGHT]",
-        help="also keep BM25 over the chunks' texts and fuse it with the dense scores in 'search' (default fusion "
-        "when given alone; rrf:W or weighted:W, W = BM25's share). An existing index gets BM25 over its texts",
+        help="keep BM25 over the chunks' texts beside the vectors and fuse the two in 'search' (rrf:W or weighted:W, "
+        "W = BM25's share; default for a new index: the shipped fusion, which beat dense kv alone by 0.09-0.18 "
+        "nDCG@10 on every QMSum sample; 'none': dense only). An existing index keeps what it has unless given; "
+        "given, a dense index gets BM25 over its stored texts",
     )
     parser.add_argument(
         "--engine",
@@ -174,8 +176,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--fit-postprocess fits the post-processing on the corpus; drop --postprocess")
     elif args.fit_limit is not None:
         raise UsageError("--fit-limit applies to --fit-postprocess only")
-    hybrid = None
-    if args.hybrid is not None:
+    hybrid: Any = None  # None: an existing index keeps what it has
+    from ..retrieval.vector_index import MANIFEST
+
+    if args.hybrid is None and (args.overwrite or not (out / MANIFEST).is_file()):
+        args.hybrid = "default"  # a new index: dense kv + BM25, the shipped retrieval path
+    if args.hybrid is not None and args.hybrid.strip().lower() == "none":
+        hybrid = False
+    elif args.hybrid is not None:
         from ..errors import ConfigError
         from ..retrieval.lexical import HybridConfig
 
