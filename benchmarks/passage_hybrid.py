@@ -20,17 +20,15 @@ passages and questions:
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from passage_postprocess import DATA, parse_windows, passage_parser
+from passage_postprocess import DATA, ScoreRows, parse_windows, passage_parser
 
 FUSIONS = ("weighted:0.3", "weighted:0.4", "weighted:0.5", "weighted:0.6", "weighted:0.7", "rrf:0.5", "rrf:0.6")
 
@@ -92,17 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     calibration = load_calibration()
     task = load_passage_task(DATA)
     anchor = AnchorEncoder(args.anchor) if args.anchor else None
-    rows: list[dict[str, Any]] = []
-
-    def add(sample: str, system: str, scores: np.ndarray, run: Any) -> None:
-        metrics = run.score(scores)
-        extra = {"size": args.size, "overlap": args.overlap, "passages": len(run.passages)}
-        rows.append({"sample": sample, "system": system, "queries": len(run.queries), **extra, **metrics})
-        print(
-            f"{sample} {system:44s} ndcg@10 {metrics['ndcg@10']:.4f} R@5 {metrics['recall@5']:.3f} "
-            f"answer@1024 {metrics.get('answer@1024', float('nan')):.3f}",
-            flush=True,
-        )
+    rows = ScoreRows(size=args.size, overlap=args.overlap)
+    add = rows.add
 
     windows = parse_windows(args.windows) if args.method == "kv" else [None]
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
@@ -133,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     config = HybridConfig.parse(fusion)
                     fused = hybrid_scores(dense, lexical_scores, config)
                     add(sample, f"{dense_name} + {lexical_name} {fusion}", fused, run)
-        if args.json:
-            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+        rows.write(args)
     return 0
 
 

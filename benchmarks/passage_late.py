@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from passage_hybrid import bm25_matrix
-from passage_postprocess import DATA, centred, parse_windows, passage_parser
+from passage_postprocess import DATA, ScoreRows, centred, parse_windows, passage_parser
 
 
 def stretches(passages: list[Any], tokens: dict[str, int], budget: int) -> list[list[int]]:
@@ -114,16 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     task = load_passage_task(DATA)
     fusion = HybridConfig.parse("weighted:0.5")
     spec = parse_spec("whiten:0.6")
-    rows: list[dict[str, Any]] = []
-
-    def add(sample: str, system: str, scores: np.ndarray, run: Any) -> None:
-        metrics = run.score(scores)
-        rows.append({"sample": sample, "system": system, "queries": len(run.queries), "size": args.size, **metrics})
-        print(
-            f"{sample} {system:48s} ndcg@10 {metrics['ndcg@10']:.4f} R@5 {metrics['recall@5']:.3f} "
-            f"answer@1024 {metrics['answer@1024']:.3f}",
-            flush=True,
-        )
+    rows = ScoreRows(size=args.size)
+    add = rows.add
 
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
         subset = task.sample(args.documents, sample)
@@ -170,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                         hybrid_scores(scores, lexical, fusion),
                         run,
                     )
-        if args.json:
-            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+        rows.write(args)
     return 0
 
 

@@ -20,7 +20,6 @@ characters with; their raw vectors come from the cache ``passage_postprocess.py`
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from passage_hybrid import bm25_matrix
-from passage_postprocess import DATA, parse_windows, passage_parser
+from passage_postprocess import DATA, ScoreRows, parse_windows, passage_parser
 from postprocess_study import _cached
 
 
@@ -91,26 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     task = load_passage_task(DATA)
     fusion = HybridConfig.parse("weighted:0.5")
     spec = parse_spec("whiten:0.6")
-    rows: list[dict[str, Any]] = []
-
-    def add(sample: str, system: str, scores: np.ndarray, run: Any) -> None:
-        metrics = run.score(scores)
-        rows.append(
-            {
-                "sample": sample,
-                "system": system,
-                "queries": len(run.queries),
-                "parent": args.size,
-                "child": args.child,
-                "passages": len(run.passages),
-                **metrics,
-            }
-        )
-        print(
-            f"{sample} {system:40s} ndcg@10 {metrics['ndcg@10']:.4f} R@5 {metrics['recall@5']:.3f} "
-            f"answer@2048 {metrics['answer@2048']:.3f}",
-            flush=True,
-        )
+    rows = ScoreRows(parent=args.size, child=args.child)
+    add = rows.add
 
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
         subset = task.sample(args.documents, sample)
@@ -143,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             dense_parent = parent_queries @ parent_docs.T
             add(sample, f"{label} parent", dense_parent, parents)
             add(sample, f"{label} parent + bm25 weighted:0.5", hybrid_scores(dense_parent, lexical, fusion), parents)
-        if args.json:
-            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))
+        rows.write(args)
     return 0
 
 

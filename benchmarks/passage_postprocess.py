@@ -72,6 +72,31 @@ def variants(
     return out
 
 
+class ScoreRows:
+    """The rows a passage benchmark writes: one per (sample, system), the run's metrics and ``extra`` fields."""
+
+    def __init__(self, **extra: Any) -> None:
+        self.extra = extra
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, sample: str, system: str, scores: np.ndarray, run: Any, **extra: Any) -> None:
+        metrics = run.score(scores)
+        row = {"sample": sample, "system": system, "queries": len(run.queries), **self.extra, **extra}
+        row = {**row, "passages": len(run.passages), **metrics}
+        self.rows.append(row)
+        print(
+            f"{sample} {system:48s} ndcg@10 {metrics['ndcg@10']:.4f} R@5 {metrics['recall@5']:.3f} "
+            f"answer@1024 {metrics.get('answer@1024', float('nan')):.3f} "
+            f"answer@2048 {metrics.get('answer@2048', float('nan')):.3f}",
+            flush=True,
+        )
+
+    def write(self, args: argparse.Namespace) -> None:
+        if args.json:
+            payload = {"args": vars(args) | {"json": str(args.json)}, "rows": self.rows}
+            args.json.write_text(json.dumps(payload, indent=1))
+
+
 def passage_parser(description: str | None) -> argparse.ArgumentParser:
     """The options every passage benchmark shares (``passage_hybrid.py`` adds its own)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
