@@ -238,3 +238,32 @@ def test_cli_eval_passages_bm25_only_json_and_usage_errors(meetings: Path, tmp_p
     assert main([*args, "--hybrid", "mean:0.5"]) == 2  # an unknown fusion, before any model loads
     assert main([*args, "--passage-overlap", "6"]) == 2
     assert main([*args, "--documents", "2", "--passage-sample", "B"]) == 2  # B needs 4 documents; 2 exist
+
+
+def test_cli_eval_passages_leaves_htp_room_for_its_markers(checkpoints, tmp_path: Path, monkeypatch) -> None:
+    import kvembed_rag.cli.eval as eval_cli
+    from kvembed_rag.cli import main
+
+    folder = tmp_path / "short_turns"
+    folder.mkdir()
+    meetings = [
+        {"id": m, "turns": [{"speaker": "A", "content": f"{m} point {i}."} for i in range(80)]} for m in ("m1", "m2")
+    ]
+    queries = [{"id": "q1", "meeting": "m1", "query": "point 7", "spans": [[7, 7]]}]
+    (folder / "meetings.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meetings))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    loaded: dict[str, int] = {}
+    original = eval_cli.load_embedder
+
+    def spy(args, **kwargs):
+        embedder = original(args, **kwargs)
+        loaded[kwargs["method"]] = embedder.max_length
+        return embedder
+
+    monkeypatch.setattr(eval_cli, "load_embedder", spy)
+    out = tmp_path / "rows.json"
+    for method in ("htp", "kv"):
+        argv = ["eval", "passages", str(folder), "--methods", method, "--model", str(checkpoints["llama"])]
+        assert main([*argv, "--passage-tokens", "200", "--documents", "2", "--no-cache", "-q", "--json", str(out)]) == 0
+    # kv: the passage, its header and the prompt; htp also room for two markers per sentence
+    assert loaded == {"kv": 264, "htp": 464}

@@ -218,8 +218,10 @@ def run_passages(args: argparse.Namespace) -> int:
     progress = EncodeProgress(enabled=show)
     if methods:
         status(f"loading model {args.model} ...", enabled=show)
-        # room for a passage of --passage-tokens (as counted in its document), its header and the prompt
-        base = load_embedder(args, method=methods[0], max_length=args.passage_tokens + 64)
+        # room for a passage of --passage-tokens (as counted in its document), its header and the prompt; htp adds
+        # two tokens per sentence (a sentence of a token or two is rare: room for one per two tokens)
+        room = args.passage_tokens + 64 + (args.passage_tokens if "htp" in methods else 0)
+        base = load_embedder(args, method=methods[0], max_length=room)
     cache = EmbeddingCache(None if args.no_cache else (args.cache_dir or "default"), progress=progress)
 
     def show_row(row: Any) -> None:
