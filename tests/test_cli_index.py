@@ -217,6 +217,8 @@ def test_index_cli_appends_whole_documents_to_a_truncating_index(checkpoints, co
     assert VectorIndex.load(out).chunking == {"long_docs": "truncate"}
     assert _index(model, corpus, out, "--long-docs", "chunk") == 1
     assert "--long-docs truncate" in capsys.readouterr().err
+    assert _index(model, corpus, out, "--passage-tokens", "48") == 1  # passages asked for: refused, not ignored
+    assert "--long-docs truncate" in capsys.readouterr().err
 
 
 def test_demo_runs_offline(checkpoints, tmp_path, capsys):

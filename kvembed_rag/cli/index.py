@@ -142,7 +142,9 @@ def resolve_chunking(args: argparse.Namespace, out: Any = None) -> None:
         from ..retrieval.pipeline import stored_chunking
 
         recorded = stored_chunking(out) or {}
-    if args.long_docs is None:
+    if args.long_docs is None and args.passage_tokens is not None:
+        args.long_docs = "chunk"  # a passage size asks for passages, whatever the index holds (it then refuses)
+    elif args.long_docs is None:
         args.long_docs = recorded.get("long_docs") if recorded.get("long_docs") in ("chunk", "truncate") else "chunk"
     if args.passage_tokens is None:
         stored = recorded.get("passage_tokens") if recorded.get("long_docs") == "chunk" else None
