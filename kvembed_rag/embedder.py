@@ -453,6 +453,11 @@ class KVEmbedder(SentenceTransformersAPI):
         """Character span of each token of ``text`` alone (no prompt, no special tokens)."""
         return self.forward.token_offsets(text)
 
+    def sentence_ends(self, text: str) -> list[bool] | None:
+        """Whether each token of ``text`` alone ends a sentence when the method adds tokens per sentence (HTP: two
+        markers each), else ``None``; the chunker counts them so a passage is never cut to make room."""
+        return self.forward.sentence_ends(text)
+
     def collate(self, batch: list[EncodedText]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, T)`` ids, padding mask and pooling mask (see :meth:`Forward.collate`)."""
         return self.forward.collate(batch)

@@ -148,6 +148,15 @@ class Forward:
                 item.copies = [(item.text_start, len(item.ids) - 1)]  # the placeholder gets the last token's state
         return encoded
 
+    def sentence_ends(self, text: str) -> list[bool] | None:
+        """HTP (the only method whose input grows with the text's sentences): whether each token of ``text`` alone
+        ends a sentence, each sentence costing two marker tokens; ``None`` for every other method."""
+        if not self.spec.hierarchical_prepending:
+            return None
+        with self.lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            return [sentence_end_token(str(t)) for t in self.tokenizer.convert_ids_to_tokens(ids)]
+
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         """Character span of each token of ``text`` alone (no prompt, no special tokens)."""
         with self.lock:

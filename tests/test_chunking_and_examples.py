@@ -50,6 +50,22 @@ def test_chunks_fit_when_the_prompt_repeats_the_text(make_embedder):
         echo.encode_documents([c.text for c in chunks])
 
 
+def test_chunks_leave_room_for_htp_sentence_markers(make_embedder):
+    # HTP adds two marker tokens per sentence: a chunk sized by its text tokens alone would lose its tail to them
+    plain, htp = make_embedder(max_length=256), make_embedder(max_length=256, method="htp")
+    text = " ".join(f"Point {i}." for i in range(400))  # short sentences: markers are a large share of the input
+    assert plain.sentence_ends(text) is None
+    ends = htp.sentence_ends(text)
+    assert ends is not None and len(ends) == len(htp.token_offsets(text)) and sum(ends) >= 400
+    chunks = chunk_text(htp, text, title="Transcript 7", overlap=32)
+    assert len(chunks) > 1.1 * len(chunk_text(plain, text, title="Transcript 7", overlap=32))
+    assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    assert all(a.end > b.start for a, b in itertools.pairwise(chunks))  # still overlapping windows
+    encoded = htp.tokenize([c.text for c in chunks])
+    assert all(e.truncated_by == 0 for e in encoded) and max(len(e.ids) for e in encoded) <= 256
+    assert max(len(e.ids) for e in encoded) > 200  # and they still fill the window
+
+
 def test_passages_hold_passage_tokens_of_text_at_most_max_length(make_embedder):
     embedder, echo = make_embedder(max_length=8192), make_embedder(max_length=8192, method="echo")
     assert PASSAGE_TOKENS == 2048  # docs/RESULTS.md, "Passage size beyond 512": the size indexes and splitters use

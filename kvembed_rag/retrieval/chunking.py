@@ -75,18 +75,41 @@ def chunk_text(
     budget = text_token_budget(embedder, max_tokens, margin=margin)
     header = f"{title}\n\n" if title else ""
     offsets = embedder.token_offsets(text)
-    header_tokens = len(embedder.token_offsets(header)) if header else 0
-    if len(offsets) + header_tokens <= budget:
+    cost = _input_cost(embedder, text, len(offsets))
+    header_tokens = _input_cost(embedder, header, len(embedder.token_offsets(header)))(0, -1) if header else 0
+    if cost(0, len(offsets) - 1) + header_tokens <= budget:
         return [Chunk(header + text if header and not text.startswith(title or "") else text, 0, 0, len(text))]
     window = budget - header_tokens
     if window < 16:
         raise ValueError(f"max_tokens leaves only {window} tokens per chunk after the prompt and title")
-    step = max(1, window - min(overlap, window // 2))
     chunks: list[Chunk] = []
-    for number, first in enumerate(range(0, len(offsets), step)):
+    first = 0
+    while True:
         last = min(first + window, len(offsets)) - 1
+        while last > first and cost(first, last) > window:  # HTP: the window's sentence markers count too
+            last -= 1
         start, end = offsets[first][0], offsets[last][1]
-        chunks.append(Chunk(header + text[start:end], number, start, end))
+        chunks.append(Chunk(header + text[start:end], len(chunks), start, end))
         if last == len(offsets) - 1:
-            break
-    return chunks
+            return chunks
+        size = last - first + 1
+        first = max(first + 1, last + 1 - min(overlap, size // 2))
+
+
+def _input_cost(embedder: Any, text: str, count: int) -> Any:
+    """``cost(first, last)``: input tokens that ``text``'s tokens ``first..last`` take (``last`` -1: all of them):
+    one each, plus HTP's two markers per sentence (:meth:`KVEmbedder.sentence_ends`) for methods that add them."""
+    sentence_ends = getattr(embedder, "sentence_ends", None)
+    ends = sentence_ends(text) if sentence_ends is not None else None
+    if not ends:
+        return lambda first, last: (count if last < 0 else last + 1) - first
+    before = [0]  # before[i]: sentence ends among tokens 0..i-1
+    for flag in ends:
+        before.append(before[-1] + int(flag))
+
+    def cost(first: int, last: int) -> int:
+        last = len(ends) - 1 if last < 0 else last
+        # a sentence ends at each flagged token before the window's last, and the window's last token ends one
+        return last + 1 - first + 2 * (before[last] - before[first] + 1)
+
+    return cost
