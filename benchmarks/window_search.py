@@ -124,6 +124,38 @@ def capturing_poolings() -> Iterator[list[tuple[list[int], np.ndarray, np.ndarra
         forward.pool, forward.Forward._forward_splitting = pool, split  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def rerouted_source(source: str) -> Iterator[str]:
+    """A prototype of another re-routed state (issue 29: measure before adding an option): ``last`` is the
+    package's (each row's final real key/value); ``mean:K`` re-routes the mean key and value of each row's last
+    ``K`` real tokens (the end of the compression prompt; keys after RoPE, as the package's). Yields the label
+    suffix that keeps its points and cached vectors apart from the package's."""
+    if source == "last":
+        yield ""
+        return
+    kind, _, count = source.partition(":")
+    if kind != "mean" or not count.isdigit() or int(count) < 1:
+        raise SystemExit(f"--reroute-source must be 'last' or 'mean:K' (K >= 1); got {source!r}")
+    import torch
+
+    import kvembed_rag.attention as attention
+
+    original, width = attention._last_token_kv, int(count)
+
+    def mean_of_last(plan: Any, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(key.shape[0], device=key.device)[:, None]  # (B, 1)
+        last = plan.last_index.to(key.device)[:, None]  # (B, 1)
+        ends = (last - torch.arange(width, device=key.device)[None, :]).clamp(min=0)  # (B, K)
+        # (B, K, Hkv, D) -> mean over the K tokens -> (B, Hkv, 1, D)
+        return key[rows, :, ends, :].mean(dim=1).unsqueeze(2), value[rows, :, ends, :].mean(dim=1).unsqueeze(2)
+
+    attention._last_token_kv = mean_of_last  # type: ignore[assignment]
+    try:
+        yield f"/meankv{width}"
+    finally:
+        attention._last_token_kv = original  # type: ignore[assignment]
+
+
 def encode_all_poolings(embedder: Any, cache: Any, texts: list[str], role: str) -> tuple[dict[str, np.ndarray], int]:
     """Vectors for ``texts`` under every pooling of ``embedder``'s point, from one forward pass (written to the
     evaluation cache under each pooling's own fingerprint, so ``cache.encode`` finds them later). Returns the
@@ -337,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scifact-max-length", type=int, default=256)
     parser.add_argument("--qmsum-meetings", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a shared machine: 1)")
+    parser.add_argument(
+        "--reroute-source",
+        default="last",
+        help="what re-routing prepends: 'last' (the package's), 'mean:K' (a prototype: the mean K/V of the last K "
+        "tokens; its vectors are cached apart)",
+    )
     parser.add_argument("--top", type=int, default=12, help="rows of the ranked table")
     parser.add_argument("--report-only", action="store_true", help="print the table of --json, compute nothing")
     parser.add_argument("--json", type=Path, help="rows are written here after every point (and resumed from)")
@@ -358,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kvembed_rag import KVEmbedder
     from kvembed_rag import postprocess as pp
+    from kvembed_rag._io import cache_root
     from kvembed_rag.eval.cache import EmbeddingCache
     from kvembed_rag.layer_selection import load_calibration
 
@@ -387,7 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     samples = build_samples(args, base, families)
     print(", ".join(f"{s.family}/{s.name} {s.extra}" for s in samples), flush=True)
     calibration = load_calibration()
-    cache = EmbeddingCache("default")
+    source = contextlib.ExitStack()
+    suffix = source.enter_context(rerouted_source(args.reroute_source))
+    # a prototype's vectors would share the package's cache keys (the fingerprint does not know the patch)
+    cache = EmbeddingCache(cache_root() / f"eval{suffix.replace('/', '-')}" if suffix else "default")
 
     # order: per pooling, re-routing off first (every later row compares to it), the shipped point, then the grid
     # bias by bias and length by length in the order given, so a run cut short holds complete sweeps over depth
@@ -395,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     poolings = [p.strip() for p in args.poolings.split(",") if p.strip()]
     for pooling in poolings:
         points.append(([], base.bias, pooling))
-        if pooling == base.pooling:
+        if pooling == base.pooling and not suffix:  # a prototype source runs only the grid asked for
             points.append((list(base.layers), base.bias, base.pooling))
         for bias in (float(b) for b in args.biases.split(",")):
             for length in parse_ints(args.lengths):
@@ -408,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         have.setdefault(r["setting"], set()).add((r["family"], r["sample"], r["post"]))
     timings: dict[str, Any] = done.get("timings", {})
     for i, (layers, bias, pooling) in enumerate(points):
-        name = label(layers, bias, pooling)
+        name = label(layers, bias, pooling) + (suffix if layers else "")
         if needed <= have.get(name, set()):
             continue
         embedder = base.variant(layers=layers, bias=bias, pooling=pooling)
@@ -432,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp = args.json.with_suffix(".tmp")
             tmp.write_text(json.dumps(done, indent=1))
             tmp.replace(args.json)
+    source.close()
     summary = report(rows, shipped, args.top)
     if args.json:
         done.update(args=vars(args) | {"json": str(args.json)}, shipped=shipped, auto=str(auto), rows=rows)

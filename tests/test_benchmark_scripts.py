@@ -235,3 +235,23 @@ def test_late_chunking_stretches_pack_consecutive_passages_of_one_document() -> 
     passages = [P("a0", "a"), P("a1", "a"), P("a2", "a"), P("b0", "b")]
     tokens = {"a0": 60, "a1": 50, "a2": 20, "b0": 10}
     assert late.stretches(passages, tokens, 100) == [[0], [1, 2], [3]]  # 60 + 50 > 100; a new document starts anew
+
+
+def test_window_search_mean_source_prototype_reduces_to_the_last_token_and_restores(make_embedder) -> None:
+    import kvembed_rag.attention as attention
+
+    search = load_script("window_search")
+    embedder = make_embedder("llama", layers=[1, 2], postprocess="none")
+    texts = ["a short text", "another, somewhat longer text to embed"]
+    shipped = embedder.encode(texts)
+    original = attention._last_token_kv
+    with search.rerouted_source("mean:1") as suffix:
+        assert suffix == "/meankv1" and attention._last_token_kv is not original
+        np.testing.assert_allclose(embedder.encode(texts), shipped, atol=1e-6)
+    with search.rerouted_source("mean:3"):
+        assert np.abs(np.asarray(embedder.encode(texts)) - np.asarray(shipped)).max() > 1e-4
+    assert attention._last_token_kv is original
+    with search.rerouted_source("last") as suffix:
+        assert suffix == "" and attention._last_token_kv is original
+    with pytest.raises(SystemExit, match="mean:K"), search.rerouted_source("mean:0"):
+        pass
