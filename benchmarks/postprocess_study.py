@@ -93,14 +93,19 @@ def _perm(count: int, seed: int) -> list[int]:
     return order
 
 
-def sts_samples(n: int) -> list[Sample]:
+SAMPLE_NAMES = "ABC"  # consecutive disjoint blocks of each family's seeded order: A chooses, B confirms, C re-checks
+
+
+def sts_samples(n: int, names: tuple[str, ...] = ("A", "B")) -> list[Sample]:
     from kvembed_rag.eval.metrics import spearman
     from kvembed_rag.eval.tasks import load_sts
 
     pairs = load_sts(DATA / "stsb" / "dev.tsv")
     order = _perm(len(pairs.scores), 0)
     out = []
-    for name, keep in (("A", sorted(order[:n])), ("B", sorted(order[n : 2 * n]))):
+    for name in names:
+        j = SAMPLE_NAMES.index(name)
+        keep = sorted(order[j * n : (j + 1) * n])
         texts = [pairs.first[i] for i in keep] + [pairs.second[i] for i in keep]
         gold = pairs.scores[keep]
 
@@ -112,14 +117,26 @@ def sts_samples(n: int) -> list[Sample]:
     return out
 
 
-def scifact_samples(queries: int, docs: int, max_length: int | None = None) -> list[Sample]:
-    from kvembed_rag.eval.scoring import rank_documents, score_rankings
+def scifact_samples(
+    queries: int, docs: int, max_length: int | None = None, names: tuple[str, ...] = ("A", "B")
+) -> list[Sample]:
     from kvembed_rag.eval.tasks import load_beir
 
     task = load_beir(DATA / "scifact", "dev")
     judged = [q for q in task.queries if q in task.qrels]
     order = _perm(len(judged), 0)
-    picks = {"A": [judged[i] for i in order[:queries]], "B": [judged[i] for i in order[queries : 2 * queries]]}
+    picks = {n: [judged[i] for i in order[SAMPLE_NAMES.index(n) * queries :][:queries]] for n in names}
+    # A and B share one haystack (as they always have); a later sample gets its own, built the same way
+    groups = [[n for n in names if n in "AB"], *[[n] for n in names if n not in "AB"]]
+    out = []
+    for group in filter(None, groups):
+        out += _scifact_group(task, {n: picks[n] for n in group}, docs, max_length)
+    return out
+
+
+def _scifact_group(task: Any, picks: dict[str, list[str]], docs: int, max_length: int | None) -> list[Sample]:
+    from kvembed_rag.eval.scoring import rank_documents, score_rankings
+
     needed = {d for qs in picks.values() for q in qs for d in task.qrels[q] if d in task.corpus}
     others = sorted(set(task.corpus) - needed)
     random.Random(0).shuffle(others)
@@ -140,7 +157,7 @@ def scifact_samples(queries: int, docs: int, max_length: int | None = None) -> l
     return out
 
 
-def banking_samples(n: int, intents: int) -> list[Sample]:
+def banking_samples(n: int, intents: int, names: tuple[str, ...] = ("A", "B")) -> list[Sample]:
     from kvembed_rag.eval.learners import fit_predict_logistic, kmeans
     from kvembed_rag.eval.metrics import accuracy, v_measure
     from kvembed_rag.eval.tasks import load_classification
@@ -153,11 +170,18 @@ def banking_samples(n: int, intents: int) -> list[Sample]:
     train_order = [in_train[i] for i in _perm(len(in_train), 0)]
     test_order = [in_test[i] for i in _perm(len(in_test), 1)]
     out = []
-    for j, name in enumerate(("A", "B")):
+    for name in names:
+        j = SAMPLE_NAMES.index(name)
         tr = sorted(train_order[j * n : (j + 1) * n])
-        te = sorted(test_order[j * n : (j + 1) * n])
-        tr_y, te_y = [train.labels[i] for i in tr], [test.labels[i] for i in te]
-        parts = {"train": ([train.texts[i] for i in tr], "document"), "test": ([test.texts[i] for i in te], "document")}
+        if name in "AB":
+            te = sorted(test_order[j * n : (j + 1) * n])
+            tr_y, te_y = [train.labels[i] for i in tr], [test.labels[i] for i in te]
+            te_texts = [test.texts[i] for i in te]
+        else:  # the test split holds ~40 texts per intent, A and B use them up: C tests on unused training texts
+            te = sorted(train_order[(j + 1) * n : (j + 2) * n])
+            tr_y, te_y = [train.labels[i] for i in tr], [train.labels[i] for i in te]
+            te_texts = [train.texts[i] for i in te]
+        parts = {"train": ([train.texts[i] for i in tr], "document"), "test": (te_texts, "document")}
 
         def classify(v: dict[str, np.ndarray], tr_y: list[str] = tr_y, te_y: list[str] = te_y) -> float:
             return accuracy(fit_predict_logistic(v["train"], tr_y, v["test"]), te_y)
@@ -220,12 +244,13 @@ def qmsum_samples(embedder: Any, meetings: int) -> list[Sample]:
 
 def build_samples(args: argparse.Namespace, embedder: Any, families: list[str]) -> list[Sample]:
     samples: list[Sample] = []
+    names = tuple(getattr(args, "samples", "A,B").replace(",", ""))  # window_search.py --samples; A,B otherwise
     if "sts" in families:
-        samples += sts_samples(args.sts_pairs)
+        samples += sts_samples(args.sts_pairs, names)
     if "banking" in families or "clustering" in families:
-        samples += [s for s in banking_samples(args.banking, args.banking_intents) if s.family in families]
+        samples += [s for s in banking_samples(args.banking, args.banking_intents, names) if s.family in families]
     if "scifact" in families:
-        samples += scifact_samples(args.scifact_queries, args.scifact_docs, args.scifact_max_length)
+        samples += scifact_samples(args.scifact_queries, args.scifact_docs, args.scifact_max_length, names)
     if "qmsum" in families:
         samples += qmsum_samples(embedder, args.qmsum_meetings)
     return samples

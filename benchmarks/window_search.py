@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         "'embfilter+auto' (then the shipped spec, fitted on the filtered vectors)",
     )
     parser.add_argument("--families", default="sts,banking,clustering,scifact")
+    parser.add_argument(
+        "--samples", default="A,B", help="A chooses, B confirms; C (a third disjoint block) re-checks a choice"
+    )
     parser.add_argument("--sts-pairs", type=int, default=150)
     parser.add_argument("--banking", type=int, default=150, help="training and test texts per sample")
     parser.add_argument("--banking-intents", type=int, default=20)

@@ -104,6 +104,32 @@ def test_postprocess_study_mean_rank_and_disjoint_samples() -> None:
     assert sorted(order) == list(range(100)) and order == study._perm(100, 0) and order != list(range(100))
 
 
+def test_postprocess_study_third_sample_is_disjoint_from_the_first_two() -> None:
+    spec = importlib.util.spec_from_file_location("bench_postprocess_study", BENCHMARKS / "postprocess_study.py")
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = study
+    spec.loader.exec_module(study)
+    if not (study.DATA / "banking77").is_dir() or not (study.DATA / "scifact").is_dir():
+        pytest.skip("the dev data (../shared/data) is absent")
+
+    def texts(samples: list, part_names: tuple[str, ...]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for sample in samples:
+            for part in part_names:
+                out.setdefault(sample.name, set()).update(sample.texts[part][0])
+        return out
+
+    banking = texts(study.banking_samples(150, 10, ("A", "B", "C")), ("train", "test"))
+    scifact = texts(study.scifact_samples(50, 200, 96, ("A", "B", "C")), ("queries",))
+    for by_name in (banking, scifact):
+        assert set(by_name) == {"A", "B", "C"} and all(len(v) >= 45 for v in by_name.values())
+        assert not by_name["C"] & (by_name["A"] | by_name["B"])
+    # A and B do not move when C is asked for too (earlier rows and caches stay valid)
+    alone = study.scifact_samples(50, 200, 96)
+    assert [s.texts for s in alone] == [s.texts for s in study.scifact_samples(50, 200, 96, ("A", "B", "C"))[:2]]
+
+
 def test_docs_plots_redraws_every_figure_from_stored_json(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     script = load_script("docs_plots")
