@@ -404,9 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.layer_selection import load_calibration
 
     torch.set_num_threads(args.threads)
-    # the shipped configuration (the ID-rule window, the default bias and pooling), without post-processing
+    # the shipped configuration (the default window, bias and pooling), without post-processing; until
+    # 2026-12-06 the default window was the ID rule's ([4, 5] on Gemma), which earlier tables mark as shipped
     base = KVEmbedder.from_pretrained(
-        args.model, method="kv", layers="id", max_length=args.max_length, dtype=args.dtype, postprocess="none"
+        args.model, method="kv", layers="auto", max_length=args.max_length, dtype=args.dtype, postprocess="none"
     )
     auto = resolve_auto(base)
     specs: dict[str, Any] = {}
