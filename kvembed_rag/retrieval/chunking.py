@@ -13,6 +13,7 @@ on QMSum meetings they put more of the answer into a 2,048-token generator budge
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +97,7 @@ def chunk_text(
         first = max(first + 1, last + 1 - min(overlap, size // 2))
 
 
-def _input_cost(embedder: Any, text: str, count: int) -> Any:
+def _input_cost(embedder: Any, text: str, count: int) -> Callable[[int, int], int]:
     """``cost(first, last)``: input tokens that ``text``'s tokens ``first..last`` take (``last`` -1: all of them):
     one each, plus HTP's two markers per sentence (:meth:`KVEmbedder.sentence_ends`) for methods that add them."""
     sentence_ends = getattr(embedder, "sentence_ends", None)
