@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from passage_postprocess import DATA, ScoreRows, parse_windows, passage_parser
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup
 
 FUSIONS = ("weighted:0.3", "weighted:0.4", "weighted:0.5", "weighted:0.6", "weighted:0.7", "rrf:0.5", "rrf:0.6")
 
@@ -69,26 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anchor", default="all-MiniLM-L6-v2", help="sentence-transformers model ('' for none)")
     parser.add_argument("--method", default="kv", help="the dense side's method (--windows apply to kv only)")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"no data at {DATA}: skipping", file=sys.stderr)
+    setup = passage_setup(args, args.max_length, args.method)
+    if setup is None:
         return 0
-
-    import torch
-
-    from kvembed_rag import KVEmbedder
-    from kvembed_rag.eval.cache import EmbeddingCache
-    from kvembed_rag.eval.passages import AnchorEncoder, hybrid_scores, load_passage_task, prepare
-    from kvembed_rag.layer_selection import load_calibration
+    from kvembed_rag.eval.passages import AnchorEncoder, hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import HybridConfig
 
-    torch.set_num_threads(args.threads)
-    base = KVEmbedder.from_pretrained(
-        args.model, method=args.method, max_length=args.max_length, dtype=args.dtype, postprocess="none"
-    )
-    cache_ = EmbeddingCache("default")
-    calibration = load_calibration()
-    task = load_passage_task(DATA)
+    base, cache_, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     anchor = AnchorEncoder(args.anchor) if args.anchor else None
     rows = ScoreRows(size=args.size, overlap=args.overlap)
     add = rows.add

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from passage_hybrid import bm25_matrix
-from passage_postprocess import DATA, ScoreRows, centred, parse_windows, passage_parser
+from passage_postprocess import ScoreRows, centred, parse_windows, passage_parser, passage_setup
 
 
 def stretches(passages: list[Any], tokens: dict[str, int], budget: int) -> list[list[int]]:
@@ -92,26 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = passage_parser(__doc__)
     parser.add_argument("--window", type=int, default=4096, help="tokens per forward pass (prompt included)")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"no data at {DATA}: skipping", file=sys.stderr)
+    setup = passage_setup(args, 512)
+    if setup is None:
         return 0
-
-    import torch
-
-    from kvembed_rag import KVEmbedder
     from kvembed_rag._io import cache_root
-    from kvembed_rag.eval.cache import EmbeddingCache
-    from kvembed_rag.eval.passages import hybrid_scores, load_passage_task, prepare
-    from kvembed_rag.layer_selection import load_calibration
+    from kvembed_rag.eval.passages import hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import HybridConfig
 
-    torch.set_num_threads(args.threads)
-    base = KVEmbedder.from_pretrained(args.model, method="kv", max_length=512, dtype=args.dtype, postprocess="none")
+    base, cache_, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     long_base = base.variant(max_length=args.window)
-    cache_ = EmbeddingCache("default")
-    calibration = load_calibration()
-    task = load_passage_task(DATA)
     fusion = HybridConfig.parse("weighted:0.5")
     spec = parse_spec("whiten:0.6")
     rows = ScoreRows(size=args.size)

@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from passage_hybrid import bm25_matrix
-from passage_postprocess import DATA, ScoreRows, parse_windows, passage_parser
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup
 from postprocess_study import _cached
 
 
@@ -67,27 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-max-length", type=int, default=2176, help="embedder max_length for parents")
     parser.add_argument("--cached-only", action="store_true", help="skip the parents' own vectors when uncached")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"no data at {DATA}: skipping", file=sys.stderr)
+    setup = passage_setup(args, args.child_max_length)
+    if setup is None:
         return 0
-
-    import torch
-
-    from kvembed_rag import KVEmbedder
-    from kvembed_rag.eval.cache import EmbeddingCache
-    from kvembed_rag.eval.passages import hybrid_scores, load_passage_task, prepare
-    from kvembed_rag.layer_selection import load_calibration
+    from kvembed_rag.eval.passages import hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import HybridConfig
 
-    torch.set_num_threads(args.threads)
-    child_base = KVEmbedder.from_pretrained(
-        args.model, method="kv", max_length=args.child_max_length, dtype=args.dtype, postprocess="none"
-    )
+    child_base, cache_, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     parent_base = child_base.variant(max_length=args.parent_max_length)
-    cache_ = EmbeddingCache("default")
-    calibration = load_calibration()
-    task = load_passage_task(DATA)
     fusion = HybridConfig.parse("weighted:0.5")
     spec = parse_spec("whiten:0.6")
     rows = ScoreRows(parent=args.size, child=args.child)

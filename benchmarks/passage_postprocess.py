@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,35 @@ class ScoreRows:
             args.json.write_text(json.dumps(payload, indent=1))
 
 
+@dataclass
+class PassageSetup:
+    """What every passage benchmark starts from."""
+
+    base: Any  # the raw (un-post-processed) embedder; windows are variants of it
+    cache: Any  # the evaluation's vector cache
+    calibration: list[str]  # the shipped calibration texts (the whitening is fitted on them)
+    task: Any  # the qmsum_spans passage task
+
+
+def passage_setup(args: argparse.Namespace, max_length: int, method: str = "kv") -> PassageSetup | None:
+    """Load what a passage benchmark needs, on ``--threads`` threads; ``None`` (after saying so) without the data."""
+    if not DATA.is_dir():
+        print(f"no data at {DATA}: skipping", file=sys.stderr)
+        return None
+    import torch
+
+    from kvembed_rag import KVEmbedder
+    from kvembed_rag.eval.cache import EmbeddingCache
+    from kvembed_rag.eval.passages import load_passage_task
+    from kvembed_rag.layer_selection import load_calibration
+
+    torch.set_num_threads(args.threads)
+    base = KVEmbedder.from_pretrained(
+        args.model, method=method, max_length=max_length, dtype=args.dtype, postprocess="none"
+    )
+    return PassageSetup(base, EmbeddingCache("default"), load_calibration(), load_passage_task(DATA))
+
+
 def passage_parser(description: str | None) -> argparse.ArgumentParser:
     """The options every passage benchmark shares (``passage_hybrid.py`` adds its own)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,24 +143,14 @@ def passage_parser(description: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = passage_parser(__doc__).parse_args(argv)
-    if not DATA.is_dir():
-        print(f"no data at {DATA}: skipping", file=sys.stderr)
+    # max_length 512 (every passage fits): the calibration vectors are shared with window_search.py's cache
+    setup = passage_setup(args, 512)
+    if setup is None:
         return 0
-
-    import torch
-
-    from kvembed_rag import KVEmbedder
-    from kvembed_rag.eval.cache import EmbeddingCache
-    from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, load_passage_task, prepare
-    from kvembed_rag.layer_selection import load_calibration
+    from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, prepare
     from kvembed_rag.retrieval.lexical import HybridConfig
 
-    torch.set_num_threads(args.threads)
-    # max_length 512 (every passage fits): the calibration vectors are shared with window_search.py's cache
-    base = KVEmbedder.from_pretrained(args.model, method="kv", max_length=512, dtype=args.dtype, postprocess="none")
-    cache = EmbeddingCache("default")
-    calibration = load_calibration()
-    task = load_passage_task(DATA)
+    base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     hybrid = HybridConfig.parse("weighted:0.5")
     rows: list[dict[str, Any]] = []
     for window in parse_windows(args.windows):

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from passage_hybrid import bm25_matrix
-from passage_postprocess import DATA, ScoreRows, parse_windows, passage_parser
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup
 
 QUERY_PROMPTS = {
     "Q0": "Query: {text} Compress the Query in one word:",
@@ -53,26 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=512, help="the embedder's (512 shares the caches)")
     parser.add_argument("--prompts", default="Q0,Q1,Q2", help=f"query prompts, from {sorted(QUERY_PROMPTS)}")
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"no data at {DATA}: skipping", file=sys.stderr)
+    setup = passage_setup(args, args.max_length)
+    if setup is None:
         return 0
-
-    import torch
-
-    from kvembed_rag import KVEmbedder
-    from kvembed_rag.eval.cache import EmbeddingCache
-    from kvembed_rag.eval.passages import hybrid_scores, load_passage_task, prepare
-    from kvembed_rag.layer_selection import load_calibration
+    from kvembed_rag.eval.passages import hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import HybridConfig
 
-    torch.set_num_threads(args.threads)
-    base = KVEmbedder.from_pretrained(
-        args.model, method="kv", max_length=args.max_length, dtype=args.dtype, postprocess="none"
-    )
-    cache = EmbeddingCache("default")
-    calibration = load_calibration()
-    task = load_passage_task(DATA)
+    base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     shipped_fusion = HybridConfig.parse("weighted:0.5")
     rows = ScoreRows(size=args.size)
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
