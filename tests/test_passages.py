@@ -267,3 +267,36 @@ def test_cli_eval_passages_leaves_htp_room_for_its_markers(checkpoints, tmp_path
         assert main([*argv, "--passage-tokens", "200", "--documents", "2", "--no-cache", "-q", "--json", str(out)]) == 0
     # kv: the passage, its header and the prompt; htp also room for two markers per sentence
     assert loaded == {"kv": 264, "htp": 464}
+
+
+def test_passages_are_never_cut_the_harness_makes_room(make_embedder, tmp_path: Path) -> None:
+    """A passage's size counts its turns' tokens; line breaks, the prompt (and HTP's markers) come on top. The
+    harness raises ``max_length`` until no passage is cut, so a short limit scores the same as a long one."""
+    import warnings
+
+    from kvembed_rag.errors import TruncationWarning
+    from kvembed_rag.eval.passages import room_for
+
+    folder = tmp_path / "many_turns"
+    folder.mkdir()
+    meetings = [
+        {"id": m, "turns": [{"speaker": "A", "content": f"{m} item {i} done."} for i in range(40)]} for m in "xyz"
+    ]
+    queries = [{"id": f"q{m}", "meeting": m, "query": f"{m} item 12", "spans": [[12, 12]]} for m in "xyz"]
+    (folder / "meetings.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meetings))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    options = PassageOptions(documents=None, sample=None, size=40)
+    short = make_embedder("llama", max_length=48)
+    run = prepare(load_passage_task(folder), short.token_offsets, size=40)
+    texts = [p.text for p in run.passages]
+    assert any(e.truncated_by for e in short.tokenize(texts, "document"))  # the case: 48 cannot hold them
+    roomy = room_for(short, texts)
+    assert roomy.max_length > 48 and not any(e.truncated_by for e in roomy.tokenize(texts, "document"))
+    assert room_for(roomy, texts) is roomy  # enough room: the embedder itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TruncationWarning)
+        cut_short = evaluate_passages(folder, short, options=options)
+    long = evaluate_passages(folder, make_embedder("llama", max_length=1024), options=options)
+    dense = [(r.method, round(r.score, 6)) for r in cut_short]
+    assert dense == [(r.method, round(r.score, 6)) for r in long]
+    assert cut_short[1].extra["max_input_tokens"] == roomy.max_length

@@ -438,6 +438,23 @@ class PassageOptions:
     anchors: tuple[str, ...] = ()
 
 
+def room_for(embedder: Any, texts: Sequence[str], role: str = "document") -> Any:
+    """``embedder``, or a variant with ``max_length`` raised so that none of ``texts`` is cut.
+
+    A passage's size counts the tokens of its units (turns); the line breaks between them, the prompt and HTP's
+    sentence markers come on top, so a caller's guess at the room can fall short. A cut passage loses its tail
+    (where the answer may be) and the score would say nothing of it, so the room is measured here instead.
+    """
+    from ..retrieval.chunking import text_copies
+
+    for _ in range(3):  # the raised limit is checked again: one more pass is already exact
+        cut = max((e.truncated_by for e in embedder.tokenize(list(texts), role)), default=0)
+        if not cut:
+            return embedder
+        embedder = embedder.variant(max_length=int(embedder.max_length) + cut * text_copies(embedder, role) + 8)
+    return embedder
+
+
 def evaluate_passages(
     folder: str | Path,
     base: Any,
@@ -471,9 +488,12 @@ def evaluate_passages(
     }
 
     def emit(
-        method: str, model: str, scores: np.ndarray, seconds: float, tokens: int = 0, cached: bool = False
-    ) -> None:
+        method: str, model: str, scores: np.ndarray, seconds: float, tokens: int = 0, cached: bool = False,
+        input_tokens: int = 0,
+    ) -> None:  # fmt: skip
         metrics = run.score(scores)
+        if input_tokens:  # the embedder's max_length, raised by room_for where passages needed it
+            metrics["max_input_tokens"] = float(input_tokens)
         row = EvalRow(
             task="passages", dataset=task.name, model=model, method=method, max_length=options.size,
             metric="ndcg@10", score=metrics.pop("ndcg@10"), n=len(run.queries), seconds=seconds, tokens=tokens,
@@ -491,11 +511,14 @@ def evaluate_passages(
     emit("bm25", "bm25 (k1 1.2, b 0.75)", lexical, time.perf_counter() - start)
     dense_first: np.ndarray | None = None
     for method in methods if base is not None else ():
-        embedder = base.variant(method=method)
+        embedder = room_for(base.variant(method=method), texts)
         encoder = CachedEncoder(embedder, cache)
         dense = encoder.encode(query_texts, "query") @ encoder.encode(texts, "document").T
         label = model_label(base)
-        emit(embedder.method, label, dense, encoder.stats.seconds, encoder.stats.tokens, encoder.stats.cached)
+        emit(
+            embedder.method, label, dense, encoder.stats.seconds, encoder.stats.tokens, encoder.stats.cached,
+            embedder.max_length,
+        )  # fmt: skip
         if dense_first is None:
             dense_first = dense
             for spec in options.hybrid:
@@ -504,7 +527,8 @@ def evaluate_passages(
                 start = time.perf_counter()
                 fused = hybrid_scores(dense, lexical, config)
                 name = f"hybrid {embedder.method}+bm25 {config.fusion}:{config.weight:g}"
-                emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached)
+                emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached,
+                     input_tokens=embedder.max_length)  # fmt: skip
     for encoder_st in anchors:
         start = time.perf_counter()
         dense = encoder_st.encode(query_texts, "query") @ encoder_st.encode(texts, "document").T
