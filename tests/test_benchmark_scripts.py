@@ -263,6 +263,22 @@ def test_late_chunking_stretches_pack_consecutive_passages_of_one_document() -> 
     assert late.stretches(passages, tokens, 100) == [[0], [1, 2], [3]]  # 60 + 50 > 100; a new document starts anew
 
 
+def test_one_sided_reroute_report_means_scifact_and_pools_later_passage_samples(capsys) -> None:
+    one_sided = load_script("one_sided_reroute")
+    rows = [
+        dict(family="scifact", sample=s, docs="on", queries="off", system="dense", ndcg=v)
+        for s, v in (("A", 0.6), ("B", 0.7), ("C", 0.8))
+    ]
+    rows += [
+        dict(family="passages", sample=s, docs="off", queries="on", system="hybrid", ndcg=v, questions=n)
+        for s, v, n in (("A", 0.9, 10), ("B", 0.2, 10), ("C", 0.5, 30), ("D", None, 5))  # D: not cached
+    ]
+    one_sided.report(rows, [8, 9])
+    out = capsys.readouterr().out
+    assert "8,9 / off" in out and "mean 0.7000" in out
+    assert "D missing" in out and "B+C+D 0.4250" in out  # (0.2 * 10 + 0.5 * 30) / 40; A chooses, never pooled
+
+
 def test_window_search_mean_source_prototype_reduces_to_the_last_token_and_restores(make_embedder) -> None:
     import kvembed_rag.attention as attention
 
