@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from postprocess_study import DATA, scifact_samples
+from postprocess_study import DATA, _cached, scifact_samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"args": {**vars(args), "json": str(args.json)}, "rows": rows}, indent=1))
     return 0
-
-
-def _cached(cache: Any, embedder: Any, texts: list[str], role: str) -> bool:
-    vectors_path, stats_path = cache._paths(embedder, texts, role)
-    return bool(vectors_path.is_file() and stats_path.is_file())
 
 
 def report(rows: list[dict[str, Any]], window: list[int]) -> None:
