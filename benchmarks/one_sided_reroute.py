@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from postprocess_study import DATA, _cached, scifact_samples
+from passage_postprocess import passage_setup
+from postprocess_study import _cached, scifact_samples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,24 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", default="8,9", help="the re-routed window (the other side: layers=[])")
     parser.add_argument("--scifact-samples", default="A,B,C")
     parser.add_argument("--passage-samples", default="A,B,C,D")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"no data at {DATA}: skipping", file=sys.stderr)
+    # window_search.py's and passage_hybrid.py's embedders: max_length 512, hybrid pooling, bias 1, raw vectors
+    setup = passage_setup(args, 512)
+    if setup is None:
         return 0
-
-    from kvembed_rag import KVEmbedder
-    from kvembed_rag.eval.cache import EmbeddingCache
-    from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, load_passage_task, prepare
-    from kvembed_rag.layer_selection import load_calibration
+    from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import HybridConfig
 
     window = [int(x) for x in args.window.split(",")]
-    # window_search.py's embedders: max_length 512, hybrid pooling, bias 1, raw vectors
-    base = KVEmbedder.from_pretrained(args.model, method="kv", max_length=512, dtype="float32", postprocess="none")
-    cache = EmbeddingCache("default")
-    calibration = load_calibration()
+    base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     sides = {"on": base.variant(layers=window), "off": base.variant(layers=[])}
     stats = {k: fit(cache.encode(e, calibration, "document")[0], parse_spec("whiten:0.6")) for k, e in sides.items()}
     combos = [(d, q) for d in ("on", "off") for q in ("on", "off")]
@@ -72,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
                 score = round(sample.score({"docs": docs, "queries": queries}), 4)
             rows.append(dict(family="scifact", sample=sample.name, docs=d, queries=q, system="dense", ndcg=score))
 
-    task = load_passage_task(DATA / "qmsum_spans")
     fusion = HybridConfig.parse("weighted:0.5")
     for name in (s.strip() for s in args.passage_samples.split(",") if s.strip()):
         run = prepare(task.sample(4, name), base.token_offsets, size=256)
