@@ -467,10 +467,9 @@ class KVEmbedder(SentenceTransformersAPI):
         return self.forward.embed_encoded(batch)
 
 
-#: the config options the framework adapters expose as plain fields (besides the model itself)
-ADAPTER_OPTIONS: tuple[str, ...] = tuple(
-    name for name in field_names() if name not in ("model", "revision", "trust_remote_code", "attn_implementation")
-)
+#: the config options the framework adapters expose as plain fields (besides the model itself, which each
+#: framework names its own way: LangChain ``model``, LlamaIndex ``model_name``)
+ADAPTER_OPTIONS: tuple[str, ...] = tuple(name for name in field_names() if name != "model")
 
 _SHARED: dict[str, KVEmbedder] = {}
 _SHARED_LOCK = threading.Lock()

@@ -263,6 +263,18 @@ def test_late_chunking_stretches_pack_consecutive_passages_of_one_document() -> 
     assert late.stretches(passages, tokens, 100) == [[0], [1, 2], [3]]  # 60 + 50 > 100; a new document starts anew
 
 
+def test_neighbour_smoothing_moves_a_passage_towards_its_neighbours_in_its_own_document() -> None:
+    neighbours = load_script("passage_neighbours")
+    scores = np.array([[1.0, 0.0, 2.0, 4.0, 3.0]], np.float32)  # (queries, passages)
+    documents = ["a", "a", "a", "b", "b"]
+    out = neighbours.neighbour_smoothed(scores, documents, 0.5)
+    # a0 has one neighbour (a1); a1 the mean of a0 and a2; b0 never sees a2 across the document border
+    np.testing.assert_allclose(out, [[1.0 + 0.0, 0.0 + 0.75, 2.0 + 0.0, 4.0 + 1.5, 3.0 + 2.0]])
+    np.testing.assert_array_equal(neighbours.neighbour_smoothed(scores, documents, 0.0), scores)
+    alone = neighbours.neighbour_smoothed(scores[:, :1], ["a"], 1.0)  # no neighbour: unchanged
+    np.testing.assert_array_equal(alone, scores[:, :1])
+
+
 def test_one_sided_reroute_report_means_scifact_and_pools_later_passage_samples(capsys) -> None:
     one_sided = load_script("one_sided_reroute")
     rows = [

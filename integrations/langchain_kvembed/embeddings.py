@@ -36,6 +36,9 @@ class KVEmbeddings(BaseModel, Embeddings):
     """
 
     model: str = _field("model")
+    revision: str | None = _field("revision")
+    trust_remote_code: bool = _field("trust_remote_code")
+    attn_implementation: str = _field("attn_implementation")
     method: str = _field("method")
     layers: list[int] | str | None = _field("layers")
     bias: float | None = _field("bias")

@@ -38,6 +38,15 @@ def test_embeddings_return_python_floats(embeddings):
     assert KVEmbeddings(model=embeddings.model).embedder is embeddings.embedder  # one load per process
 
 
+def test_embeddings_take_the_load_options_and_refuse_unknown_ones(embeddings):
+    from pydantic import ValidationError
+
+    eager = KVEmbeddings(model=embeddings.model, attn_implementation="eager", revision=None)
+    assert eager.config.attn_implementation == "eager" and eager.config.trust_remote_code is False
+    with pytest.raises(ValidationError, match="model_name"):
+        KVEmbeddings(model_name=embeddings.model)  # LlamaIndex's spelling
+
+
 def test_scores_filters_and_relevance(store):
     scored = store.similarity_search_with_score(DOCS[1].page_content, k=4)
     assert scored[0][0].id == "i1" and scored[0][1] == pytest.approx(

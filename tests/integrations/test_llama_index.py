@@ -38,6 +38,16 @@ def test_contract(embed_model):
     np.testing.assert_allclose(batch[0], embed_model.get_text_embedding(TEXTS[0]), atol=1e-5)
 
 
+def test_unknown_options_are_refused_and_load_options_reach_the_config(checkpoints, embed_model):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="model"):
+        KVEmbedding(model=str(checkpoints["llama"]))  # LangChain's spelling: refused, not a silent default model
+    model = KVEmbedding(model_name=str(checkpoints["llama"]), attn_implementation="eager", revision=None)
+    assert model.config.attn_implementation == "eager" and model.config.trust_remote_code is False
+    assert model.config.model == embed_model.config.model
+
+
 def test_batch_method_is_one_call(embed_model, monkeypatch):
     calls = []
     original = embed_model.embedder.encode_documents

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
 from kvembed_rag import KVEmbedConfig, KVEmbedder, shared_embedder
 from kvembed_rag.config import option_default, option_help
@@ -33,7 +33,18 @@ class KVEmbedding(BaseEmbedding):
     """
 
     # the embedder's options, with the config's own defaults and help texts (one definition of each)
+    # unknown keywords are refused: LlamaIndex's default (ignore) would turn ``model=...`` (LangChain's
+    # spelling) into a silent load of the default model
+    model_config = ConfigDict(extra="forbid")
+
     model_name: str = Field(default=option_default("model"), description=option_help("model"))
+    revision: str | None = Field(default=option_default("revision"), description=option_help("revision"))
+    trust_remote_code: bool = Field(
+        default=option_default("trust_remote_code"), description=option_help("trust_remote_code")
+    )
+    attn_implementation: str = Field(
+        default=option_default("attn_implementation"), description=option_help("attn_implementation")
+    )
     method: str = Field(default=option_default("method"), description=option_help("method"))
     layers: list[int] | str | None = Field(default=option_default("layers"), description=option_help("layers"))
     bias: float | None = Field(default=option_default("bias"), description=option_help("bias"))
