@@ -2,7 +2,7 @@
 
 The corpus is 19 ``pydoc`` pages (:data:`kvembed_rag.retrieval.documents.DEMO_MODULES`, about 82k Gemma tokens); each
 question comes with the module pages that answer it, so the demo can say whether retrieval found them.
-The index lives in the kvembed-rag cache (one per method) and is reused: a second run embeds nothing.
+The index lives in the kvembed-rag cache (one per embedder and passage size) and is reused: a second run embeds nothing.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._io import write_json_atomically
+from .config import LAYER_RULES
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def validate_layers(layers: object, num_layers: int) -> list[int]:
     if isinstance(layers, int):
         layers = [layers]
     if not isinstance(layers, (list, tuple, range, set, frozenset)):
-        raise TypeError(f"layers must be 'auto', 'default' or a list of layer indices; got {type(layers).__name__}")
+        raise TypeError(
+            f"layers must be a rule ({', '.join(LAYER_RULES)}) or a list of layer indices; got {type(layers).__name__}"
+        )
     result: list[int] = []
     for layer in layers:
         if isinstance(layer, bool) or not isinstance(layer, int):

@@ -67,6 +67,24 @@ def test_index_then_search(checkpoints, corpus, tmp_path, capsys):
     assert "1. " in capsys.readouterr().out
 
 
+def test_search_runtime_flags_reach_the_rebuilt_embedder(checkpoints, corpus, tmp_path, capsys, monkeypatch):
+    import kvembed_rag.retrieval.pipeline as pipeline
+
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus, out) == 0
+    capsys.readouterr()
+    seen = []
+    original = pipeline.load_for_search
+
+    def spy(folder, **overrides):
+        seen.append(overrides)
+        return original(folder, **overrides)
+
+    monkeypatch.setattr(pipeline, "load_for_search", spy)
+    assert main(["search", str(out), "budget", "--batch-tokens", "96", "--dtype", "float32", "--json"]) == 0
+    assert seen == [{"device": None, "dtype": "float32", "batch_tokens": 96}]  # none dropped on the way
+
+
 def test_reindex_skips_unchanged_and_replaces_changed(checkpoints, corpus, tmp_path, capsys):
     model, out = str(checkpoints["llama"]), tmp_path / "idx"
     assert _index(model, corpus, out) == 0

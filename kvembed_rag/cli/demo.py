@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   kvembed-rag demo
   kvembed-rag demo --question "How do I read a CSV file?" -k 5
   kvembed-rag demo --limit 4                  # a quick look: 4 of the 19 pages
-The index is kept in the kvembed-rag cache (one per --method): a second run embeds nothing."""
+The index is kept in the kvembed-rag cache (one per embedder and passage size): a second run embeds nothing."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

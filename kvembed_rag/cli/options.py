@@ -1,6 +1,6 @@
 """What every command shares: exit codes, the model options, argument validators and loading the embedder.
 
-The model options live here and only here (the integrator generates them from ``KVEmbedConfig`` later).
+The model options live here and only here, one flag per ``KVEmbedConfig`` option (:func:`add_model_options`).
 Nothing in this module imports torch or transformers at import time: ``--help``, ``--version`` and usage
 errors must answer at once, so heavy modules are imported inside the functions that need them.
 """
@@ -36,6 +36,33 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
     return value
+
+
+def passage_tokens(text: str) -> int:
+    """Text tokens per passage: 0 (as many as ``--max-length`` holds) or at least 16."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or >= 16); got {text!r}") from None
+    if value != 0 and value < 16:
+        raise argparse.ArgumentTypeError(f"a passage needs at least 16 text tokens (0: fill --max-length); got {value}")
+    return value
+
+
+def hybrid_flag(text: str | None, *, default: Any = None) -> Any:
+    """``--hybrid`` of ``index`` and ``search``: None (flag not given), False (``none``: dense only), or the
+    :class:`~kvembed_rag.retrieval.lexical.HybridConfig` it names (``default``: the shipped fusion)."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return False
+    from ..errors import ConfigError
+    from ..retrieval.lexical import HybridConfig
+
+    try:
+        return HybridConfig() if text.strip().lower() == "default" else HybridConfig.parse(text)
+    except ConfigError as exc:
+        raise UsageError(f"--hybrid: {exc}") from None
 
 
 def fraction(text: str) -> float:

@@ -14,6 +14,7 @@ from .options import (
     UsageError,
     add_model_options,
     add_output_options,
+    hybrid_flag,
     positive_int,
     quiet_libraries,
 )
@@ -46,23 +47,13 @@ def run(args: argparse.Namespace) -> int:
     if not (folder / MANIFEST).is_file():
         what = "does not exist" if not folder.exists() else f"has no {MANIFEST}"
         raise UsageError(f"{folder} is not a kvembed-rag index ({what}); build one with 'kvembed-rag index'")
-    hybrid: object = None
-    if args.hybrid is not None and args.hybrid.strip().lower() == "none":
-        hybrid = False
-    elif args.hybrid is not None:
-        from ..errors import ConfigError
-        from ..retrieval.lexical import HybridConfig
-
-        try:
-            hybrid = HybridConfig.parse(args.hybrid)
-        except ConfigError as exc:
-            raise UsageError(f"--hybrid: {exc}") from None
+    hybrid = hybrid_flag(args.hybrid)
     quiet_libraries(verbose=bool(getattr(args, "verbose", False)))
     from ..errors import IndexCorruptError
     from ..retrieval.pipeline import load_for_search, search_documents
 
     try:
-        index, embedder = load_for_search(folder, device=args.device, dtype=args.dtype)
+        index, embedder = load_for_search(folder, device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens)
     except (FileNotFoundError, IndexCorruptError) as exc:
         print(f"kvembed-rag search: {exc}", file=sys.stderr)
         return EXIT_FAILURE

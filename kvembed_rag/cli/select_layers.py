@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         from ..plotting import require_matplotlib
 
         require_matplotlib()  # before the model loads, not after the curve is computed
+    if args.layers is not None:  # every layer is measured; a window of the user's would be silently ignored
+        raise UsageError("select-layers measures every layer and prints each rule's window; drop --layers")
     validate_model_args(args)
     from ..layer_selection import first_candidate_layer, load_calibration, middle_window, plot_curve, select_layers
 

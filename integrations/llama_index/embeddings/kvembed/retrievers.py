@@ -93,7 +93,7 @@ class KVIndexRetriever(BaseRetriever):
     Example:
         .. code-block:: python
 
-            nodes = KVTokenNodeParser.from_defaults(embed_model=embed_model).get_nodes_from_documents(documents)
+            nodes = KVTokenNodeParser(embed_model).get_nodes_from_documents(documents)
             retriever = KVIndexRetriever.from_nodes(nodes, embed_model, hybrid=True, similarity_top_k=5)
             retriever.persist("my-index")  # later: KVIndexRetriever.from_persist_dir("my-index", embed_model)
     """
