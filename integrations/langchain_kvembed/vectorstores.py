@@ -334,9 +334,22 @@ class KVFaissVectorStore(VectorStore):
         with self._lock:
             if self._index is None:
                 raise ValueError("nothing to save: the store is empty and has no dimension yet; add texts first")
-            # parents first: an interrupted save leaves a superset of documents, never chunks without theirs
-            _write_parents(Path(folder_path), self._parents)
-            self._index.save(folder_path)
+            # the parents travel as an attachment of the index: written and checksummed with it, committed by
+            # the same manifest, so an interrupted save keeps the old pair and an edited file is refused on load
+            folder = Path(folder_path)
+            folder.mkdir(parents=True, exist_ok=True)
+            staging = folder / f".{PARENTS_ATTACHMENT}-{uuid.uuid4().hex}.json"
+            try:
+                if self._parents:
+                    _write_parents(staging, self._parents)
+                    self._index.attach(PARENTS_ATTACHMENT, staging)
+                else:
+                    self._index.attachments.pop(PARENTS_ATTACHMENT, None)
+                self._index.save(folder)
+            finally:
+                self._index.attachments.pop(PARENTS_ATTACHMENT, None)  # the staging file goes now
+                staging.unlink(missing_ok=True)
+            (folder / LEGACY_PARENTS_FILE).unlink(missing_ok=True)  # a store saved before: its file is superseded
 
     @classmethod
     def load_local(cls, folder_path: str | Path, embeddings: Embeddings, **kwargs: Any) -> KVFaissVectorStore:
@@ -348,21 +361,24 @@ class KVFaissVectorStore(VectorStore):
         kwargs.pop("allow_dangerous_deserialization", None)  # accepted for drop-in use, never needed
         index = VectorIndex.load(folder_path, embedder=_describe(embeddings))
         store = cls(embeddings, index, hybrid=kwargs.pop("hybrid", None))  # hybrid=...: add BM25 or change fusion
-        store._parents = _read_parents(Path(folder_path))
+        # verified by VectorIndex.load against the manifest's checksum; a store saved before parents were an
+        # attachment has an unchecked parents.json
+        attached = index.attachments.pop(PARENTS_ATTACHMENT, None)
+        store._parents = _read_parents(attached or Path(folder_path) / LEGACY_PARENTS_FILE)
         return store
 
 
 PARENT_KEY = "parent_id"
-PARENTS_FILE = "parents.json"
+PARENTS_ATTACHMENT = "parents"
+LEGACY_PARENTS_FILE = "parents.json"
 
 
-def _write_parents(folder: Path, parents: dict[str, Document]) -> None:
+def _write_parents(path: Path, parents: dict[str, Document]) -> None:
     payload = [{"id": key, "page_content": d.page_content, "metadata": d.metadata} for key, d in parents.items()]
-    write_bytes_atomically(folder / PARENTS_FILE, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+    write_bytes_atomically(path, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
 
 
-def _read_parents(folder: Path) -> dict[str, Document]:
-    path = folder / PARENTS_FILE
+def _read_parents(path: Path) -> dict[str, Document]:
     if not path.is_file():
         return {}
     try:

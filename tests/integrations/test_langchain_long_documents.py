@@ -129,3 +129,48 @@ def test_cache_backed_embeddings_namespace_follows_the_configuration(checkpoints
     np.testing.assert_allclose(fresh, other.embed_documents(texts), atol=1e-6)
     assert not np.allclose(fresh, vectors, atol=1e-4)  # not the stale vectors of the other configuration
     assert len(set(store.yield_keys())) == 4
+
+
+def test_parents_are_saved_with_the_index_checksum_and_an_edited_file_is_refused(embeddings, tmp_path):
+    import json
+
+    from kvembed_rag import IndexCorruptError
+
+    store = KVFaissVectorStore(embeddings)
+    store.add_documents(
+        [Document(page_content="alpha beta gamma", id="a"), Document(page_content="delta", id="d")], split=True
+    )
+    folder = tmp_path / "idx"
+    store.save_local(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    parents_file = folder / manifest["attachments"]["parents"]["file"]
+    assert parents_file.is_file() and not (folder / "parents.json").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging file left behind
+    loaded = KVFaissVectorStore.load_local(folder, embeddings)
+    assert loaded.similarity_search_parents("delta", k=1)[0].page_content == "delta"
+    loaded.save_local(folder)  # saving again over itself keeps one parents file
+    assert len([p for p in folder.iterdir() if p.name.startswith("parents")]) == 1
+    # an edited parents file no longer passes silently
+    parents_file.write_text(parents_file.read_text().replace("delta", "DELTA"))
+    with pytest.raises(IndexCorruptError, match="parents"):
+        KVFaissVectorStore.load_local(folder, embeddings)
+
+
+def test_a_store_saved_with_a_plain_parents_file_still_loads(embeddings, tmp_path):
+    import json
+
+    store = KVFaissVectorStore(embeddings)
+    store.add_documents([Document(page_content="alpha beta gamma", id="a")], split=True)
+    folder = tmp_path / "idx"
+    store.save_local(folder)
+    # the layout before parents were an attachment: parents.json beside, not named by the manifest
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["attachments"].pop("parents")
+    (folder / entry["file"]).rename(folder / "parents.json")
+    manifest_path.write_text(json.dumps(manifest))
+    loaded = KVFaissVectorStore.load_local(folder, embeddings)
+    assert loaded.similarity_search_parents("alpha", k=1)[0].id == "a"
+    loaded.save_local(folder)  # re-saved in the new layout
+    assert not (folder / "parents.json").exists()
+    assert "parents" in json.loads(manifest_path.read_text())["attachments"]
