@@ -201,3 +201,33 @@ def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> No
     assert main(["index", str(corpus), "--out", str(dense), "--hybrid", "weighted:1", *common]) == 0
     assert json.loads(capsys.readouterr().out)["embedded"] == 0
     assert VectorIndex.load(dense).hybrid == HybridConfig("weighted", 1.0)
+
+
+@pytest.mark.parametrize("hybrid", ["weighted:0.5", "rrf:0.5", "weighted:0.3"])
+def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
+    """``eval passages`` scores with :func:`hybrid_order` over full score arrays; the shipped path is
+    :meth:`VectorIndex.search_hybrid` over FAISS and the BM25 store: both must rank alike, with a candidate set
+    smaller than the corpus so the union matters."""
+    from kvembed_rag.eval.passages import hybrid_scores
+
+    rng = np.random.default_rng(7)
+    words = ["budget", "remote", "design", "speech", "noise", "quarter", "yellow", "button", "committee", "prototype"]
+    texts = [" ".join(rng.choice(words, size=6)) for _ in range(40)]
+    vectors = _vectors(40, seed=11)
+    index = VectorIndex(16, hybrid=hybrid)
+    index.upsert([f"d{i}" for i in range(40)], vectors, texts)
+    config = HybridConfig.parse(hybrid)
+    assert config is not None
+    config = HybridConfig(config.fusion, config.weight, candidates=8)
+    queries = _vectors(5, seed=12)
+    query_texts = ["budget remote", "speech noise quarter", "yellow", "committee prototype design", "none of these"]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    dense = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ unit.T  # (queries, docs) cosine
+    store = BM25Store()
+    store.upsert(list(range(40)), texts)
+    lexical = np.stack([store.scores(q)[1] for q in query_texts]).astype(np.float32)
+    expected = hybrid_scores(dense, lexical, config, k=5)
+    for row, hits in enumerate(index.search_hybrid(queries, query_texts, k=5, hybrid=config)):
+        order = [f"d{i}" for i in np.argsort(-expected[row], kind="stable")[:5]]
+        assert [h.id for h in hits] == order, (row, hybrid)
+        np.testing.assert_allclose([h.score for h in hits], np.sort(expected[row])[::-1][:5], atol=1e-5)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..config import DTYPES, PADDING_SIDES, POOLINGS
 from ..methods import METHODS
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -171,14 +172,14 @@ FLAG_TYPES: dict[str, tuple[Any, dict[str, Any]]] = {
     "method": (str, {"choices": list(METHODS)}),
     "layers": (str, {}),
     "bias": (float, {}),
-    "pooling": (str, {"choices": ["hybrid", "mean", "last"]}),
+    "pooling": (str, {"choices": list(POOLINGS)}),
     "prompts": (str, {"metavar": "JSON|TEMPLATE"}),
     "max_length": (positive_int, {}),
     "postprocess": (str, {"metavar": "KIND|FILE"}),
     "batch_tokens": (positive_int, {}),
-    "padding_side": (str, {"choices": ["left", "right"]}),
+    "padding_side": (str, {"choices": list(PADDING_SIDES)}),
     "device": (str, {}),
-    "dtype": (str, {"choices": ["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"]}),
+    "dtype": (str, {"choices": list(DTYPES)}),
     "attn_implementation": (str, {"choices": ["sdpa", "eager"]}),
     "trust_remote_code": (None, {"action": "store_true"}),
 }

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import POOLINGS
 from .options import (
     EXIT_OK,
     UsageError,
@@ -38,7 +39,6 @@ bias, pooling and post-processing unless given); layers='auto' stays the middle-
 machine. Every point is ranked on each dev task; the lowest mean rank wins (one task: the best score; ties: the
 first in the grid). 'mixed' takes one dev set per family."""
 
-POOLINGS = ("hybrid", "last", "mean")
 FAMILIES = ("sts", "retrieval", "classification", "clustering")
 
 
