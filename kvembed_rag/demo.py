@@ -99,13 +99,14 @@ def run_demo(
 
     folder = Path(out)
     pages = list(documents) if documents is not None else demo_documents()
-    report = build_index(embedder, pages, folder, progress=progress, overwrite=overwrite)
+    # the shipped retrieval path, as `kvembed-rag index` builds it: dense kv and BM25 over the same passages, fused
+    report = build_index(embedder, pages, folder, progress=progress, overwrite=overwrite, hybrid=True)
     index = VectorIndex.load(folder)
     asked = [DemoQuestion(q, ()) for q in questions] if questions else list(DEMO_QUESTIONS)
     result = DemoResult(folder, len(pages), report)
     for item in asked:
         start = time.perf_counter()
-        hits = search_documents(index, embedder.encode_queries(item.question), k=k)
+        hits = search_documents(index, embedder.encode_queries(item.question), k=k, query_text=item.question)
         result.answers.append(DemoAnswer(item.question, hits, time.perf_counter() - start, item.expected))
     return result
 

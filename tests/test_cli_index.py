@@ -259,6 +259,9 @@ def test_demo_runs_offline(checkpoints, tmp_path, capsys):
     assert "Q: How do I parse JSON?" in text and "1. " in text and "stdlib:" in text
     assert main(argv) == 0  # second run reuses the index
     assert "0 embedded" in capsys.readouterr().out
+    from kvembed_rag.retrieval.vector_index import VectorIndex
+
+    assert VectorIndex.load(tmp_path / "demo").lexical is not None  # the shipped path: BM25 beside the vectors
 
 
 def test_demo_default_index_lives_per_embedder_in_the_cache(checkpoints, tmp_path, monkeypatch, capsys):

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"corpus: {len(documents)} module pages in passages of up to {passage_input_tokens(embedder)} tokens with "
-        "the prompt (as 'kvembed-rag index' makes them); a page ranks by its best passage"
+        "the prompt (as 'kvembed-rag index' makes them), dense kv + BM25 fused; a page ranks by its best passage"
     )
     progress = BuildProgress("indexing", len(documents), enabled=show)
     result = run_demo(
