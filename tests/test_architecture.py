@@ -131,3 +131,17 @@ def test_the_contract_sees_real_imports() -> None:
     assert "kvembed_rag.forward" in graph["kvembed_rag.embedder"]
     assert "kvembed_rag.embedder" in graph["kvembed_rag.cli.options"]
     assert _layer("kvembed_rag.cli.serve") == 3 and _layer("kvembed_rag.postprocess.files") == BASE
+
+
+def test_the_core_never_imports_a_framework() -> None:
+    """LangChain and LlamaIndex live in ``integrations/``; no module of the core imports them, lazily or not
+    (the runtime check in test_optional_dependencies.py only sees what ``import kvembed_rag`` loads)."""
+    frameworks = ("langchain", "langchain_core", "langchain_community", "llama_index")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            found += [f"{path.relative_to(PACKAGE)}: {n}" for n in names if n.split(".")[0] in frameworks]
+    assert not found, found
