@@ -216,10 +216,10 @@ class KVFaissVectorStore(VectorStore):
         """``(document, score)`` pairs, best first: the cosine, or on a hybrid store the fused score."""
         vector = self._embedding.embed_query(query)
         with self._lock:
-            if self._index is not None and self._index.lexical is not None and len(self._index):
-                hits = self._index.search_hybrid(np.asarray(vector, dtype=np.float32), query, k, filter=filter)[0]
-                return [(_document(hit), hit.score) for hit in hits]
-        return self.similarity_search_with_score_by_vector(vector, k, filter=filter)
+            if self._index is None or len(self._index) == 0:
+                return []
+            hits = self._index.search_query(np.asarray(vector, dtype=np.float32), query, k, filter=filter)[0]
+        return [(_document(hit), hit.score) for hit in hits]
 
     def similarity_search_parents(
         self,

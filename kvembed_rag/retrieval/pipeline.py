@@ -443,10 +443,7 @@ def search_documents(
     fuses BM25 on ``query_text`` with the dense scores (``hybrid``: another fusion; ``False``: dense only)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int; got {k!r}")
-    if index.lexical is not None and query_text is not None and hybrid is not False:
-        hits = index.search_hybrid(query_vector, query_text, k=max(k * 8, 32), hybrid=hybrid)[0]
-    else:
-        hits = index.search(query_vector, k=max(k * 8, 32))[0]
+    hits = index.search_query(query_vector, query_text, max(k * 8, 32), hybrid=hybrid)[0]
     results = []
     for hit in best_per_document(hits, lambda h: str(h.metadata.get("document", h.id)), k):
         text = (hit.text or "").strip()

@@ -366,6 +366,22 @@ class VectorIndex:
         scores = self._scores(scores)
         return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
 
+    def search_query(
+        self,
+        queries: np.ndarray | Sequence[float] | Sequence[Sequence[float]],
+        query_texts: str | Sequence[str] | None,
+        k: int = 4,
+        *,
+        hybrid: HybridConfig | Mapping[str, Any] | str | bool | None = None,
+        filter: Filter | None = None,
+    ) -> list[list[Hit]]:
+        """The shipped retrieval path for a query: :meth:`search_hybrid` when this index keeps BM25 and the query's
+        text is given, else :meth:`search` (dense). ``hybrid=False``: dense even on a hybrid index; another
+        fusion: that one instead of the index's default."""
+        if self.lexical is not None and query_texts is not None and hybrid is not False:
+            return self.search_hybrid(queries, query_texts, k, hybrid=hybrid, filter=filter)
+        return self.search(queries, k, filter=filter)
+
     def search_hybrid(
         self,
         queries: np.ndarray | Sequence[float] | Sequence[Sequence[float]],

@@ -144,10 +144,8 @@ class KVIndexRetriever(BaseRetriever):
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         vector = self._embed_model.get_query_embedding(query_bundle.query_str)
-        if self._index.lexical is not None and not self._dense_only:
-            hits = self._index.search_hybrid(vector, query_bundle.query_str, self._top_k)[0]
-        else:
-            hits = self._index.search(vector, self._top_k)[0]
+        text = None if self._dense_only else query_bundle.query_str
+        hits = self._index.search_query(vector, text, self._top_k)[0]
         results = []
         for hit in hits:
             metadata = dict(hit.metadata)
