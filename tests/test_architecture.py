@@ -145,3 +145,22 @@ def test_the_core_never_imports_a_framework() -> None:
                 names = [node.module]
             found += [f"{path.relative_to(PACKAGE)}: {n}" for n in names if n.split(".")[0] in frameworks]
     assert not found, found
+
+
+#: the bottom of the stack: what every other module may build on, importing only one another
+FOUNDATION = {
+    "kvembed_rag.attention",
+    "kvembed_rag.config",
+    "kvembed_rag.errors",
+    "kvembed_rag.methods",
+    "kvembed_rag.prompts",
+    "kvembed_rag._io",
+}
+
+
+def test_attention_and_config_sit_at_the_bottom() -> None:
+    """The brief's order ends in ``embedder > attention, config``: the attention hook and the configuration
+    import nothing above them (not post-processing, loading or layer selection), so either can be read alone."""
+    graph = _graph()
+    violations = {m: sorted(graph[m] - FOUNDATION) for m in sorted(FOUNDATION) if graph[m] - FOUNDATION}
+    assert not violations, violations
