@@ -231,3 +231,15 @@ def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
         order = [f"d{i}" for i in np.argsort(-expected[row], kind="stable")[:5]]
         assert [h.id for h in hits] == order, (row, hybrid)
         np.testing.assert_allclose([h.score for h in hits], np.sort(expected[row])[::-1][:5], atol=1e-5)
+
+
+def test_search_query_is_hybrid_when_the_index_and_the_query_have_text() -> None:
+    hybrid, dense_only = _index("weighted:0.5"), _index(None)
+    query = _vectors(1, seed=2)[0]
+    ids = lambda hits: [h.id for h in hits[0]]  # noqa: E731
+    assert ids(hybrid.search_query(query, "budget", 3)) == ids(hybrid.search_hybrid(query, "budget", 3))
+    assert ids(hybrid.search_query(query, None, 3)) == ids(hybrid.search(query, 3))  # no text: dense
+    assert ids(hybrid.search_query(query, "budget", 3, hybrid=False)) == ids(hybrid.search(query, 3))
+    assert ids(dense_only.search_query(query, "budget", 3)) == ids(dense_only.search(query, 3))  # no BM25 kept
+    rrf = hybrid.search_query(query, "budget", 3, hybrid="rrf:0.5")
+    assert ids(rrf) == ids(hybrid.search_hybrid(query, "budget", 3, hybrid="rrf:0.5"))
