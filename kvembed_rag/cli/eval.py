@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     passages = parser.add_argument_group("passages")
     passages.add_argument(
         "--passage-sample",
-        choices=["A", "B", "C", "D"],  # eval.passages.SAMPLES, listed so --help imports no numpy
+        choices=["A", "B", "C", "D", "E", "F", "G", "H"],  # eval.passages.SAMPLES, listed so --help imports no numpy
         default="A",
         help="which of the disjoint seeded samples (A chooses, B-D confirm; default A)",
     )
