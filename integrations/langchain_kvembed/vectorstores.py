@@ -233,19 +233,24 @@ class KVFaissVectorStore(VectorStore):
 
         Each result is the whole document with ``best_passage`` (that chunk's text), ``best_score``,
         ``best_chunk_index`` and ``best_start_index`` in its metadata; chunks of documents this store does
-        not hold (plain ``add_texts``) are returned as themselves. ``fetch_k`` chunks are searched (default
+        not hold (plain ``add_texts``) are returned as themselves, and of an index ``kvembed-rag index`` built
+        (it keeps passages, not whole documents) the best passage per document. ``fetch_k`` chunks are searched (default
         ``max(50, 10·k)``): one long document can own many of the nearest chunks.
         """
         hits = self.similarity_search_with_score(query, fetch_k or max(50, 10 * k), filter=filter)
 
         def document_of(hit: tuple[Document, float]) -> str:
-            parent_id = hit[0].metadata.get(PARENT_KEY)
-            return parent_id if isinstance(parent_id, str) and parent_id in self._parents else f"chunk:{hit[0].id}"
+            metadata = hit[0].metadata
+            parent_id = metadata.get(PARENT_KEY)
+            if isinstance(parent_id, str) and parent_id in self._parents:
+                return parent_id
+            core_document = metadata.get(CORE_DOCUMENT_KEY)  # an index `kvembed-rag index` built: its best passage
+            return f"document:{core_document}" if isinstance(core_document, str) else f"chunk:{hit[0].id}"
 
         results: list[Document] = []
         for chunk, score in best_per_document(hits, document_of, k):
             key = document_of((chunk, score))
-            if key.startswith("chunk:"):
+            if key not in self._parents:  # a plain chunk, or the best passage of a core index's document
                 results.append(
                     Document(
                         id=chunk.id, page_content=chunk.page_content, metadata={**chunk.metadata, "best_score": score}
@@ -369,6 +374,7 @@ class KVFaissVectorStore(VectorStore):
 
 
 PARENT_KEY = "parent_id"
+CORE_DOCUMENT_KEY = "document"  # the document id `kvembed-rag index` / build_index store on each passage
 PARENTS_ATTACHMENT = "parents"
 LEGACY_PARENTS_FILE = "parents.json"
 

@@ -174,3 +174,19 @@ def test_a_store_saved_with_a_plain_parents_file_still_loads(embeddings, tmp_pat
     loaded.save_local(folder)  # re-saved in the new layout
     assert not (folder / "parents.json").exists()
     assert "parents" in json.loads(manifest_path.read_text())["attachments"]
+
+
+def test_parent_search_on_an_index_the_cli_built_returns_one_passage_per_document(embeddings, tmp_path):
+    """``kvembed-rag index`` keeps passages (``document`` in their metadata), not whole documents: opened in
+    LangChain, parent search still ranks documents by their best passage, one result each."""
+    from kvembed_rag.retrieval.documents import SourceDocument
+    from kvembed_rag.retrieval.pipeline import build_index
+
+    long_text = " ".join(f"budget line {n} for the remote control project." for n in range(40))
+    documents = [SourceDocument("long", "", long_text, "x"), SourceDocument("short", "", "a yellow case", "y")]
+    build_index(embeddings.embedder, documents, tmp_path / "idx", passage_tokens=64, hybrid=True)
+    store = KVFaissVectorStore.load_local(tmp_path / "idx", embeddings)
+    assert len(store.index) > 3  # the long document became several passages
+    found = store.similarity_search_parents("budget line 7 for the remote control project.", k=2)
+    assert [d.metadata["document"] for d in found] == ["long", "short"]  # one per document, best first
+    assert all("best_score" in d.metadata for d in found)
