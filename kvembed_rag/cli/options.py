@@ -50,7 +50,7 @@ def passage_tokens(text: str) -> int:
     return value
 
 
-def hybrid_flag(text: str | None, *, default: Any = None) -> Any:
+def hybrid_flag(text: str | None) -> Any:
     """``--hybrid`` of ``index`` and ``search``: None (flag not given), False (``none``: dense only), or the
     :class:`~kvembed_rag.retrieval.lexical.HybridConfig` it names (``default``: the shipped fusion)."""
     if text is None:
