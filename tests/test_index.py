@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -285,3 +286,98 @@ def test_querying_with_another_embedder_is_refused(index, tmp_path):
     with pytest.raises(EmbedderMismatchError, match="model"):
         VectorIndex.load(folder, embedder={**same, "model": {"identity": "other"}})
     check_compatible(None, same)  # indexes built from plain vectors carry no embedder: nothing to check
+
+
+# ---------------------------------------------------------------- several vectors per record (small-to-big)
+def _multi(factory: str = "Flat", precision: str = "float32", hybrid: bool = False) -> tuple[VectorIndex, np.ndarray]:
+    idx = VectorIndex(DIM, factory=factory, precision=precision, hybrid=hybrid or None)
+    rows = _vectors(10, seed=3)
+    idx.upsert(
+        ["a", "b", "c"],
+        rows,
+        ["alpha passage", "beta passage", "gamma passage"],
+        [{"n": 1}, {"n": 2}, {"n": 3}],
+        vector_counts=[3, 5, 2],
+    )
+    return idx, rows
+
+
+def _best(rows: np.ndarray, query: np.ndarray) -> dict[str, float]:
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cos = unit @ (query / np.linalg.norm(query))
+    return {"a": float(cos[:3].max()), "b": float(cos[3:8].max()), "c": float(cos[8:].max())}
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
+def test_a_record_with_several_vectors_scores_as_its_best(factory):
+    idx, rows = _multi(factory)
+    assert len(idx) == 3 and idx.vector_count == 10 and idx.multi_vector
+    for query in (rows[6], rows[1] + rows[9], _vectors(1, seed=9)[0]):
+        expected = _best(rows, query)
+        hits = idx.search(query, 3)[0]
+        assert [h.id for h in hits] == sorted(expected, key=lambda key: -expected[key])  # each record once
+        for hit in hits:
+            assert hit.score == pytest.approx(expected[hit.id], abs=1e-5)
+        filtered = idx.search(query, 3, filter={"n": {"$gte": 2}})[0]  # the exact path agrees
+        assert [h.id for h in filtered] == [h.id for h in hits if h.id != "a"]
+        assert [h.score for h in filtered] == pytest.approx([h.score for h in hits if h.id != "a"], abs=1e-5)
+    assert [h.id for h in idx.search(rows[6], 1)[0]] == ["b"]
+
+
+def test_several_vectors_per_record_round_trip_and_delete(tmp_path):
+    idx, rows = _multi("HNSW16")
+    idx.save(tmp_path / "i")
+    again = VectorIndex.load(tmp_path / "i")
+    assert again.vector_count == 10 and [h.id for h in again.search(rows[9], 3)[0]] == [
+        h.id for h in idx.search(rows[9], 3)[0]
+    ]
+    np.testing.assert_allclose(
+        again.record_vectors("b"), rows[3:8] / np.linalg.norm(rows[3:8], axis=1)[:, None], atol=1e-6
+    )
+    assert again.delete(["b"]) == 1 and again.vector_count == 5  # its five vectors go with it
+    assert "b" not in {h.id for h in again.search(rows[5], 3)[0]}
+    again.compact()
+    again.save(tmp_path / "i")
+    third = VectorIndex.load(tmp_path / "i")
+    assert len(third) == 2 and third.vector_count == 5 and third._faiss.ntotal == 5
+    again.upsert(["a"], rows[:1], ["alpha, now one vector"])  # replacing a record replaces all its vectors
+    assert again.vector_count == 3 and again.record_vectors("a").shape == (1, DIM)
+
+
+def test_several_vectors_per_record_in_the_hybrid_and_compact_precisions():
+    for precision in ("int8", "binary"):
+        idx, rows = _multi(precision=precision)
+        assert [h.id for h in idx.search(rows[6], 1)[0]] == ["b"]
+    idx, rows = _multi(hybrid=True)
+    query = rows[9]
+    dense = idx.search(query, 3)[0]
+    assert [h.id for h in idx.search_hybrid(query, "passage", 3, hybrid="weighted:0")[0]] == [h.id for h in dense]
+    fused = idx.search_hybrid(query, "gamma", 3)[0]  # c: its best child and the only BM25 match
+    assert fused[0].id == "c"
+    mean = idx.vectors(["b"])[0]  # one direction per record (MMR): the normalised mean of its vectors
+    unit = rows[3:8] / np.linalg.norm(rows[3:8], axis=1, keepdims=True)
+    np.testing.assert_allclose(mean, unit.mean(0) / np.linalg.norm(unit.mean(0)), atol=1e-5)
+    with pytest.raises(ValueError, match="several per record"):
+        idx.search(query, 2, rescore={"a": rows[0], "b": rows[3], "c": rows[8]})
+
+
+def test_vector_counts_are_validated_before_anything_changes():
+    idx, rows = _multi()
+    for counts, message in (([3, 5], "2 entries for 3 ids"), ([3, 5, 3], "add up to 11"), ([3, 0, 7], "positive")):
+        with pytest.raises(ValueError, match=message):
+            idx.upsert(["x", "y", "z"], rows, ["1", "2", "3"], vector_counts=counts)
+    assert len(idx) == 3 and idx.vector_count == 10
+
+
+def test_a_docstore_whose_vector_labels_do_not_add_up_is_refused(tmp_path):
+    idx, _ = _multi()
+    folder = idx.save(tmp_path / "i")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    store = folder / manifest["files"]["docstore"]
+    data = json.loads(store.read_text())
+    data["records"][1]["further"] = data["records"][1]["further"][:2]  # two of b's vectors unaccounted for
+    store.write_text(json.dumps(data))
+    manifest["sha256"]["docstore"] = hashlib.sha256(store.read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match="do not belong together"):
+        VectorIndex.load(folder)

@@ -300,3 +300,34 @@ def test_passages_are_never_cut_the_harness_makes_room(make_embedder, tmp_path: 
     dense = [(r.method, round(r.score, 6)) for r in cut_short]
     assert dense == [(r.method, round(r.score, 6)) for r in long]
     assert cut_short[1].extra["max_input_tokens"] == roomy.max_length
+
+
+def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, tmp_path: Path) -> None:
+    from kvembed_rag import passage_pieces
+
+    folder = tmp_path / "long_turns"
+    folder.mkdir()
+    meetings = [
+        {"id": m, "turns": [{"speaker": "A", "content": f"{m} item {i} is done and filed."} for i in range(30)]}
+        for m in "xy"
+    ]
+    queries = [{"id": f"q{m}", "meeting": m, "query": f"{m} item 17 filed", "spans": [[17, 17]]} for m in "xy"]
+    (folder / "meetings.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meetings))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    embedder = make_embedder("llama", max_length=256)
+    options = PassageOptions(documents=None, sample=None, size=80, hybrid=("weighted:0",), child_tokens=24)
+    rows = {r.method: r for r in evaluate_passages(folder, embedder, options=options)}
+    assert list(rows) == [
+        "bm25",
+        "kv",
+        "kv pieces:24",
+        "hybrid kv+bm25 weighted:0",
+        "hybrid kv pieces:24+bm25 weighted:0",
+    ]
+    assert rows["hybrid kv pieces:24+bm25 weighted:0"].score == pytest.approx(rows["kv pieces:24"].score)
+    run = prepare(load_passage_task(folder), embedder.token_offsets, size=80)
+    pieces = [passage_pieces(embedder, p.text, 24) for p in run.passages]
+    assert max(map(len, pieces)) > 1  # the passages do split
+    queries_v = embedder.encode_queries([q.text for q in run.queries])
+    best = np.stack([(queries_v @ embedder.encode_documents(each).T).max(axis=1) for each in pieces], axis=1)
+    assert rows["kv pieces:24"].score == pytest.approx(run.score(best)["ndcg@10"], abs=1e-6)

@@ -24,6 +24,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from kvembed_rag._io import write_bytes_atomically
+from kvembed_rag.retrieval.chunking import passage_pieces
 from kvembed_rag.retrieval.filters import Filter
 from kvembed_rag.retrieval.lexical import HybridConfig
 from kvembed_rag.retrieval.pipeline import best_per_document
@@ -36,6 +37,14 @@ def _describe(embedding: Embeddings) -> dict[str, Any] | None:
     embedder = getattr(embedding, "embedder", None)
     describe = getattr(embedder, "describe", None)
     return describe() if callable(describe) else None
+
+
+def _pieces(embedding: Embeddings, texts: list[str], child_tokens: int | None) -> list[list[str]]:
+    """Each text's pieces for small-to-big (``kvembed_rag.passage_pieces``); whole texts for other Embeddings."""
+    embedder = getattr(embedding, "embedder", None)
+    if not child_tokens or not hasattr(embedder, "token_offsets"):
+        return [[text] for text in texts]
+    return [passage_pieces(embedder, text, child_tokens) for text in texts]
 
 
 def _document(hit: Hit) -> Document:
@@ -60,6 +69,10 @@ class KVFaissVectorStore(VectorStore):
     ``KVFaissVectorStore(embeddings, hybrid="rrf:0.5")`` or ``from_texts(..., hybrid=True)``; text searches
     (``similarity_search*``, the retrievers, parent search) then fuse, and scores are the fused scores. Searches
     by vector and MMR stay dense. The BM25 store is saved and checked with the index.
+
+    Small-to-big (``child_tokens=kvembed_rag.CHILD_TOKENS``, i.e. 256; default 0: one vector per text): with
+    ``KVEmbeddings`` a text longer than that is embedded as its pieces and scored by the best of them, while the
+    search returns (and BM25 indexes) the whole text, as ``kvembed-rag index --child-tokens 256`` stores passages.
     """
 
     def __init__(
@@ -70,8 +83,10 @@ class KVFaissVectorStore(VectorStore):
         factory: str = "Flat",
         precision: str = "float32",
         hybrid: HybridConfig | dict[str, Any] | str | bool | None = None,
+        child_tokens: int | None = 0,
     ) -> None:
         self._embedding = embedding
+        self._child_tokens = child_tokens
         self._hybrid = HybridConfig.parse(hybrid) or (index.hybrid if index is not None else None)
         if index is not None and self._hybrid is not None:
             index.enable_hybrid(self._hybrid)
@@ -116,7 +131,8 @@ class KVFaissVectorStore(VectorStore):
         final_ids = [item if item else str(uuid.uuid4()) for item in given]
         if not texts:
             return []
-        vectors = np.asarray(self._embedding.embed_documents(texts), dtype=np.float32)
+        pieces = _pieces(self._embedding, texts, self._child_tokens)
+        vectors = np.asarray(self._embedding.embed_documents([p for each in pieces for p in each]), dtype=np.float32)
         with self._lock:
             if self._index is None:
                 self._index = VectorIndex(
@@ -126,7 +142,7 @@ class KVFaissVectorStore(VectorStore):
                     precision=self._precision,
                     hybrid=self._hybrid,
                 )
-            return self._index.upsert(final_ids, vectors, texts, metadatas)
+            return self._index.upsert(final_ids, vectors, texts, metadatas, vector_counts=[len(p) for p in pieces])
 
     def add_documents(self, documents: list[Document], *, split: bool | Any = False, **kwargs: Any) -> list[str]:
         """Add documents; with ``split`` they are cut into chunks and retrievable as whole documents.
@@ -330,7 +346,7 @@ class KVFaissVectorStore(VectorStore):
         hybrid: HybridConfig | dict[str, Any] | str | bool | None = None,
         **kwargs: Any,
     ) -> KVFaissVectorStore:
-        store = cls(embedding, factory=factory, hybrid=hybrid)
+        store = cls(embedding, factory=factory, hybrid=hybrid, child_tokens=kwargs.pop("child_tokens", 0))
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
@@ -365,7 +381,9 @@ class KVFaissVectorStore(VectorStore):
         """
         kwargs.pop("allow_dangerous_deserialization", None)  # accepted for drop-in use, never needed
         index = VectorIndex.load(folder_path, embedder=_describe(embeddings))
-        store = cls(embeddings, index, hybrid=kwargs.pop("hybrid", None))  # hybrid=...: add BM25 or change fusion
+        store = cls(  # hybrid=...: add BM25 or change fusion
+            embeddings, index, hybrid=kwargs.pop("hybrid", None), child_tokens=kwargs.pop("child_tokens", 0)
+        )
         # verified by VectorIndex.load against the manifest's checksum; a store saved before parents were an
         # attachment has an unchecked parents.json
         attached = index.attachments.pop(PARENTS_ATTACHMENT, None)

@@ -90,6 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     passages.add_argument("--passage-header", action="store_true", help="start each passage with its document's title")
     passages.add_argument(
+        "--child-tokens",
+        type=int,
+        default=256,
+        metavar="N",
+        help="passages longer than N tokens: also rows scored by each passage's best N-token piece, alone and fused "
+        "(small-to-big, 'index --child-tokens N'; default 256 = CHILD_TOKENS; 0: none)",
+    )
+    passages.add_argument(
         "--hybrid",
         default="rrf:0.5,weighted:0.5",
         help="fusions of the first method with BM25, FUSION:BM25_WEIGHT, comma-separated; 'none' for no hybrid rows",
@@ -183,6 +191,8 @@ def run_passages(args: argparse.Namespace) -> int:
         existing_path(path)
     if args.json:
         writable_file(args.json, "--json")
+    if args.child_tokens != 0 and args.child_tokens < 16:
+        raise UsageError(f"--child-tokens must be 0 or at least 16; got {args.child_tokens}")
     if not 0 <= args.passage_overlap < args.passage_tokens:
         raise UsageError(f"--passage-overlap must be >= 0 and below --passage-tokens; got {args.passage_overlap}")
     from ..errors import ConfigError
@@ -212,6 +222,7 @@ def run_passages(args: argparse.Namespace) -> int:
         header=args.passage_header,
         hybrid=hybrid,
         anchors=anchors,
+        child_tokens=args.child_tokens,
     )
     show = not args.quiet
     base = None

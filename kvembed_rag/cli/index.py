@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..config import PASSAGE_TOKENS
+from ..config import CHILD_TOKENS, PASSAGE_TOKENS
 from .options import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -57,6 +57,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"text tokens per passage of a long document (default: what an existing index records, else "
         f"{PASSAGE_TOKENS}, at most --max-length: the size that put most of the answer into a generator's budget on "
         "QMSum; 0: as many as --max-length holds)",
+    )
+    parser.add_argument(
+        "--child-tokens",
+        type=passage_tokens,
+        default=None,
+        metavar="N",
+        help=f"embed each passage as its pieces of N text tokens (e.g. {CHILD_TOKENS}) and score it by its best piece; "
+        "BM25 and the results keep the whole passage (small-to-big; default: what an existing index records, else 0 = "
+        "one vector per passage: on fresh QMSum meetings pieces lifted dense kv but not the fused ranking)",
     )
     parser.add_argument("--text-field", default="text", help="JSONL field with the text (default: text)")
     parser.add_argument("--id-field", default="id", help="JSONL field with the id (default: id)")
@@ -136,9 +145,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_chunking(args: argparse.Namespace, out: Any = None) -> None:
-    """Fill ``args.long_docs`` and ``args.passage_tokens`` left out: from the cut the index at ``out`` records when
-    appending to it (a re-run after an upgrade keeps adding passages of the index's size), else the defaults
-    (``chunk``, :data:`PASSAGE_TOKENS`)."""
+    """Fill ``args.long_docs``, ``args.passage_tokens`` and ``args.child_tokens`` left out: from the cut the index at
+    ``out`` records when appending to it (a re-run after an upgrade keeps adding passages of the index's size and
+    pieces; an index recorded before pieces existed has none), else the defaults (``chunk``,
+    :data:`PASSAGE_TOKENS`, no pieces)."""
     recorded: dict[str, Any] = {}
     if out is not None and not getattr(args, "overwrite", False):
         from ..retrieval.pipeline import stored_chunking
@@ -151,6 +161,11 @@ def resolve_chunking(args: argparse.Namespace, out: Any = None) -> None:
     if args.passage_tokens is None:
         stored = recorded.get("passage_tokens") if recorded.get("long_docs") == "chunk" else None
         args.passage_tokens = int(stored) if isinstance(stored, int) else PASSAGE_TOKENS
+    if getattr(args, "child_tokens", None) is None:
+        children = recorded.get("child_tokens", 0) if recorded.get("long_docs") == "chunk" else 0
+        args.child_tokens = int(children) if isinstance(children, int) else 0
+    if args.long_docs == "truncate":
+        args.child_tokens = 0  # one input per document: nothing to cut into pieces
 
 
 def _mismatch(out: Any, exc: Exception) -> int:
@@ -209,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
                 spec,
                 long_docs=args.long_docs,
                 passage_tokens=args.passage_tokens,
+                child_tokens=args.child_tokens,
                 overwrite=args.overwrite,
                 limit=args.fit_limit,
                 raw_vectors=raw_vectors,
@@ -241,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             out,
             long_docs=args.long_docs,
             passage_tokens=args.passage_tokens,
+            child_tokens=args.child_tokens,
             progress=progress,
             encode=encode,
             group_tokens=group_tokens,

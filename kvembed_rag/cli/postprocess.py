@@ -96,7 +96,13 @@ def _fit(args: argparse.Namespace) -> int:
     texts = [
         text
         for document in documents
-        for text in index_texts(embedder, document, long_docs=args.long_docs, passage_tokens=args.passage_tokens)
+        for text in index_texts(
+            embedder,
+            document,
+            long_docs=args.long_docs,
+            passage_tokens=args.passage_tokens,
+            child_tokens=args.child_tokens,
+        )
     ]
     texts = sample_texts(texts, args.limit, seed=args.seed)
     status(f"fitting {spec} on {len(texts):,} texts ...", enabled=show)

@@ -436,6 +436,9 @@ class PassageOptions:
     header: bool = False
     hybrid: tuple[str, ...] = ("rrf:0.5", "weighted:0.5")
     anchors: tuple[str, ...] = ()
+    #: small-to-big rows (``kvembed-rag index --child-tokens``): passages longer than this many tokens are also scored
+    #: by their best piece (``kvembed_rag.passage_pieces``) for the first method, alone and fused; 0: no such rows
+    child_tokens: int = 0
 
 
 def room_for(embedder: Any, texts: Sequence[str], role: str = "document") -> Any:
@@ -466,7 +469,10 @@ def evaluate_passages(
 ) -> list[Any]:
     """Rows (:class:`~kvembed_rag.eval.harness.EvalRow`, task ``"passages"``): BM25 (the reference), each dense
     method of ``base``'s backbone (``base=None``: BM25 and anchors only), the hybrid of the first method with
-    BM25 for each fusion in ``options.hybrid``, and each sentence-transformers anchor."""
+    BM25 for each fusion in ``options.hybrid``, the same two scored by each passage's best piece when
+    ``options.child_tokens`` is below the passage size (small-to-big, as ``index --child-tokens`` stores them),
+    and each sentence-transformers anchor."""
+    from ..retrieval.chunking import passage_pieces
     from ..retrieval.lexical import HybridConfig
     from .harness import EvalRow, model_label
     from .scoring import CachedEncoder
@@ -521,14 +527,26 @@ def evaluate_passages(
         )  # fmt: skip
         if dense_first is None:
             dense_first = dense
-            for spec in options.hybrid:
-                config = HybridConfig.parse(spec)
-                assert config is not None
-                start = time.perf_counter()
-                fused = hybrid_scores(dense, lexical, config)
-                name = f"hybrid {embedder.method}+bm25 {config.fusion}:{config.weight:g}"
-                emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached,
-                     input_tokens=embedder.max_length)  # fmt: skip
+            variants = [(embedder.method, dense)]
+            if options.child_tokens and options.child_tokens < options.size:
+                pieces = [passage_pieces(embedder, text, options.child_tokens) for text in texts]
+                vectors = encoder.encode([piece for each in pieces for piece in each], "document")
+                starts = np.cumsum([0] + [len(each) for each in pieces[:-1]])
+                by_piece = encoder.encode(query_texts, "query") @ vectors.T  # (queries, pieces)
+                best = np.maximum.reduceat(by_piece, starts, axis=1)  # (queries, passages): each passage's best piece
+                name = f"{embedder.method} pieces:{options.child_tokens}"
+                emit(name, label, best, encoder.stats.seconds, encoder.stats.tokens, encoder.stats.cached,
+                     embedder.max_length)  # fmt: skip
+                variants.append((name, best))
+            for method_name, scores in variants:
+                for spec in options.hybrid:
+                    config = HybridConfig.parse(spec)
+                    assert config is not None
+                    start = time.perf_counter()
+                    fused = hybrid_scores(scores, lexical, config)
+                    name = f"hybrid {method_name}+bm25 {config.fusion}:{config.weight:g}"
+                    emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached,
+                         input_tokens=embedder.max_length)  # fmt: skip
     for encoder_st in anchors:
         start = time.perf_counter()
         dense = encoder_st.encode(query_texts, "query") @ encoder_st.encode(texts, "document").T

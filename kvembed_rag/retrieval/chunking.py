@@ -8,7 +8,8 @@ How large: ``chunk_text`` on its own fills the embedder's window (``max_length``
 what the document-level evaluations measure. What a RAG pipeline indexes (``kvembed-rag index``, the LangChain
 and LlamaIndex splitters) is passages of :data:`PASSAGE_TOKENS` (2,048) text tokens (:func:`passage_input_tokens`):
 on QMSum meetings they put more of the answer into a 2,048-token generator budget than 128- to 1,024-token passages
-(docs/RESULTS.md, "Passage size beyond 512").
+(docs/RESULTS.md, "Passage size beyond 512"). Small-to-big (``child_tokens``, off by default) embeds each passage
+as its :func:`passage_pieces` and scores it by the best of them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,38 @@ def chunk_text(
             return chunks
         size = last - first + 1
         first = max(first + 1, last + 1 - min(overlap, size // 2))
+
+
+def passage_pieces(embedder: Any, text: str, child_tokens: int, *, title: str | None = None) -> list[str]:
+    """What a passage is embedded as for small-to-big retrieval: its (titled) pieces of at most ``child_tokens`` text
+    tokens, or the passage itself when it fits one. The index keeps every piece's vector and scores the passage by
+    the best (``VectorIndex.upsert(..., vector_counts=...)``); BM25 and the reader get the passage.
+
+    Pieces are whole lines packed in order (a speaker's turn, a paragraph), and a line longer than a piece becomes
+    token windows: on QMSum pieces of whole turns scored passages better than pieces cut at token boundaries
+    (docs/RESULTS.md, "Small-to-big, built and measured")."""
+    size = passage_input_tokens(embedder, child_tokens)
+    budget = text_token_budget(embedder, size)
+    header = f"{title}\n\n" if title else ""
+    header_tokens = len(embedder.token_offsets(header)) if header else 0
+    whole = chunk_text(embedder, text, title=title, max_tokens=size, overlap=0)
+    if len(whole) == 1:
+        return [whole[0].text]
+    room = budget - header_tokens
+    pieces: list[str] = []
+    current, used = "", 0
+    for line in text.splitlines(keepends=True):
+        cost = _input_cost(embedder, line, len(embedder.token_offsets(line)))(0, -1)
+        if current and used + cost > room:
+            pieces.append(header + current)
+            current, used = "", 0
+        if cost > room:  # one line longer than a piece: its own token windows
+            pieces += [c.text for c in chunk_text(embedder, line, title=title, max_tokens=size, overlap=0)]
+            continue
+        current, used = current + line, used + cost
+    if current.strip():
+        pieces.append(header + current)
+    return pieces
 
 
 def _input_cost(embedder: Any, text: str, count: int) -> Callable[[int, int], int]:

@@ -1,11 +1,14 @@
 """Build and query a document index: long documents whole or chunked, resumable, skipping unchanged files.
 
 Each indexed unit is a chunk (a whole document is one chunk) whose metadata names its document, the
-document's content hash, its title and source. ``build_index`` saves checkpoints as it goes, so an
-interrupted build resumes without re-embedding finished documents, and re-indexing skips documents whose
-content hash has not changed. ``search_documents`` ranks documents by their best chunk. The index records how
-documents were cut (``chunking`` in its manifest: passage size, overlap); adding documents cut another way is
-refused (:class:`~kvembed_rag.errors.ChunkingMismatchError`), since one ranking would mix passage sizes.
+document's content hash, its title and source. With ``child_tokens`` (small-to-big; off by default) a chunk is
+embedded as its pieces of that many text tokens and stored with all their vectors: its dense score is its best
+piece's, while its text (what BM25 indexes and a search returns) is the whole chunk.
+``build_index`` saves checkpoints as it goes, so an interrupted build resumes without re-embedding finished
+documents, and re-indexing skips documents whose content hash has not changed. ``search_documents`` ranks documents
+by their best chunk. The index records how documents were cut (``chunking`` in its manifest: passage size, overlap,
+pieces); adding documents cut another way is refused (:class:`~kvembed_rag.errors.ChunkingMismatchError`), since one
+ranking would mix passage sizes.
 
 Corpus-fitted post-processing (``kvembed-rag index --fit-postprocess center``): :func:`fit_index_postprocess`
 fits the statistics on the raw document vectors of the chunks being indexed, writes them into the index folder
@@ -28,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import ChunkingMismatchError, EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
-from .chunking import PASSAGE_TOKENS, chunk_text, passage_input_tokens
+from .chunking import PASSAGE_TOKENS, chunk_text, passage_input_tokens, passage_pieces
 from .documents import SourceDocument
 from .vector_index import MANIFEST, VectorIndex, attachment_file, attachment_file_name
 
@@ -59,11 +62,17 @@ class BuildReport:
         return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
 
 
-def chunking_record(long_docs: str, passage_tokens: int | None, overlap: int) -> dict[str, Any]:
-    """How :func:`index_texts` cuts documents, as an index records it (``passage_tokens`` 0 = ``max_length``)."""
+def chunking_record(
+    long_docs: str, passage_tokens: int | None, overlap: int, child_tokens: int | None = 0
+) -> dict[str, Any]:
+    """How :func:`index_units` cuts documents, as an index records it (``passage_tokens`` 0 = ``max_length``;
+    ``child_tokens`` recorded only when passages are embedded as children, so older indexes compare equal)."""
     if long_docs == "truncate":
         return {"long_docs": "truncate"}
-    return {"long_docs": long_docs, "passage_tokens": int(passage_tokens or 0), "overlap": int(overlap)}
+    record = {"long_docs": long_docs, "passage_tokens": int(passage_tokens or 0), "overlap": int(overlap)}
+    if child_tokens:
+        record["child_tokens"] = int(child_tokens)
+    return record
 
 
 def _describe_chunking(record: dict[str, Any]) -> str:
@@ -71,7 +80,9 @@ def _describe_chunking(record: dict[str, Any]) -> str:
         return "whole documents cut at max_length (long_docs='truncate')"
     tokens = record.get("passage_tokens")
     size = "as many text tokens as max_length holds" if not tokens else f"{tokens} text tokens"
-    return f"passages of {size}, overlap {record.get('overlap')}"
+    children = record.get("child_tokens")
+    pieces = f", each embedded as pieces of {children} tokens" if children else ", one vector each"
+    return f"passages of {size}, overlap {record.get('overlap')}{pieces}"
 
 
 def stored_chunking(out_dir: str | Path) -> dict[str, Any] | None:
@@ -94,7 +105,7 @@ def check_chunking(stored: dict[str, Any] | None, wanted: dict[str, Any], where:
     flag = (
         "--long-docs truncate"
         if stored.get("long_docs") == "truncate"
-        else f"--passage-tokens {stored.get('passage_tokens')}"
+        else f"--passage-tokens {stored.get('passage_tokens')} --child-tokens {stored.get('child_tokens', 0)}"
     )
     raise ChunkingMismatchError(
         f"{where} holds {_describe_chunking(stored)}, not {_describe_chunking(wanted)}: adding to it would mix "
@@ -162,6 +173,36 @@ def sample_texts(texts: list[str], limit: int | None, *, seed: int = 0) -> list[
     return [texts[i] for i in chosen]
 
 
+def index_units(
+    embedder: Any,
+    document: SourceDocument,
+    *,
+    long_docs: str = "chunk",
+    overlap: int = 64,
+    passage_tokens: int | None = PASSAGE_TOKENS,
+    child_tokens: int | None = 0,
+) -> list[tuple[str, list[str]]]:
+    """``(passage text, texts embedded for it)`` for each passage a document is indexed as: titled overlapping
+    passages of ``passage_tokens`` text tokens (``long_docs="chunk"``; ``None`` or 0: as much as ``max_length``
+    holds) or the whole text (cut at ``max_length`` when embedded). With ``child_tokens`` each passage is embedded
+    as its titled pieces of that many tokens (no overlap; a passage that fits is its own piece), else whole.
+    Chunking needs the tokenizer only."""
+    if long_docs != "chunk":
+        whole = f"{document.title}\n\n{document.text}" if document.title else document.text
+        return [(whole, [whole])]
+    size = passage_input_tokens(embedder, passage_tokens)
+    passages = chunk_text(embedder, document.text, title=document.title, max_tokens=size, overlap=overlap)
+    if not child_tokens:
+        return [(c.text, [c.text]) for c in passages]
+    return [
+        (
+            passage.text,
+            passage_pieces(embedder, document.text[passage.start : passage.end], child_tokens, title=document.title),
+        )
+        for passage in passages
+    ]
+
+
 def index_texts(
     embedder: Any,
     document: SourceDocument,
@@ -169,16 +210,18 @@ def index_texts(
     long_docs: str = "chunk",
     overlap: int = 64,
     passage_tokens: int | None = PASSAGE_TOKENS,
+    child_tokens: int | None = 0,
 ) -> list[str]:
-    """The texts a document is indexed as: titled overlapping passages of ``passage_tokens`` text tokens
-    (``long_docs="chunk"``; ``None`` or 0: as much as ``max_length`` holds) or the whole text (cut at
-    ``max_length`` when embedded). Chunking needs the tokenizer only."""
-    if long_docs == "chunk":
-        size = passage_input_tokens(embedder, passage_tokens)
-        return [
-            c.text for c in chunk_text(embedder, document.text, title=document.title, max_tokens=size, overlap=overlap)
-        ]
-    return [f"{document.title}\n\n{document.text}" if document.title else document.text]
+    """The texts a document's vectors come from (:func:`index_units`' embedded texts, in order)."""
+    units = index_units(
+        embedder,
+        document,
+        long_docs=long_docs,
+        overlap=overlap,
+        passage_tokens=passage_tokens,
+        child_tokens=child_tokens,
+    )
+    return [text for _, embedded in units for text in embedded]
 
 
 def fit_index_postprocess(
@@ -190,6 +233,7 @@ def fit_index_postprocess(
     long_docs: str = "chunk",
     overlap: int = 64,
     passage_tokens: int | None = PASSAGE_TOKENS,
+    child_tokens: int | None = 0,
     overwrite: bool = False,
     limit: int | None = None,
     seed: int = 0,
@@ -224,12 +268,21 @@ def fit_index_postprocess(
                 f"{folder}'s post-processing was fitted on its corpus as {pp.spec_text(stored)!r}, not {spec!r}; "
                 f"append with {pp.spec_text(stored)!r} (its statistics are reused), or rebuild it with overwrite"
             )
-        check_chunking(stored_chunking(folder), chunking_record(long_docs, passage_tokens, overlap), folder)
+        check_chunking(
+            stored_chunking(folder), chunking_record(long_docs, passage_tokens, overlap, child_tokens), folder
+        )
         return embedder.variant(postprocess=str(own))  # reused as stored: no refit
     texts = [
         text
         for document in documents
-        for text in index_texts(embedder, document, long_docs=long_docs, overlap=overlap, passage_tokens=passage_tokens)
+        for text in index_texts(
+            embedder,
+            document,
+            long_docs=long_docs,
+            overlap=overlap,
+            passage_tokens=passage_tokens,
+            child_tokens=child_tokens,
+        )
     ]
     if not texts:
         raise ValueError("no documents to fit the post-processing on")
@@ -278,6 +331,7 @@ def build_index(
     long_docs: str = "chunk",
     overlap: int = 64,
     passage_tokens: int | None = PASSAGE_TOKENS,
+    child_tokens: int | None = 0,
     checkpoint_seconds: float = 30.0,
     group_tokens: int = 32_768,
     progress: Callable[[int, int, int], None] | None = None,
@@ -295,13 +349,17 @@ def build_index(
     another embedder made instead of refusing it (:class:`~kvembed_rag.errors.EmbedderMismatchError`).
     ``raw_vectors`` (text -> vector of ``embedder.raw()``, as :func:`fit_index_postprocess` fills it): chunks found
     there get ``embedder.apply_postprocess`` of that vector instead of a forward pass (``report.reused``).
+    ``child_tokens`` (e.g. :data:`~kvembed_rag.config.CHILD_TOKENS`; default 0: one vector per chunk): each chunk is
+    embedded as its pieces of that many tokens and keeps all their vectors (small-to-big, see the module
+    docstring); token counts and progress count the pieces, as fed to the model.
     """
     custom_encode = encode
     if long_docs not in LONG_DOC_POLICIES:
         raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
     folder = Path(out_dir)
     index = open_index(folder, embedder, overwrite=overwrite, hybrid=hybrid)  # refuses another embedder's first
-    wanted = chunking_record(long_docs, passage_tokens, overlap)
+    child_tokens = child_tokens if long_docs == "chunk" else 0
+    wanted = chunking_record(long_docs, passage_tokens, overlap, child_tokens)
     check_chunking(index.chunking, wanted, folder)  # and another cut
     if index.chunking is None:  # a new index, or one saved before the cut was recorded
         if len(index):
@@ -320,25 +378,32 @@ def build_index(
             report.skipped += 1
             continue
         pending.append((document, digest))
-    # work units: (document, digest, chunk texts, tokens per chunk); chunking needs the tokenizer only
+    # work units: (document, digest, chunks as (chunk text, texts embedded for it), tokens per embedded text)
     units = []
     for document, digest in pending:
-        texts = index_texts(embedder, document, long_docs=long_docs, overlap=overlap, passage_tokens=passage_tokens)
-        tokens = [len(e.ids) for e in embedder.tokenize(texts)]
-        units.append((document, digest, texts, tokens))
+        chunks = index_units(
+            embedder,
+            document,
+            long_docs=long_docs,
+            overlap=overlap,
+            passage_tokens=passage_tokens,
+            child_tokens=child_tokens,
+        )
+        tokens = [len(e.ids) for e in embedder.tokenize([text for _, embedded in chunks for text in embedded])]
+        units.append((document, digest, chunks, tokens))
     total_tokens = sum(sum(tokens) for *_, tokens in units)
     if progress is not None:
         progress(report.skipped, 0, total_tokens)
     start = last_save = time.perf_counter()
     done_tokens = 0
-    group: list[tuple[SourceDocument, str, list[str], list[int]]] = []
+    group: list[tuple[SourceDocument, str, list[tuple[str, list[str]]], list[int]]] = []
     group_size = 0
 
     def flush() -> None:
         nonlocal group, group_size, done_tokens, last_save
         if not group:
             return
-        texts = [text for _, _, chunk_texts, _ in group for text in chunk_texts]
+        texts = [text for _, _, chunks, _ in group for _, embedded in chunks for text in embedded]
         text_tokens = [n for *_, tokens in group for n in tokens]
         group_tokens_done = sum(text_tokens)
         known = [i for i, text in enumerate(texts) if raw_vectors and text in raw_vectors]
@@ -360,26 +425,28 @@ def build_index(
                     progress(report.embedded + report.skipped, done, total_tokens)
 
             vectors[todo] = embedder.encode_documents(todo_texts, on_batch=on_batch if progress is not None else None)
-        ids, metadatas = [], []
-        for document, digest, chunk_texts, _ in group:
+        ids, metadatas, chunk_texts, counts = [], [], [], []
+        for document, digest, chunks, _ in group:
             if document.id in stored:
                 index.delete(stored[document.id][1])
                 report.replaced += 1
-            for number in range(len(chunk_texts)):
-                ids.append(f"{document.id}#{number}" if len(chunk_texts) > 1 else document.id)
+            for number, (chunk, embedded) in enumerate(chunks):
+                chunk_texts.append(chunk)
+                counts.append(len(embedded))
+                ids.append(f"{document.id}#{number}" if len(chunks) > 1 else document.id)
                 metadatas.append(
                     {
                         "document": document.id,
                         "title": document.title,
                         "source": document.source,
                         "chunk": number,
-                        "chunks": len(chunk_texts),
+                        "chunks": len(chunks),
                         "content_sha": digest,
                     }
                 )
-        index.upsert(ids, vectors, texts, metadatas)
+        index.upsert(ids, vectors, chunk_texts, metadatas, vector_counts=counts)
         report.embedded += len(group)
-        report.chunks += len(texts)
+        report.chunks += len(chunk_texts)
         done_tokens += group_tokens_done
         report.tokens += group_tokens_done
         if progress is not None:

@@ -21,6 +21,11 @@ commit point), then removes the old generation: a crash at any moment leaves the
 new one, never a mix. Loading verifies the checksums, the counts and that file names stay inside the
 directory, and refuses an index built by another embedder when given the querying embedder's description.
 
+Several vectors per record (``upsert(..., vector_counts=...)``): a record may carry the vectors of its
+pieces (small-to-big retrieval: a 2,048-token passage keeps the vectors of its 256-token children), and its dense
+score is the best of them. The record (text, metadata, BM25) is what a search returns; the extra vectors are
+FAISS rows whose labels point at it (``further`` in the docstore).
+
 Compact vectors (``precision``): ``"int8"`` stores FAISS scalar-quantised codes (``SQ8``: one byte per
 dimension, per-dimension ranges trained on the first batch added, so make that batch representative);
 ``"binary"`` stores one bit per dimension (``IndexBinaryFlat`` / ``IndexBinaryHNSW``, Hamming distance),
@@ -170,6 +175,9 @@ class VectorIndex:
         self._records: dict[int, Record] = {}
         self._label_of: dict[str, int] = {}
         self._tombstones: set[int] = set()  # labels deleted from indexes that cannot remove (HNSW)
+        #: record label -> the labels of its further vectors (records with several, see ``vector_counts``)
+        self._further: dict[int, list[int]] = {}
+        self._owner: dict[int, int] = {}  # a further vector's label -> its record's label
         self._next_label = 0
         self.hybrid = HybridConfig.parse(hybrid)
         self.lexical: BM25Store | None = BM25Store() if self.hybrid is not None else None
@@ -210,6 +218,16 @@ class VectorIndex:
     def ids(self) -> list[str]:
         return [record.id for record in self._records.values()]
 
+    @property
+    def vector_count(self) -> int:
+        """Vectors stored for the live records (more than ``len(index)`` when records carry several)."""
+        return len(self._records) + len(self._owner)
+
+    @property
+    def multi_vector(self) -> bool:
+        """True when some record carries several vectors (scored by the best of them)."""
+        return bool(self._further)
+
     # ------------------------------------------------------------------ writes
     def upsert(
         self,
@@ -217,17 +235,33 @@ class VectorIndex:
         vectors: np.ndarray | Sequence[Sequence[float]],
         texts: Sequence[str | None] | None = None,
         metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        vector_counts: Sequence[int] | None = None,
     ) -> list[str]:
-        """Insert or replace records. Everything is validated before anything changes."""
+        """Insert or replace records. Everything is validated before anything changes.
+
+        ``vector_counts``: record ``i`` owns the next ``vector_counts[i]`` rows of ``vectors`` (default one each);
+        a record with several is scored by the best of them (small-to-big: a passage and its children)."""
         matrix = self._check_vectors(vectors)
-        n = matrix.shape[0]
+        rows = matrix.shape[0]
         ids = list(ids)
-        if len(ids) != n:
-            raise ValueError(f"got {len(ids)} ids for {n} vectors")
+        n = len(ids)
+        if vector_counts is None:
+            if n != rows:
+                raise ValueError(f"got {n} ids for {rows} vectors")
+            counts = [1] * n
+        else:
+            counts = list(vector_counts)
+            if len(counts) != n:
+                raise ValueError(f"vector_counts has {len(counts)} entries for {n} ids")
+            if any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts):
+                raise ValueError("vector_counts must be positive ints (every record needs at least one vector)")
+            if sum(counts) != rows:
+                raise ValueError(f"vector_counts add up to {sum(counts)} but {rows} vectors were given")
         texts = list(texts) if texts is not None else [None] * n
         metadatas = list(metadatas) if metadatas is not None else [None] * n
         if len(texts) != n or len(metadatas) != n:
-            raise ValueError(f"texts ({len(texts)}) and metadatas ({len(metadatas)}) must match the {n} vectors")
+            raise ValueError(f"texts ({len(texts)}) and metadatas ({len(metadatas)}) must match the {n} records")
         seen: dict[str, int] = {}
         for position, item in enumerate(ids):
             if not isinstance(item, str) or not item:
@@ -256,14 +290,23 @@ class VectorIndex:
         codes = self._codes(matrix)
         self._train_if_needed(codes)
         self.delete([item for item in ids if item in self._label_of])
-        labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
+        labels = np.arange(self._next_label, self._next_label + rows, dtype=np.int64)
         self._faiss.add_with_ids(codes, labels)
-        self._next_label += n
-        for label, record in zip(labels.tolist(), records, strict=True):
+        self._next_label += rows
+        record_labels: list[int] = []
+        position = 0
+        for record, count in zip(records, counts, strict=True):
+            label = int(labels[position])  # a record's label is its first vector's
             self._records[label] = record
             self._label_of[record.id] = label
+            record_labels.append(label)
+            if count > 1:
+                further = labels[position + 1 : position + count].tolist()
+                self._further[label] = further
+                self._owner.update(dict.fromkeys(further, label))
+            position += count
         if self.lexical is not None:
-            self.lexical.upsert(labels.tolist(), [str(text) for text in texts])
+            self.lexical.upsert(record_labels, [str(text) for text in texts])
         return ids
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -271,18 +314,21 @@ class VectorIndex:
         labels = [self._label_of[item] for item in dict.fromkeys(ids) if item in self._label_of]
         if not labels:
             return 0
-        array = np.asarray(labels, dtype=np.int64)
+        rows = self._vector_labels(labels)
+        array = np.asarray(rows, dtype=np.int64)
         try:
             removed = self._faiss.remove_ids(array)
-            if removed != len(labels):
-                raise RuntimeError(f"FAISS removed {removed} of {len(labels)} vectors")
+            if removed != len(rows):
+                raise RuntimeError(f"FAISS removed {removed} of {len(rows)} vectors")
         except RuntimeError:
             if self._faiss.ntotal and "HNSW" not in self.factory.upper():
                 raise
-            self._tombstones.update(labels)  # HNSW cannot remove: hide them, compact() drops them
+            self._tombstones.update(rows)  # HNSW cannot remove: hide them, compact() drops them
         for label in labels:
             record = self._records.pop(label)
             del self._label_of[record.id]
+            for further in self._further.pop(label, []):
+                del self._owner[further]
         if self.lexical is not None:
             self.lexical.delete(labels)
         return len(labels)
@@ -305,7 +351,7 @@ class VectorIndex:
         """Rebuild the FAISS index without deleted vectors (only needed for HNSW)."""
         if not self._tombstones:
             return
-        live = sorted(self._records)
+        live = sorted(self._vector_labels(list(self._records)))
         vectors = self._reconstruct(live, raw=True)
         fresh = VectorIndex(self.dim, factory=self.factory, embedder=self.embedder, precision=self.precision)
         if live:
@@ -320,8 +366,21 @@ class VectorIndex:
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Stored (normalised) vectors ``(n, dim)`` of existing ids, in order (decoded: int8 codes give
-        approximate floats, binary codes ±1/√dim sign vectors)."""
-        return self._reconstruct([self._label_of[item] for item in ids if item in self._label_of])
+        approximate floats, binary codes ±1/√dim sign vectors). A record with several vectors gives their
+        normalised mean (one direction for it, e.g. for MMR); :meth:`record_vectors` gives them all."""
+        labels = [self._label_of[item] for item in ids if item in self._label_of]
+        rows = self._reconstruct(labels)
+        for position, label in enumerate(labels):
+            if label in self._further:
+                mean = self._reconstruct([label, *self._further[label]]).mean(axis=0)
+                rows[position] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        return rows
+
+    def record_vectors(self, item: str) -> np.ndarray:
+        """Every vector record ``item`` carries, ``(m, dim)`` (its children's for a small-to-big record)."""
+        if item not in self._label_of:
+            raise KeyError(item)
+        return self._reconstruct(self._vector_labels([self._label_of[item]]))
 
     def search(
         self,
@@ -346,25 +405,27 @@ class VectorIndex:
         if k == 0 or not self._records or matrix.shape[0] == 0:
             return [[] for _ in range(matrix.shape[0])]
         predicate = compile_filter(filter)
+        # k records need at most k * (vectors per record) rows: a record's further vectors rank below its best
+        fanout = 1 + max(map(len, self._further.values()), default=0)
         if predicate is None and not self._tombstones:
-            scores, labels = self._faiss.search(self._codes(matrix), min(k, len(self._records)))
+            scores, labels = self._faiss.search(self._codes(matrix), min(k * fanout, self.vector_count))
             scores = self._scores(scores)
-            return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
+            return [self._hits(s, ls)[:k] for s, ls in zip(scores, labels, strict=True)]
         allowed = [label for label, record in self._records.items() if predicate is None or predicate(record.metadata)]
         if not allowed:
             return [[] for _ in range(matrix.shape[0])]
         if len(allowed) <= _EXACT_FILTER_LIMIT:  # exact over the candidates: no recall loss from graph search
-            candidates = self._reconstruct(allowed)  # (m, dim)
             if self.binary:  # score sign patterns against sign patterns, as the unfiltered search does
                 matrix = unpack_binary(self._codes(matrix), self.dim)
-            similarity = matrix @ candidates.T  # (q, m)
+            similarity = self._record_scores(allowed, matrix)  # (q, m)
             top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
             return [[self._hit(allowed[j], float(similarity[row, j])) for j in top[row]] for row in range(len(matrix))]
         faiss = _faiss()
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64)))
-        scores, labels = self._faiss.search(self._codes(matrix), min(k, len(allowed)), params=params)
+        rows = self._vector_labels(allowed)
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(rows, dtype=np.int64)))
+        scores, labels = self._faiss.search(self._codes(matrix), min(k * fanout, len(rows)), params=params)
         scores = self._scores(scores)
-        return [self._hits(row_scores, row_labels) for row_scores, row_labels in zip(scores, labels, strict=True)]
+        return [self._hits(s, ls)[:k] for s, ls in zip(scores, labels, strict=True)]
 
     def search_query(
         self,
@@ -427,7 +488,7 @@ class VectorIndex:
                 results.append([])
                 continue
             query = unpack_binary(self._codes(row[None, :]), self.dim)[0] if self.binary else row
-            dense = self._reconstruct(union) @ query  # (m,) exact cosine of every candidate
+            dense = self._record_scores(union, query[None, :])[0]  # (m,) exact cosine of every candidate
             lexical = np.asarray([bm25.get(label, 0.0) for label in union])
             fused = fuse(dense, lexical, fusion=config.fusion, weight=config.weight)
             order = np.argsort(-fused, kind="stable")[:k]
@@ -439,6 +500,11 @@ class VectorIndex:
     ) -> list[list[Hit]]:
         if not isinstance(multiplier, int) or multiplier < 1:
             raise ValueError(f"rescore_multiplier must be a positive int; got {multiplier!r}")
+        if self._further:
+            raise ValueError(
+                "rescore takes one float vector per id, and this index keeps several per record (small-to-big); "
+                "search it without rescore"
+            )
         matrix = self._check_vectors(queries, what="query")
         results: list[list[Hit]] = []
         for row, candidates in zip(matrix, self.search(matrix, k * multiplier, filter=filter), strict=True):
@@ -490,6 +556,7 @@ class VectorIndex:
         docstore = {
             "records": [
                 {"label": label, "id": r.id, "text": r.text, "metadata": r.metadata}
+                | ({"further": self._further[label]} if label in self._further else {})
                 for label, r in self._records.items()
             ],
             "tombstones": sorted(self._tombstones),
@@ -599,9 +666,17 @@ class VectorIndex:
             record = Record(str(entry["id"]), entry.get("text"), dict(entry.get("metadata") or {}))
             self._records[int(entry["label"])] = record
             self._label_of[record.id] = int(entry["label"])
+            further = entry.get("further")
+            if further is not None:
+                if not isinstance(further, list) or not all(isinstance(x, int) for x in further):
+                    raise IndexCorruptError(f"{folder}: record {record.id!r} has malformed 'further' labels")
+                self._further[int(entry["label"])] = list(further)
+                self._owner.update(dict.fromkeys(further, int(entry["label"])))
         self._tombstones = {int(label) for label in docstore.get("tombstones", [])}
         self._next_label = int(manifest.get("next_label", max(self._records, default=-1) + 1))
-        expected = len(self._records) + len(self._tombstones)
+        if len(self._owner) != sum(map(len, self._further.values())) or set(self._owner) & set(self._records):
+            raise IndexCorruptError(f"{folder}: the docstore's vector labels overlap: the files do not belong together")
+        expected = len(self._records) + len(self._owner) + len(self._tombstones)
         if index.ntotal != expected or len(self._records) != manifest.get("count"):
             raise IndexCorruptError(
                 f"{folder}: the FAISS index holds {index.ntotal} vectors but the docstore accounts for {expected} "
@@ -672,16 +747,36 @@ class VectorIndex:
             return rows.astype(np.uint8) if raw else unpack_binary(rows.astype(np.uint8), self.dim)
         return rows.astype(np.float32)
 
+    def _vector_labels(self, labels: Sequence[int]) -> list[int]:
+        """The FAISS labels of records ``labels``: each record's own, then its further vectors'."""
+        if not self._further:
+            return list(labels)
+        return [row for label in labels for row in (label, *self._further.get(label, ()))]
+
+    def _record_scores(self, labels: Sequence[int], queries: np.ndarray) -> np.ndarray:
+        """``(q, m)`` cosine of each query with each record of ``labels``: the best of a record's vectors."""
+        rows = self._vector_labels(labels)
+        similarity = queries @ self._reconstruct(rows).T  # (q, rows)
+        if len(rows) == len(labels):
+            return similarity
+        sizes = [1 + len(self._further.get(label, ())) for label in labels]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        return np.maximum.reduceat(similarity, starts, axis=1)  # (q, m)
+
     def _hit(self, label: int, score: float) -> Hit:
         record = self._records[label]
         return Hit(record.id, score, record.text, dict(record.metadata))
 
     def _hits(self, scores: np.ndarray, labels: np.ndarray) -> list[Hit]:
-        return [
-            self._hit(int(label), float(score))
-            for score, label in zip(scores, labels, strict=True)
-            if label >= 0 and int(label) in self._records
-        ]
+        """FAISS's rows as record hits, best first; a record's further vectors count once (its best)."""
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        for score, row in zip(scores, labels, strict=True):
+            label = self._owner.get(int(row), int(row))
+            if row >= 0 and label in self._records and label not in seen:
+                seen.add(label)
+                hits.append(self._hit(label, float(score)))
+        return hits
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:

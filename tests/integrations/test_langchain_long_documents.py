@@ -190,3 +190,21 @@ def test_parent_search_on_an_index_the_cli_built_returns_one_passage_per_documen
     found = store.similarity_search_parents("budget line 7 for the remote control project.", k=2)
     assert [d.metadata["document"] for d in found] == ["long", "short"]  # one per document, best first
     assert all("best_score" in d.metadata for d in found)
+
+
+def test_store_embeds_long_texts_as_pieces_and_returns_them_whole(embeddings, tmp_path):
+    from kvembed_rag import passage_pieces
+
+    text = " ".join(f"Sentence {i} of the report talks about item {i * 7}." for i in range(25))
+    pieces = passage_pieces(embeddings.embedder, text, 48)
+    assert len(pieces) > 2
+    store = KVFaissVectorStore.from_texts([text, "A short note."], embeddings, ids=["long", "short"], child_tokens=48)
+    assert len(store.index) == 2 and store.index.vector_count == len(pieces) + 1
+    found, score = store.similarity_search_with_score(pieces[1], k=1)[0]  # the same prompt: the piece's own vector
+    assert found.id == "long" and found.page_content == text and score == pytest.approx(1.0, abs=1e-4)
+    store.save_local(tmp_path / "s")
+    again = KVFaissVectorStore.load_local(tmp_path / "s", embeddings)
+    assert again.index.vector_count == store.index.vector_count
+    assert again.similarity_search(pieces[2], k=1)[0].id == "long"
+    whole = KVFaissVectorStore.from_texts([text], embeddings, child_tokens=0)
+    assert whole.index.vector_count == 1

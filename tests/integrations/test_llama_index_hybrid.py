@@ -63,3 +63,18 @@ def test_weight_zero_and_dense_only_give_the_dense_order(embed_model) -> None:
         expected = [h.node.node_id for h in dense.retrieve(query)]
         assert [h.node.node_id for h in zero.retrieve(query)] == expected
         assert [h.node.node_id for h in off.retrieve(query)] == expected
+
+
+def test_from_nodes_embeds_long_nodes_as_pieces(embed_model) -> None:
+    from kvembed_rag import passage_pieces
+
+    text = " ".join(f"Item {i} of the minutes concerns budget line {i * 3}." for i in range(40))
+    nodes = [TextNode(id_="long", text=text), TextNode(id_="short", text="FAISS searches dense vectors.")]
+    retriever = KVIndexRetriever.from_nodes(nodes, embed_model, similarity_top_k=2, child_tokens=48)
+    pieces = passage_pieces(embed_model.embedder, text, 48)
+    assert len(pieces) > 2 and retriever._index.vector_count == len(pieces) + 1
+    results = retriever.retrieve("budget line 30")
+    assert {r.node.node_id for r in results} == {"long", "short"}
+    assert next(r for r in results if r.node.node_id == "long").node.get_content() == text  # the whole node
+    flat = KVIndexRetriever.from_nodes(nodes, embed_model, child_tokens=0)
+    assert flat._index.vector_count == 2

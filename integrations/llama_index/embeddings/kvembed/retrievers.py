@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -113,21 +114,39 @@ class KVIndexRetriever(BaseRetriever):
 
     @classmethod
     def from_nodes(
-        cls, nodes: list[Any], embed_model: Any, *, similarity_top_k: int = 4, hybrid: Any = None, **kwargs: Any
+        cls,
+        nodes: list[Any],
+        embed_model: Any,
+        *,
+        similarity_top_k: int = 4,
+        hybrid: Any = None,
+        child_tokens: int | None = 0,
+        **kwargs: Any,
     ) -> KVIndexRetriever:
-        """Embed ``nodes`` (their text as documents) into a new index; ``hybrid``: also BM25, with that fusion."""
+        """Embed ``nodes`` (their text as documents) into a new index; ``hybrid``: also BM25, with that fusion.
+        ``child_tokens`` (small-to-big, e.g. ``kvembed_rag.CHILD_TOKENS`` = 256; default 0: one vector per node): a
+        node longer than that is embedded as its pieces and scored by the best, while BM25 and the results keep the
+        whole node."""
+        from kvembed_rag.retrieval.chunking import passage_pieces
         from kvembed_rag.retrieval.vector_index import VectorIndex
 
         if not nodes:
             raise ValueError("from_nodes needs at least one node")
         texts = [node.get_content() for node in nodes]
-        vectors = embed_model.get_text_embedding_batch(texts)
+        core = getattr(embed_model, "embedder", None)
+        pieces = (
+            [passage_pieces(core, text, child_tokens) for text in texts]
+            if child_tokens and hasattr(core, "token_offsets")
+            else [[text] for text in texts]
+        )
+        vectors = np.asarray(embed_model.get_text_embedding_batch([p for each in pieces for p in each]), np.float32)
         embedder = getattr(embed_model, "embedder", None)
         index = VectorIndex(len(vectors[0]), embedder=embedder.describe() if embedder is not None else None)
         if hybrid is not None and hybrid is not False:
             index.enable_hybrid(hybrid)
         metadatas = [{**node.metadata, "ref_doc_id": node.ref_doc_id} for node in nodes]
-        index.upsert([node.node_id for node in nodes], vectors, texts, metadatas)
+        counts = [len(each) for each in pieces]
+        index.upsert([node.node_id for node in nodes], vectors, texts, metadatas, vector_counts=counts)
         return cls(index, embed_model, similarity_top_k, **kwargs)
 
     @classmethod
