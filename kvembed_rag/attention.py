@@ -55,6 +55,9 @@ class ReroutingPlan:
         key_padding: ``(B, T)`` bool, True at real tokens; needed when ``bidirectional``.
         bidirectional: drop the causal mask in every layer (an ablation; padding stays masked).
         trace: when a list, each call appends its ``layer_idx`` (the load-time dispatch probe).
+        padded: whether any row has padding (False only when :func:`build_plan` saw none): without padding a
+            layer's mask is exactly causal wherever no window is shorter than the input, and the causal kernel
+            runs without a materialised mask.
     """
 
     layers: frozenset[int] = frozenset()
@@ -63,9 +66,22 @@ class ReroutingPlan:
     key_padding: torch.Tensor | None = None
     bidirectional: bool = False
     trace: list[int | None] | None = field(default=None)
+    padded: bool = True
 
     def reroutes(self, layer_idx: int | None) -> bool:
         return layer_idx is not None and layer_idx in self.layers
+
+    def causal_without_mask(self, attention_mask: torch.Tensor | None, q_len: int, window: int | None) -> bool:
+        """True when a layer's boolean mask (transformers' ``sdpa_mask``: padding, causality and the window from index
+        arithmetic) is plain causal attention: no padding, not bidirectional, no window shorter than the input."""
+        return (
+            attention_mask is not None
+            and attention_mask.dtype == torch.bool
+            and attention_mask.shape[-1] == q_len
+            and not self.padded
+            and not self.bidirectional
+            and (window is None or q_len <= window)
+        )
 
 
 def build_plan(
@@ -87,6 +103,7 @@ def build_plan(
         bias=float(bias),
         key_padding=mask,
         bidirectional=bidirectional,
+        padded=not bool(mask.all()),
     )
 
 
@@ -417,8 +434,8 @@ def _rerouted_by_lse_merge(
         return None
     scale = _scaling(module, query, scaling)
     window = kwargs.get("sliding_window")
-    if attention_mask is None:  # transformers left it out: purely causal, no padding, inside any window
-        allowed, visible = None, None
+    if attention_mask is None or plan.causal_without_mask(attention_mask, q_len, window):
+        allowed, visible = None, None  # purely causal: no padding, inside any window (transformers may skip the mask)
     else:
         allowed = _allowed_keys(plan, attention_mask, q_len, kv_len, batch, query.device, window)
         visible = allowed.any(dim=-1)  # (B, 1, Q): rows that see at least one real key
@@ -458,6 +475,9 @@ def _banded_stock(
         or query.shape[1] % key.shape[1]
     ):
         return None
+    if plan.causal_without_mask(attention_mask, q_len, window):  # e.g. 512 tokens under a 512-token window
+        found = _cpu_flash_with_lse(query, key, value, None, scale, window)  # the causal kernel, no mask to build
+        return None if found is None else found[0].transpose(1, 2).contiguous()
     allowed = _allowed_keys(plan, attention_mask, q_len, q_len, batch, query.device, window)
     if not _banded(allowed, q_len, window):
         return None

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dtype_tolerances import KERNEL_TOLERANCE
 
 from kvembed_rag import KVEmbedder, attention, hardware
 from kvembed_rag.artifacts import artifact_path
@@ -219,3 +220,38 @@ def test_cuda_check_stands_alone_and_exits_cleanly_without_a_gpu(monkeypatch, ca
     monkeypatch.setattr("sys.argv", ["cuda_check.py"])
     assert cuda_check.main() == 0
     assert "no CUDA device" in capsys.readouterr().out
+
+
+class _Layer(torch.nn.Module):
+    """What the attention functions read from a decoder layer's attention module."""
+
+    def __init__(self, layer_idx: int, head_dim: int, groups: int) -> None:
+        super().__init__()
+        self.layer_idx, self.head_dim, self.num_key_value_groups = layer_idx, head_dim, groups
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("reroute", [False, True])
+def test_an_unpadded_input_inside_its_window_runs_causal_without_a_mask(dtype, reroute, monkeypatch):
+    """600 tokens under a 1,024-token window, no padding (a sliding layer's mask is then plain causal): the
+    causal kernel runs with no mask built, and gives what the masked block path and the eager reference give."""
+    torch.manual_seed(0)
+    tokens, heads, dim = 600, 4, 16
+    q = torch.randn(1, heads, tokens, dim).to(getattr(torch, dtype))
+    k, v = (torch.randn(1, 1, tokens, dim).to(q.dtype) for _ in range(2))  # one KV head: GQA
+    layer = _Layer(3, dim, heads)
+    plan = attention.build_plan(torch.ones(1, tokens, dtype=torch.long), layers=[3] if reroute else [], bias=1.0)
+    assert not plan.padded
+    causal = torch.tril(torch.ones(tokens, tokens, dtype=torch.bool))[None, None]
+    built = []
+    original = attention._additive_mask
+    monkeypatch.setattr(attention, "_additive_mask", lambda *a, **kw: built.append(1) or original(*a, **kw))
+    fast, _ = attention.kv_sdpa_attention_forward(layer, q, k, v, causal, kv_plan=plan, sliding_window=1024)
+    assert not built  # no float mask materialised
+    plan.padded = True  # as if another row were padded: the masked block path
+    masked, _ = attention.kv_sdpa_attention_forward(layer, q, k, v, causal, kv_plan=plan, sliding_window=1024)
+    assert built
+    reference, _ = attention.kv_eager_attention_forward(layer, q, k, v, causal, kv_plan=plan, sliding_window=1024)
+    tolerance = KERNEL_TOLERANCE[dtype]
+    torch.testing.assert_close(fast.float(), masked.float(), atol=tolerance, rtol=0)
+    torch.testing.assert_close(fast.float(), reference.float(), atol=tolerance, rtol=0)
