@@ -438,7 +438,8 @@ def _rerouted_by_lse_merge(
         allowed, visible = None, None  # purely causal: no padding, inside any window (transformers may skip the mask)
     else:
         allowed = _allowed_keys(plan, attention_mask, q_len, kv_len, batch, query.device, window)
-        visible = allowed.any(dim=-1)  # (B, 1, Q): rows that see at least one real key
+        # (B, 1, Q): rows that see at least one real key; without padding every row sees itself
+        visible = allowed.any(dim=-1) if plan.padded or plan.bidirectional else None
     found = kernel(query, key, value, allowed, scale, window)
     if found is None:
         return None

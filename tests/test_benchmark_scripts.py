@@ -309,3 +309,17 @@ def test_window_search_mean_source_prototype_reduces_to_the_last_token_and_resto
         assert suffix == "" and attention._last_token_kv is original
     with pytest.raises(SystemExit, match="mean:K"), search.rerouted_source("mean:0"):
         pass
+
+
+def test_reroute_price_rounds_are_shuffled_and_rows_give_the_ratios() -> None:
+    price = load_script("reroute_price")
+    calls: list[str] = []
+    runs = {name: (lambda n=name: calls.append(n)) for name in ("plain", "off", "kv")}
+    seconds = price.interleaved(runs, repeats=6)
+    assert calls[:3] == ["plain", "off", "kv"] and len(calls) == 3 + 18  # one warm-up each, then 6 rounds of three
+    rounds = [tuple(calls[3 + 3 * i : 6 + 3 * i]) for i in range(6)]
+    assert all(sorted(r) == ["kv", "off", "plain"] for r in rounds) and len(set(rounds)) > 1  # shuffled per round
+    assert all(len(values) == 6 for values in seconds.values())
+    found = price.row(100, "bfloat16", {"plain": [1.0, 2.0, 3.0], "off": [0.5, 1.0, 1.0], "kv": [1.0, 1.0, 4.0]})
+    assert found["kv_tokens_per_s"] == 100.0 and found["kv_over_off"] == 1.0 and found["kv_over_plain"] == 2.0
+    assert found["best_kv_over_off"] == 0.5 and found["best_kv_over_plain"] == 1.0

@@ -1,0 +1,85 @@
+"""Before/after, in one process: an unpadded input inside its window on the causal kernel with no mask (issue 31).
+
+    python benchmarks/causal_shortcut_ab.py [--lengths 512,1024] [--dtypes bfloat16,float32] [--repeats 15]
+        [--threads 1]
+
+``ReroutingPlan.causal_without_mask`` lets a layer whose mask is plain causal (no padding, no window shorter than the
+input: Gemma's sliding layers at 512 tokens) run the causal kernel without building the mask. Here it is switched
+off ("old") and on ("new") for ``kv`` and ``layers=[]``, beside the stock forward, each round in a shuffled order.
+1,024 tokens is the control: past the 512-token window the shortcut never applies, so old/new there is the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from reroute_price import interleaved
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="512,1024")
+    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    import torch
+
+    from kvembed_rag import KVEmbedder, attention
+    from kvembed_rag.eval.throughput import synthetic_input
+
+    torch.set_num_threads(args.threads)
+    shortcut = attention.ReroutingPlan.causal_without_mask
+
+    def switched(on: bool, run: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            attention.ReroutingPlan.causal_without_mask = shortcut if on else (lambda self, *a: False)  # type: ignore[method-assign]
+            try:
+                return run()
+            finally:
+                attention.ReroutingPlan.causal_without_mask = shortcut  # type: ignore[method-assign]
+
+        return call
+
+    for dtype in args.dtypes.split(","):
+        kv = KVEmbedder.from_pretrained("default", dtype=dtype)
+        off = kv.variant(layers=[])
+        for length in (int(x) for x in args.lengths.split(",")):
+            items = [synthetic_input(length, int(kv.model.config.vocab_size), False, 0)]
+            ids, mask, _ = kv.collate(items)
+
+            def plain(model: Any = kv.model, ids: Any = ids, mask: Any = mask) -> None:
+                with torch.inference_mode():
+                    model(input_ids=ids, attention_mask=mask)
+
+            runs: dict[str, Callable[[], object]] = {"plain": plain}
+            for on, tag in ((False, "old"), (True, "new")):
+                runs[f"kv_{tag}"] = switched(on, lambda e=kv, i=items: e.embed_encoded(i))
+                runs[f"off_{tag}"] = switched(on, lambda e=off, i=items: e.embed_encoded(i))
+            seconds = interleaved(runs, args.repeats)
+            rate = {name: length / sorted(values)[len(values) // 2] for name, values in seconds.items()}
+            print(
+                json.dumps(
+                    {
+                        "length": length,
+                        "dtype": dtype,
+                        **{name: round(value) for name, value in rate.items()},
+                        "kv new/old": round(rate["kv_new"] / rate["kv_old"], 3),
+                        "off new/old": round(rate["off_new"] / rate["off_old"], 3),
+                        "kv/plain new": round(rate["kv_new"] / rate["plain"], 3),
+                    }
+                ),
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
