@@ -24,7 +24,7 @@ from langchain_core.vectorstores import VectorStore
 from langchain_core.vectorstores.utils import maximal_marginal_relevance
 
 from kvembed_rag._io import write_bytes_atomically
-from kvembed_rag.retrieval.chunking import passage_pieces
+from kvembed_rag.retrieval.chunking import pieces_of_texts
 from kvembed_rag.retrieval.filters import Filter
 from kvembed_rag.retrieval.lexical import HybridConfig
 from kvembed_rag.retrieval.pipeline import best_per_document
@@ -37,14 +37,6 @@ def _describe(embedding: Embeddings) -> dict[str, Any] | None:
     embedder = getattr(embedding, "embedder", None)
     describe = getattr(embedder, "describe", None)
     return describe() if callable(describe) else None
-
-
-def _pieces(embedding: Embeddings, texts: list[str], child_tokens: int | None) -> list[list[str]]:
-    """Each text's pieces for small-to-big (``kvembed_rag.passage_pieces``); whole texts for other Embeddings."""
-    embedder = getattr(embedding, "embedder", None)
-    if not child_tokens or not hasattr(embedder, "token_offsets"):
-        return [[text] for text in texts]
-    return [passage_pieces(embedder, text, child_tokens) for text in texts]
 
 
 def _document(hit: Hit) -> Document:
@@ -131,7 +123,7 @@ class KVFaissVectorStore(VectorStore):
         final_ids = [item if item else str(uuid.uuid4()) for item in given]
         if not texts:
             return []
-        pieces = _pieces(self._embedding, texts, self._child_tokens)
+        pieces = pieces_of_texts(getattr(self._embedding, "embedder", None), texts, self._child_tokens)
         vectors = np.asarray(self._embedding.embed_documents([p for each in pieces for p in each]), dtype=np.float32)
         with self._lock:
             if self._index is None:

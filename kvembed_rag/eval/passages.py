@@ -472,7 +472,7 @@ def evaluate_passages(
     BM25 for each fusion in ``options.hybrid``, the same two scored by each passage's best piece when
     ``options.child_tokens`` is below the passage size (small-to-big, as ``index --child-tokens`` stores them),
     and each sentence-transformers anchor."""
-    from ..retrieval.chunking import passage_pieces
+    from ..retrieval.chunking import pieces_of_texts
     from ..retrieval.lexical import HybridConfig
     from .harness import EvalRow, model_label
     from .scoring import CachedEncoder
@@ -529,7 +529,7 @@ def evaluate_passages(
             dense_first = dense
             variants = [(embedder.method, dense)]
             if options.child_tokens and options.child_tokens < options.size:
-                pieces = [passage_pieces(embedder, text, options.child_tokens) for text in texts]
+                pieces = pieces_of_texts(embedder, texts, options.child_tokens)
                 vectors = encoder.encode([piece for each in pieces for piece in each], "document")
                 starts = np.cumsum([0] + [len(each) for each in pieces[:-1]])
                 by_piece = encoder.encode(query_texts, "query") @ vectors.T  # (queries, pieces)

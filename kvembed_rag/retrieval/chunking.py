@@ -130,6 +130,14 @@ def passage_pieces(embedder: Any, text: str, child_tokens: int, *, title: str | 
     return pieces
 
 
+def pieces_of_texts(embedder: Any, texts: list[str], child_tokens: int | None) -> list[list[str]]:
+    """Each text's :func:`passage_pieces` (``child_tokens``), or each text whole when ``child_tokens`` is 0/None or
+    ``embedder`` is not one that tokenizes (the adapters accept any framework embeddings)."""
+    if not child_tokens or not hasattr(embedder, "token_offsets"):
+        return [[text] for text in texts]
+    return [passage_pieces(embedder, text, child_tokens) for text in texts]
+
+
 def _input_cost(embedder: Any, text: str, count: int) -> Callable[[int, int], int]:
     """``cost(first, last)``: input tokens that ``text``'s tokens ``first..last`` take (``last`` -1: all of them):
     one each, plus HTP's two markers per sentence (:meth:`KVEmbedder.sentence_ends`) for methods that add them."""

@@ -127,18 +127,13 @@ class KVIndexRetriever(BaseRetriever):
         ``child_tokens`` (small-to-big, e.g. ``kvembed_rag.CHILD_TOKENS`` = 256; default 0: one vector per node): a
         node longer than that is embedded as its pieces and scored by the best, while BM25 and the results keep the
         whole node."""
-        from kvembed_rag.retrieval.chunking import passage_pieces
+        from kvembed_rag.retrieval.chunking import pieces_of_texts
         from kvembed_rag.retrieval.vector_index import VectorIndex
 
         if not nodes:
             raise ValueError("from_nodes needs at least one node")
         texts = [node.get_content() for node in nodes]
-        core = getattr(embed_model, "embedder", None)
-        pieces = (
-            [passage_pieces(core, text, child_tokens) for text in texts]
-            if child_tokens and hasattr(core, "token_offsets")
-            else [[text] for text in texts]
-        )
+        pieces = pieces_of_texts(getattr(embed_model, "embedder", None), texts, child_tokens)
         vectors = np.asarray(embed_model.get_text_embedding_batch([p for each in pieces for p in each]), np.float32)
         embedder = getattr(embed_model, "embedder", None)
         index = VectorIndex(len(vectors[0]), embedder=embedder.describe() if embedder is not None else None)
