@@ -16,11 +16,10 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reroute_price import interleaved
+from reroute_price import interleaved, one_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kvembed_rag import KVEmbedder, attention
-    from kvembed_rag.eval.throughput import synthetic_input
 
     torch.set_num_threads(args.threads)
     shortcut = attention.ReroutingPlan.causal_without_mask
@@ -52,13 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         kv = KVEmbedder.from_pretrained("default", dtype=dtype)
         off = kv.variant(layers=[])
         for length in (int(x) for x in args.lengths.split(",")):
-            items = [synthetic_input(length, int(kv.model.config.vocab_size), False, 0)]
-            ids, mask, _ = kv.collate(items)
-
-            def plain(model: Any = kv.model, ids: Any = ids, mask: Any = mask) -> None:
-                with torch.inference_mode():
-                    model(input_ids=ids, attention_mask=mask)
-
+            items, plain = one_text(kv, length)
             runs: dict[str, Callable[[], object]] = {"plain": plain}
             for on, tag in ((False, "old"), (True, "new")):
                 runs[f"kv_{tag}"] = switched(on, lambda e=kv, i=items: e.embed_encoded(i))

@@ -38,6 +38,23 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int, seed: int =
     return seconds
 
 
+def one_text(kv: Any, length: int) -> tuple[list[Any], Callable[[], None]]:
+    """One synthetic text of ``length`` tokens (``kvembed-rag bench``'s input) for ``kv``'s backbone, and the stock
+    forward over it (``model(input_ids, attention_mask)``, transformers' own path)."""
+    import torch
+
+    from kvembed_rag.eval.throughput import synthetic_input
+
+    items = [synthetic_input(length, int(kv.model.config.vocab_size), False, 0)]
+    ids, mask, _ = kv.collate(items)
+
+    def plain() -> None:
+        with torch.inference_mode():
+            kv.model(input_ids=ids, attention_mask=mask)
+
+    return items, plain
+
+
 def row(length: int, dtype: str, seconds: dict[str, list[float]]) -> dict[str, Any]:
     """Tokens/s (median and best round) and the ratios kv / off and kv / plain."""
     median = {name: length / statistics.median(values) for name, values in seconds.items()}
@@ -65,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from kvembed_rag import KVEmbedder
-    from kvembed_rag.eval.throughput import synthetic_input
 
     torch.set_num_threads(args.threads)
     rows = []
@@ -73,13 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         kv = KVEmbedder.from_pretrained(args.model, dtype=dtype)
         off = kv.variant(layers=[])
         for length in (int(x) for x in args.lengths.split(",")):
-            items = [synthetic_input(length, int(kv.model.config.vocab_size), False, 0)]
-            ids, mask, _ = kv.collate(items)
-
-            def plain(model: Any = kv.model, ids: Any = ids, mask: Any = mask) -> None:
-                with torch.inference_mode():
-                    model(input_ids=ids, attention_mask=mask)
-
+            items, plain = one_text(kv, length)
             runs: dict[str, Callable[[], object]] = {
                 "plain": plain,
                 "off": lambda e=off, i=items: e.embed_encoded(i),
