@@ -323,3 +323,41 @@ def test_reroute_price_rounds_are_shuffled_and_rows_give_the_ratios() -> None:
     found = price.row(100, "bfloat16", {"plain": [1.0, 2.0, 3.0], "off": [0.5, 1.0, 1.0], "kv": [1.0, 1.0, 4.0]})
     assert found["kv_tokens_per_s"] == 100.0 and found["kv_over_off"] == 1.0 and found["kv_over_plain"] == 2.0
     assert found["best_kv_over_off"] == 0.5 and found["best_kv_over_plain"] == 1.0
+
+
+def test_query_likelihood_from_a_cached_passage_prefix_equals_a_plain_forward_per_pair() -> None:
+    import torch
+    from tiny_models import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ql = load_script("passage_rerank_ql")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    passages = ["the cat sat on the mat", "a long passage about the weather and the river bank"]
+    questions = ["where did the cat sit", "what about the river", "weather"]  # unequal lengths: right padding
+    matrix = ql.question_likelihoods(model, tokenizer, passages, questions, batch=2)
+    for row, question in enumerate(questions):
+        for column, passage in enumerate(passages):
+            prefix = tokenizer(ql.QL_PROMPT.format(passage=passage))["input_ids"]
+            asked = tokenizer(" " + question, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([prefix + asked])).logits[0].float(), -1)
+            expected = np.mean([float(logp[len(prefix) - 1 + j, t]) for j, t in enumerate(asked)])
+            assert matrix[row, column] == pytest.approx(expected, abs=1e-5)
+
+
+def test_query_likelihood_reranking_reorders_only_the_top_candidates() -> None:
+    ql = load_script("passage_rerank_ql")
+    hybrid = np.array([[0.9, 0.8, 0.7, 0.1]])  # (queries, passages), best first
+    likelihood = np.array([[-5.0, -1.0, -3.0, 0.0]])  # the last is most likely but outside the top 3
+    order = np.argsort(-ql.reranked(hybrid, likelihood, 3)[0], kind="stable")
+    assert order.tolist() == [1, 2, 0, 3]
+    # fused within the top 3, likelihood's share 0.7: minmax(hybrid) (1, .5, 0), minmax(likelihood) (0, 1, .5)
+    fused = ql.fused_within(hybrid, likelihood, 3, 0.7)[0]
+    np.testing.assert_allclose(fused[:3] - 1e6, [0.3, 0.15 + 0.7, 0.35], atol=1e-6)
+    assert fused[3] == pytest.approx(0.1) and np.argsort(-fused, kind="stable").tolist() == [1, 2, 0, 3]

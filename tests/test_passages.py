@@ -159,9 +159,12 @@ def test_samples_a_and_b_are_disjoint_and_seeded(tmp_path: Path) -> None:
     assert {q.document for q in a.queries} == set(a.documents)
     with pytest.raises(ValueError, match="needs 12 documents; only 10"):
         task.sample(6, "B")
-    # C to H, the further confirmation samples, are disjoint from A, B and each other
-    blocks = [set(task.sample(1, which, seed=3).documents) for which in SAMPLES]
-    assert len(set().union(*blocks)) == len(SAMPLES)
+    # C to P, the further confirmation samples, are disjoint from A, B and each other
+    fitting = SAMPLES[: len(task.documents)]  # the fixture's 10 documents hold ten 1-document samples
+    blocks = [set(task.sample(1, which, seed=3).documents) for which in fitting]
+    assert len(set().union(*blocks)) == len(fitting) == 10
+    with pytest.raises(ValueError, match="sample K of 1 needs 11 documents"):
+        task.sample(1, SAMPLES[10])
     with pytest.raises(ValueError, match="sample must be one of"):
         task.sample(1, "Z")
 

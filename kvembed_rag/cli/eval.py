@@ -79,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     passages = parser.add_argument_group("passages")
     passages.add_argument(
         "--passage-sample",
-        choices=["A", "B", "C", "D", "E", "F", "G", "H"],  # eval.passages.SAMPLES, listed so --help imports no numpy
+        choices=list("ABCDEFGHIJKLMNOP"),  # eval.passages.SAMPLES, listed so --help imports no numpy
         default="A",
-        help="which of the disjoint seeded samples (A chooses, B-H confirm; default A)",
+        help="which of the disjoint seeded samples (A chooses, B-P confirm; default A)",
     )
     passages.add_argument("--passage-split", help="only documents of this split (qmsum_spans: train or val)")
     passages.add_argument("--passage-tokens", type=positive_int, default=256, help="tokens per passage (256)")

@@ -43,7 +43,7 @@ from .tasks import _jsonl  # one JSON-lines reader for the eval readers
 #: character ``(start, end)`` offsets of each token of a text
 Offsets = Callable[[str], list[tuple[int, int]]]
 ANSWER_BUDGETS = (1024, 2048)  # tokens of context handed to the generator, for answer coverage
-SAMPLES = ("A", "B", "C", "D", "E", "F", "G", "H")  # disjoint seeded blocks of documents: A chooses, the others confirm
+SAMPLES = tuple("ABCDEFGHIJKLMNOP")  # disjoint seeded blocks of documents: A chooses, the others confirm
 
 
 @dataclass
