@@ -65,6 +65,7 @@ class KVFaissVectorStore(VectorStore):
     Small-to-big (``child_tokens=kvembed_rag.CHILD_TOKENS``, i.e. 256; default 0: one vector per text): with
     ``KVEmbeddings`` a text longer than that is embedded as its pieces and scored by the best of them, while the
     search returns (and BM25 indexes) the whole text, as ``kvembed-rag index --child-tokens 256`` stores passages.
+    ``save_local`` records it and ``load_local`` keeps adding texts that way (another value is refused).
     """
 
     def __init__(
@@ -133,6 +134,8 @@ class KVFaissVectorStore(VectorStore):
                     embedder=_describe(self._embedding),
                     precision=self._precision,
                     hybrid=self._hybrid,
+                    # saved in the manifest, so load_local adds new texts the same way (see load_local)
+                    chunking={"child_tokens": int(self._child_tokens)} if self._child_tokens else None,
                 )
             return self._index.upsert(final_ids, vectors, texts, metadatas, vector_counts=[len(p) for p in pieces])
 
@@ -373,8 +376,18 @@ class KVFaissVectorStore(VectorStore):
         """
         kwargs.pop("allow_dangerous_deserialization", None)  # accepted for drop-in use, never needed
         index = VectorIndex.load(folder_path, embedder=_describe(embeddings))
+        recorded = int((index.chunking or {}).get("child_tokens", 0) or 0)
+        requested = kwargs.pop("child_tokens", None)
+        if requested is not None and int(requested or 0) != recorded:
+            from kvembed_rag import ChunkingMismatchError
+
+            raise ChunkingMismatchError(
+                f"{folder_path} was built with child_tokens={recorded}; adding texts with child_tokens={requested} "
+                f"would mix one-vector and best-piece records in one ranking. Load it without child_tokens (or with "
+                f"{recorded}), or build a new store"
+            )
         store = cls(  # hybrid=...: add BM25 or change fusion
-            embeddings, index, hybrid=kwargs.pop("hybrid", None), child_tokens=kwargs.pop("child_tokens", 0)
+            embeddings, index, hybrid=kwargs.pop("hybrid", None), child_tokens=recorded
         )
         # verified by VectorIndex.load against the manifest's checksum; a store saved before parents were an
         # attachment has an unchecked parents.json

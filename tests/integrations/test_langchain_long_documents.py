@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore, KVParentDocumentRetriever, KVTokenTextSplitter
 from long_document import NEEDLE, long_document
 
-from kvembed_rag import PASSAGE_TOKENS, passage_input_tokens
+from kvembed_rag import PASSAGE_TOKENS, ChunkingMismatchError, passage_input_tokens
 
 #: identical prompts for both roles: a query equal to a chunk's text gets that chunk's vector exactly, so
 #: the planted passage is found even by a random tiny model (what is tested here is the plumbing)
@@ -206,5 +206,14 @@ def test_store_embeds_long_texts_as_pieces_and_returns_them_whole(embeddings, tm
     again = KVFaissVectorStore.load_local(tmp_path / "s", embeddings)
     assert again.index.vector_count == store.index.vector_count
     assert again.similarity_search(pieces[2], k=1)[0].id == "long"
+    # the loaded store adds texts as the saved one did: a long text as its pieces, not one vector
+    again.add_texts([text.replace("report", "memo")], ids=["memo"])
+    assert again.index.vector_count == store.index.vector_count + len(pieces)
+    with pytest.raises(ChunkingMismatchError, match="child_tokens=48"):
+        KVFaissVectorStore.load_local(tmp_path / "s", embeddings, child_tokens=0)
+    assert KVFaissVectorStore.load_local(tmp_path / "s", embeddings, child_tokens=48).index.vector_count > 2
     whole = KVFaissVectorStore.from_texts([text], embeddings, child_tokens=0)
     assert whole.index.vector_count == 1
+    whole.save_local(tmp_path / "w")
+    with pytest.raises(ChunkingMismatchError, match="child_tokens=0"):
+        KVFaissVectorStore.load_local(tmp_path / "w", embeddings, child_tokens=48)
