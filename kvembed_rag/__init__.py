@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .methods import METHODS
     from .prompts import PromptTemplate
     from .quantization import quantize_embeddings
-    from .retrieval.chunking import Chunk, chunk_text, passage_input_tokens, passage_pieces, text_token_budget
+    from .retrieval.chunking import Chunk, Chunking, chunk_text, passage_input_tokens, passage_pieces, text_token_budget
     from .retrieval.vector_index import VectorIndex
 
 # public name -> submodule. Imported on first use, so that `import kvembed_rag` (and the command line's
@@ -58,6 +58,7 @@ _LAZY = {
     "PromptTemplate": "prompts",
     "quantize_embeddings": "quantization",
     "Chunk": "retrieval.chunking",
+    "Chunking": "retrieval.chunking",
     "chunk_text": "retrieval.chunking",
     "text_token_budget": "retrieval.chunking",
     "passage_input_tokens": "retrieval.chunking",
@@ -82,6 +83,7 @@ __all__ = [
     "METHODS",
     "PASSAGE_TOKENS",
     "Chunk",
+    "Chunking",
     "ChunkingMismatchError",
     "ConfigError",
     "EmbedderMismatchError",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvembed_rag import PASSAGE_TOKENS, TruncationWarning
+from kvembed_rag import PASSAGE_TOKENS, Chunking, TruncationWarning
 from kvembed_rag.retrieval.chunking import chunk_text, passage_input_tokens, prompt_overhead, text_copies
 from kvembed_rag.retrieval.documents import SourceDocument, read_folder, stdlib_documents
 from kvembed_rag.retrieval.pipeline import index_texts
@@ -80,8 +80,11 @@ def test_passages_hold_passage_tokens_of_text_at_most_max_length(make_embedder):
     text = LONG[: len(LONG) // 2]  # about 2,700 of the tiny tokenizer's tokens: fits 8,192, not 2,048
     assert 8192 > len(embedder.token_offsets(text)) > PASSAGE_TOKENS
     document = SourceDocument("long", "Transcript 7", text, "x")
-    passages, small = index_texts(embedder, document), index_texts(embedder, document, passage_tokens=512)
-    assert len(index_texts(embedder, document, passage_tokens=0)) == 1
+    passages, small = (
+        index_texts(embedder, document),
+        index_texts(embedder, document, chunking=Chunking(passage_tokens=512)),
+    )
+    assert len(index_texts(embedder, document, chunking=Chunking(passage_tokens=0))) == 1
     for texts, size in ((passages, PASSAGE_TOKENS), (small, 512)):
         counts = [len(embedder.token_offsets(t)) for t in texts]
         assert len(texts) >= len(embedder.token_offsets(text)) // size and max(counts) <= size
@@ -109,6 +112,20 @@ def test_passage_pieces_pack_whole_lines_and_window_only_an_overlong_line(make_e
     titled = passage_pieces(embedder, text, 48, title="Minutes")
     assert len(titled) >= len(pieces) and all(piece.startswith("Minutes\n\n") for piece in titled)
     assert passage_pieces(embedder, turns[0], 48) == [turns[0]]  # fits: the passage itself
+
+
+def test_chunking_is_one_checked_value_that_records_itself_as_the_manifest_does() -> None:
+    assert Chunking().record() == {"long_docs": "chunk", "passage_tokens": PASSAGE_TOKENS, "overlap": 64}
+    pieces = Chunking(passage_tokens=None, overlap=0, child_tokens=256)
+    assert pieces.record() == {"long_docs": "chunk", "passage_tokens": 0, "overlap": 0, "child_tokens": 256}
+    whole = Chunking(long_docs="truncate", child_tokens=256)  # a whole text has no passages to cut into pieces
+    assert whole.child_tokens == 0 and whole.record() == {"long_docs": "truncate"}
+    with pytest.raises(ValueError, match="long_docs must be one of"):
+        Chunking(long_docs="split")
+    with pytest.raises(ValueError, match="overlap must be a non-negative int"):
+        Chunking(overlap=-1)
+    with pytest.raises(ValueError, match="child_tokens must be a non-negative int"):
+        Chunking(child_tokens=True)
 
 
 def test_too_small_window_is_an_error(make_embedder):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvembed_rag import PASSAGE_TOKENS
+from kvembed_rag import PASSAGE_TOKENS, Chunking
 from kvembed_rag.cli import main
 from kvembed_rag.errors import ChunkingMismatchError
 from kvembed_rag.retrieval.documents import SourceDocument
@@ -130,7 +130,7 @@ def test_truncate_policy_embeds_one_vector_per_document(make_embedder, tmp_path)
     embedder = make_embedder(max_length=64)
     documents = [SourceDocument("long", "Long", LONG, "x"), SourceDocument("short", "Short", "tiny", "y")]
     with pytest.warns(UserWarning, match="truncated"):
-        report = build_index(embedder, documents, tmp_path / "idx", long_docs="truncate")
+        report = build_index(embedder, documents, tmp_path / "idx", chunking=Chunking(long_docs="truncate"))
     assert report.chunks == 2
     hits = search_documents(VectorIndex.load(tmp_path / "idx"), embedder.encode_queries("budget"), k=5)
     assert {h.document for h in hits} == {"long", "short"}
@@ -178,18 +178,22 @@ def test_index_records_its_cut_and_refuses_another(make_embedder, tmp_path):
     embedder = make_embedder(max_length=256)
     long = SourceDocument("long", "Long", LONG, "x")
     out = tmp_path / "idx"
-    build_index(embedder, [long], out, passage_tokens=64)
+    build_index(embedder, [long], out, chunking=Chunking(passage_tokens=64))
     stored = VectorIndex.load(out)
     assert stored.chunking == {"long_docs": "chunk", "passage_tokens": 64, "overlap": 64}
     chunks = len(stored)
     other = SourceDocument("other", "Other", "A short note.", "y")
     with pytest.raises(ChunkingMismatchError, match=r"passages of 64 text tokens.*--passage-tokens 64"):
-        build_index(embedder, [other], out, passage_tokens=128)
+        build_index(embedder, [other], out, chunking=Chunking(passage_tokens=128))
     assert sorted(VectorIndex.load(out).ids) == sorted(stored.ids)  # nothing written
     with pytest.raises(ChunkingMismatchError, match="truncate"):
-        build_index(embedder, [other], out, long_docs="truncate")
-    assert build_index(embedder, [long, other], out, passage_tokens=64).embedded == 1  # its own cut: appends
-    report = build_index(embedder, [long, other], out, passage_tokens=0, overwrite=True)  # re-cut everything
+        build_index(embedder, [other], out, chunking=Chunking(long_docs="truncate"))
+    assert (
+        build_index(embedder, [long, other], out, chunking=Chunking(passage_tokens=64)).embedded == 1
+    )  # its own cut: appends
+    report = build_index(
+        embedder, [long, other], out, overwrite=True, chunking=Chunking(passage_tokens=0)
+    )  # re-cut everything
     assert report.embedded == 2 and len(VectorIndex.load(out)) < chunks + 1
     assert VectorIndex.load(out).chunking == {"long_docs": "chunk", "passage_tokens": 0, "overlap": 64}
 
@@ -203,7 +207,7 @@ def test_an_index_saved_before_cuts_were_recorded_adopts_the_current_one(make_em
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert VectorIndex.load(out).chunking is None
     with caplog.at_level("WARNING"):
-        build_index(embedder, [SourceDocument("b", "", "second note", "y")], out, passage_tokens=512)
+        build_index(embedder, [SourceDocument("b", "", "second note", "y")], out, chunking=Chunking(passage_tokens=512))
     assert "does not record how its 1 passages were cut" in caplog.text
     assert VectorIndex.load(out).chunking == {"long_docs": "chunk", "passage_tokens": 512, "overlap": 64}
 
@@ -281,9 +285,11 @@ def test_passages_are_embedded_as_their_pieces_and_scored_by_the_best(make_embed
     embedder = make_embedder(max_length=256)
     long = SourceDocument("long", "Long", LONG, "x")
     short = SourceDocument("short", "Short", "A short note on parsing XML.", "y")
-    report = build_index(embedder, [long, short], tmp_path / "idx", passage_tokens=160, child_tokens=40, hybrid=True)
+    report = build_index(
+        embedder, [long, short], tmp_path / "idx", hybrid=True, chunking=Chunking(passage_tokens=160, child_tokens=40)
+    )
     index = VectorIndex.load(tmp_path / "idx")
-    units = index_units(embedder, long, passage_tokens=160, child_tokens=40)
+    units = index_units(embedder, long, chunking=Chunking(passage_tokens=160, child_tokens=40))
     assert len(units) > 1 and all(len(children) > 1 for _, children in units)
     assert len(index) == len(units) + 1 == report.chunks  # records are the passages ...
     assert index.vector_count == sum(len(children) for _, children in units) + 1  # ... vectors their pieces
@@ -297,7 +303,7 @@ def test_passages_are_embedded_as_their_pieces_and_scored_by_the_best(make_embed
     assert index.chunking == {"long_docs": "chunk", "passage_tokens": 160, "overlap": 64, "child_tokens": 40}
     hits = search_documents(index, query, k=2, query_text="remote controls budget")  # hybrid: BM25 over passages
     assert hits[0].document == "long"
-    whole = build_index(embedder, [long], tmp_path / "one", passage_tokens=160, child_tokens=0)
+    whole = build_index(embedder, [long], tmp_path / "one", chunking=Chunking(passage_tokens=160, child_tokens=0))
     assert VectorIndex.load(tmp_path / "one").vector_count == whole.chunks == len(units)  # 0: one vector each
 
 

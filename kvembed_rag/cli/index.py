@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import CHILD_TOKENS, PASSAGE_TOKENS
 from .options import (
@@ -23,6 +23,9 @@ from .options import (
     validate_model_args,
 )
 from .output import BuildProgress, status
+
+if TYPE_CHECKING:  # the retrieval package imports numpy: not at import time of the command line
+    from ..retrieval.chunking import Chunking
 
 NAME = "index"
 HELP = "Embed folders, text files or JSONL into a searchable FAISS index."
@@ -144,8 +147,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
 
 
-def resolve_chunking(args: argparse.Namespace, out: Any = None) -> None:
-    """Fill ``args.long_docs``, ``args.passage_tokens`` and ``args.child_tokens`` left out: from the cut the index at
+def resolve_chunking(args: argparse.Namespace, out: Any = None) -> Chunking:
+    """The :class:`~kvembed_rag.retrieval.chunking.Chunking` to index with; fills ``args.long_docs``,
+    ``args.passage_tokens`` and ``args.child_tokens`` left out: from the cut the index at
     ``out`` records when appending to it (a re-run after an upgrade keeps adding passages of the index's size and
     pieces; an index recorded before pieces existed has none), else the defaults (``chunk``,
     :data:`PASSAGE_TOKENS`, no pieces)."""
@@ -166,6 +170,9 @@ def resolve_chunking(args: argparse.Namespace, out: Any = None) -> None:
         args.child_tokens = int(children) if isinstance(children, int) else 0
     if args.long_docs == "truncate":
         args.child_tokens = 0  # one input per document: nothing to cut into pieces
+    from ..retrieval.chunking import Chunking
+
+    return Chunking(long_docs=args.long_docs, passage_tokens=args.passage_tokens, child_tokens=args.child_tokens)
 
 
 def _mismatch(out: Any, exc: Exception) -> int:
@@ -203,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     hybrid = hybrid_flag(args.hybrid)
     documents = read_documents(args)
     show = not args.quiet and not args.json
-    resolve_chunking(args, out)
+    chunking = resolve_chunking(args, out)
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
     from ..errors import ChunkingMismatchError, EmbedderMismatchError
 
@@ -222,9 +229,7 @@ def run(args: argparse.Namespace) -> int:
                 documents,
                 out,
                 spec,
-                long_docs=args.long_docs,
-                passage_tokens=args.passage_tokens,
-                child_tokens=args.child_tokens,
+                chunking=chunking,
                 overwrite=args.overwrite,
                 limit=args.fit_limit,
                 raw_vectors=raw_vectors,
@@ -255,9 +260,7 @@ def run(args: argparse.Namespace) -> int:
             embedder,
             documents,
             out,
-            long_docs=args.long_docs,
-            passage_tokens=args.passage_tokens,
-            child_tokens=args.child_tokens,
+            chunking=chunking,
             progress=progress,
             encode=encode,
             group_tokens=group_tokens,

@@ -87,23 +87,13 @@ def _fit(args: argparse.Namespace) -> int:
         raise UsageError("postprocess fit fits --spec on your texts; drop --postprocess")
     validate_model_args(args)
     documents = read_documents(args)
-    resolve_chunking(args)
+    chunking = resolve_chunking(args)
     show = not args.quiet and not args.json
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
     embedder = load_embedder(args, postprocess="none")  # raw vectors: nothing fitted on calibration texts
     from ..retrieval.pipeline import index_texts, sample_texts
 
-    texts = [
-        text
-        for document in documents
-        for text in index_texts(
-            embedder,
-            document,
-            long_docs=args.long_docs,
-            passage_tokens=args.passage_tokens,
-            child_tokens=args.child_tokens,
-        )
-    ]
+    texts = [text for document in documents for text in index_texts(embedder, document, chunking)]
     texts = sample_texts(texts, args.limit, seed=args.seed)
     status(f"fitting {spec} on {len(texts):,} texts ...", enabled=show)
     fitted = embedder.fit_postprocess(texts, spec)

@@ -1,6 +1,6 @@
 """Retrieval: the vector index, metadata filters, chunking, document readers, the index pipeline, Ray scale-out."""
 
-from .chunking import Chunk, chunk_text
+from .chunking import Chunk, Chunking, chunk_text
 from .documents import SourceDocument, read_sources
 from .pipeline import (
     BuildReport,
@@ -15,6 +15,7 @@ from .vector_index import Hit, Record, VectorIndex, check_compatible
 __all__ = [
     "BuildReport",
     "Chunk",
+    "Chunking",
     "DocumentHit",
     "Hit",
     "Record",

@@ -20,6 +20,44 @@ from typing import Any
 
 from ..config import PASSAGE_TOKENS
 
+LONG_DOC_POLICIES = ("chunk", "truncate")
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How the index pipeline cuts a document into what it stores: one value for ``build_index``,
+    ``fit_index_postprocess``, ``kvembed-rag index`` and the index's manifest (:meth:`record`), so a new cutting
+    option is one field here and its use in :func:`~kvembed_rag.retrieval.pipeline.index_units`."""
+
+    long_docs: str = "chunk"  # "chunk": titled, overlapping passages; "truncate": the whole text, cut at max_length
+    passage_tokens: int | None = PASSAGE_TOKENS  # text tokens per passage; None or 0: as many as max_length holds
+    overlap: int = 64  # tokens neighbouring passages share
+    child_tokens: int | None = 0  # > 0: each passage embedded as pieces of this many tokens, scored by the best
+
+    def __post_init__(self) -> None:
+        if self.long_docs not in LONG_DOC_POLICIES:
+            raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {self.long_docs!r}")
+        for name in ("passage_tokens", "overlap", "child_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int; got {value!r}")
+        if self.long_docs == "truncate":  # a whole text has no passages to cut into pieces
+            object.__setattr__(self, "child_tokens", 0)
+
+    def record(self) -> dict[str, Any]:
+        """The cut as an index's manifest records it (``passage_tokens`` 0 = ``max_length``; ``child_tokens`` only
+        when nonzero, so indexes built before it existed compare equal)."""
+        if self.long_docs == "truncate":
+            return {"long_docs": "truncate"}
+        record: dict[str, Any] = {
+            "long_docs": self.long_docs,
+            "passage_tokens": int(self.passage_tokens or 0),
+            "overlap": int(self.overlap),
+        }
+        if self.child_tokens:
+            record["child_tokens"] = int(self.child_tokens)
+        return record
+
 
 @dataclass
 class Chunk:

@@ -31,15 +31,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ..errors import ChunkingMismatchError, EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
-from .chunking import PASSAGE_TOKENS, chunk_text, passage_input_tokens, passage_pieces
+from .chunking import Chunking, chunk_text, passage_input_tokens, passage_pieces
 from .documents import SourceDocument
 from .vector_index import MANIFEST, VectorIndex, attachment_file, attachment_file_name
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-LONG_DOC_POLICIES = ("chunk", "truncate")
 
 
 def content_hash(text: str) -> str:
@@ -60,19 +58,6 @@ class BuildReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "tokens_per_s": round(self.tokens / self.seconds, 1) if self.seconds else None}
-
-
-def chunking_record(
-    long_docs: str, passage_tokens: int | None, overlap: int, child_tokens: int | None = 0
-) -> dict[str, Any]:
-    """How :func:`index_units` cuts documents, as an index records it (``passage_tokens`` 0 = ``max_length``;
-    ``child_tokens`` recorded only when passages are embedded as children, so older indexes compare equal)."""
-    if long_docs == "truncate":
-        return {"long_docs": "truncate"}
-    record = {"long_docs": long_docs, "passage_tokens": int(passage_tokens or 0), "overlap": int(overlap)}
-    if child_tokens:
-        record["child_tokens"] = int(child_tokens)
-    return record
 
 
 def _describe_chunking(record: dict[str, Any]) -> str:
@@ -174,54 +159,35 @@ def sample_texts(texts: list[str], limit: int | None, *, seed: int = 0) -> list[
 
 
 def index_units(
-    embedder: Any,
-    document: SourceDocument,
-    *,
-    long_docs: str = "chunk",
-    overlap: int = 64,
-    passage_tokens: int | None = PASSAGE_TOKENS,
-    child_tokens: int | None = 0,
+    embedder: Any, document: SourceDocument, chunking: Chunking | None = None
 ) -> list[tuple[str, list[str]]]:
-    """``(passage text, texts embedded for it)`` for each passage a document is indexed as: titled overlapping
-    passages of ``passage_tokens`` text tokens (``long_docs="chunk"``; ``None`` or 0: as much as ``max_length``
-    holds) or the whole text (cut at ``max_length`` when embedded). With ``child_tokens`` each passage is embedded
-    as its titled pieces of that many tokens (no overlap; a passage that fits is its own piece), else whole.
-    Chunking needs the tokenizer only."""
-    if long_docs != "chunk":
+    """``(passage text, texts embedded for it)`` for each passage a document is indexed as (``chunking``, default
+    ``Chunking()``): titled overlapping passages of ``passage_tokens`` text tokens (``long_docs="chunk"``;
+    ``None`` or 0: as much as ``max_length`` holds) or the whole text (cut at ``max_length`` when embedded). With
+    ``child_tokens`` each passage is embedded as its titled pieces of that many tokens (no overlap; a passage that
+    fits is its own piece), else whole. Chunking needs the tokenizer only."""
+    cut = chunking or Chunking()
+    if cut.long_docs != "chunk":
         whole = f"{document.title}\n\n{document.text}" if document.title else document.text
         return [(whole, [whole])]
-    size = passage_input_tokens(embedder, passage_tokens)
-    passages = chunk_text(embedder, document.text, title=document.title, max_tokens=size, overlap=overlap)
-    if not child_tokens:
+    size = passage_input_tokens(embedder, cut.passage_tokens)
+    passages = chunk_text(embedder, document.text, title=document.title, max_tokens=size, overlap=cut.overlap)
+    if not cut.child_tokens:
         return [(c.text, [c.text]) for c in passages]
     return [
         (
             passage.text,
-            passage_pieces(embedder, document.text[passage.start : passage.end], child_tokens, title=document.title),
+            passage_pieces(
+                embedder, document.text[passage.start : passage.end], cut.child_tokens, title=document.title
+            ),
         )
         for passage in passages
     ]
 
 
-def index_texts(
-    embedder: Any,
-    document: SourceDocument,
-    *,
-    long_docs: str = "chunk",
-    overlap: int = 64,
-    passage_tokens: int | None = PASSAGE_TOKENS,
-    child_tokens: int | None = 0,
-) -> list[str]:
+def index_texts(embedder: Any, document: SourceDocument, chunking: Chunking | None = None) -> list[str]:
     """The texts a document's vectors come from (:func:`index_units`' embedded texts, in order)."""
-    units = index_units(
-        embedder,
-        document,
-        long_docs=long_docs,
-        overlap=overlap,
-        passage_tokens=passage_tokens,
-        child_tokens=child_tokens,
-    )
-    return [text for _, embedded in units for text in embedded]
+    return [text for _, embedded in index_units(embedder, document, chunking) for text in embedded]
 
 
 def fit_index_postprocess(
@@ -230,10 +196,7 @@ def fit_index_postprocess(
     out_dir: str | Path,
     spec: str,
     *,
-    long_docs: str = "chunk",
-    overlap: int = 64,
-    passage_tokens: int | None = PASSAGE_TOKENS,
-    child_tokens: int | None = 0,
+    chunking: Chunking | None = None,
     overwrite: bool = False,
     limit: int | None = None,
     seed: int = 0,
@@ -268,22 +231,9 @@ def fit_index_postprocess(
                 f"{folder}'s post-processing was fitted on its corpus as {pp.spec_text(stored)!r}, not {spec!r}; "
                 f"append with {pp.spec_text(stored)!r} (its statistics are reused), or rebuild it with overwrite"
             )
-        check_chunking(
-            stored_chunking(folder), chunking_record(long_docs, passage_tokens, overlap, child_tokens), folder
-        )
+        check_chunking(stored_chunking(folder), (chunking or Chunking()).record(), folder)
         return embedder.variant(postprocess=str(own))  # reused as stored: no refit
-    texts = [
-        text
-        for document in documents
-        for text in index_texts(
-            embedder,
-            document,
-            long_docs=long_docs,
-            overlap=overlap,
-            passage_tokens=passage_tokens,
-            child_tokens=child_tokens,
-        )
-    ]
+    texts = [text for document in documents for text in index_texts(embedder, document, chunking)]
     if not texts:
         raise ValueError("no documents to fit the post-processing on")
     texts = sample_texts(texts, limit, seed=seed)
@@ -328,10 +278,7 @@ def build_index(
     documents: Sequence[SourceDocument],
     out_dir: str | Path,
     *,
-    long_docs: str = "chunk",
-    overlap: int = 64,
-    passage_tokens: int | None = PASSAGE_TOKENS,
-    child_tokens: int | None = 0,
+    chunking: Chunking | None = None,
     checkpoint_seconds: float = 30.0,
     group_tokens: int = 32_768,
     progress: Callable[[int, int, int], None] | None = None,
@@ -349,17 +296,16 @@ def build_index(
     another embedder made instead of refusing it (:class:`~kvembed_rag.errors.EmbedderMismatchError`).
     ``raw_vectors`` (text -> vector of ``embedder.raw()``, as :func:`fit_index_postprocess` fills it): chunks found
     there get ``embedder.apply_postprocess`` of that vector instead of a forward pass (``report.reused``).
-    ``child_tokens`` (e.g. :data:`~kvembed_rag.config.CHILD_TOKENS`; default 0: one vector per chunk): each chunk is
-    embedded as its pieces of that many tokens and keeps all their vectors (small-to-big, see the module
-    docstring); token counts and progress count the pieces, as fed to the model.
+    ``chunking`` (default ``Chunking()``): how documents are cut; with ``child_tokens`` (e.g.
+    :data:`~kvembed_rag.config.CHILD_TOKENS`; default 0: one vector per chunk) each chunk is embedded as its pieces
+    of that many tokens and keeps all their vectors (small-to-big, see the module docstring); token counts and
+    progress count the pieces, as fed to the model.
     """
     custom_encode = encode
-    if long_docs not in LONG_DOC_POLICIES:
-        raise ValueError(f"long_docs must be one of {LONG_DOC_POLICIES}; got {long_docs!r}")
+    cut = chunking or Chunking()
     folder = Path(out_dir)
     index = open_index(folder, embedder, overwrite=overwrite, hybrid=hybrid)  # refuses another embedder's first
-    child_tokens = child_tokens if long_docs == "chunk" else 0
-    wanted = chunking_record(long_docs, passage_tokens, overlap, child_tokens)
+    wanted = cut.record()
     check_chunking(index.chunking, wanted, folder)  # and another cut
     if index.chunking is None:  # a new index, or one saved before the cut was recorded
         if len(index):
@@ -381,14 +327,7 @@ def build_index(
     # work units: (document, digest, chunks as (chunk text, texts embedded for it), tokens per embedded text)
     units = []
     for document, digest in pending:
-        chunks = index_units(
-            embedder,
-            document,
-            long_docs=long_docs,
-            overlap=overlap,
-            passage_tokens=passage_tokens,
-            child_tokens=child_tokens,
-        )
+        chunks = index_units(embedder, document, cut)
         tokens = [len(e.ids) for e in embedder.tokenize([text for _, embedded in chunks for text in embedded])]
         units.append((document, digest, chunks, tokens))
     total_tokens = sum(sum(tokens) for *_, tokens in units)

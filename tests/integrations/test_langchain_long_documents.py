@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_kvembed import KVEmbeddings, KVFaissVectorStore, KVParentDocumentRetriever, KVTokenTextSplitter
 from long_document import NEEDLE, long_document
 
-from kvembed_rag import PASSAGE_TOKENS, ChunkingMismatchError, passage_input_tokens
+from kvembed_rag import PASSAGE_TOKENS, Chunking, ChunkingMismatchError, passage_input_tokens
 
 #: identical prompts for both roles: a query equal to a chunk's text gets that chunk's vector exactly, so
 #: the planted passage is found even by a random tiny model (what is tested here is the plumbing)
@@ -184,7 +184,7 @@ def test_parent_search_on_an_index_the_cli_built_returns_one_passage_per_documen
 
     long_text = " ".join(f"budget line {n} for the remote control project." for n in range(40))
     documents = [SourceDocument("long", "", long_text, "x"), SourceDocument("short", "", "a yellow case", "y")]
-    build_index(embeddings.embedder, documents, tmp_path / "idx", passage_tokens=64, hybrid=True)
+    build_index(embeddings.embedder, documents, tmp_path / "idx", hybrid=True, chunking=Chunking(passage_tokens=64))
     store = KVFaissVectorStore.load_local(tmp_path / "idx", embeddings)
     assert len(store.index) > 3  # the long document became several passages
     found = store.similarity_search_parents("budget line 7 for the remote control project.", k=2)
