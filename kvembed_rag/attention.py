@@ -485,8 +485,11 @@ def _banded_stock(
     found = _cpu_flash_with_lse(query, key, value, allowed, scale, window)
     if found is None:
         return None
-    # rows that see no key (padding queries) come back as NaN from an all -inf row; zero them (never pooled)
-    out = torch.where(allowed.any(dim=-1)[..., None], found[0], 0.0)  # (B, Hq, Q, D)
+    out = found[0]  # (B, Hq, Q, D)
+    if plan.padded or plan.bidirectional:
+        # rows that see no key (padding queries) come back as NaN from an all -inf row; zero them (never pooled).
+        # Without padding every causal row sees itself, so the reduction and the copy are skipped.
+        out = torch.where(allowed.any(dim=-1)[..., None], out, 0.0)
     return out.transpose(1, 2).contiguous()  # (B, Q, Hq, D)
 
 
