@@ -54,9 +54,13 @@ def question_likelihoods(
     model: Any, tokenizer: Any, passages: list[str], questions: list[str], batch: int = 8
 ) -> np.ndarray:
     """``(questions, passages)`` mean log-probability of each question's tokens after each passage's prompt."""
+    import inspect
+
     import torch
     from tqdm.auto import tqdm
 
+    # transformers renamed past_key_values to cache (5.2x); the lowest version allowed here (5.0) has the old name
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     encoded = [tokenizer(" " + q.strip(), add_special_tokens=False)["input_ids"] for q in questions]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.zeros((len(questions), len(passages)), np.float32)
@@ -64,7 +68,7 @@ def question_likelihoods(
         for column, passage in enumerate(tqdm(passages, desc="query likelihood", leave=False)):
             prefix = tokenizer(QL_PROMPT.format(passage=passage.strip()), return_tensors="pt")["input_ids"]
             first = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-            cache = first.cache  # transformers >= 5.2x names it `cache` (was past_key_values)
+            cache = getattr(first, "cache", None) or first.past_key_values
             last = torch.log_softmax(first.logits[0, -1].float(), -1)  # (V,) predicts each question's first token
             for start in range(0, len(questions), batch):
                 group = encoded[start : start + batch]
@@ -77,7 +81,7 @@ def question_likelihoods(
                 copied = copy.deepcopy(cache)
                 copied.batch_repeat_interleave(len(group))
                 full_mask = torch.cat([torch.ones((len(group), prefix.shape[1]), dtype=torch.long), mask], 1)
-                logits = model(input_ids=ids, attention_mask=full_mask, cache=copied, use_cache=True).logits
+                logits = model(input_ids=ids, attention_mask=full_mask, use_cache=True, **{cache_name: copied}).logits
                 logp = torch.log_softmax(logits.float(), -1)  # (B, Lq, V): position j predicts token j + 1
                 for row, tokens in enumerate(group):
                     n = len(tokens)
