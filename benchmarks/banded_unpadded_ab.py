@@ -17,13 +17,12 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reroute_price import interleaved, one_text
+from reroute_price import before_after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from kvembed_rag import KVEmbedder, attention
+    from kvembed_rag import attention
 
     torch.set_num_threads(args.threads)
     new = attention._banded_stock
@@ -45,39 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         query, key, value, mask, plan, scale, window = a
         return new(query, key, value, mask, dataclasses.replace(plan, padded=True), scale, window)
 
-    def switched(on: bool, run: Callable[[], object]) -> Callable[[], object]:
-        def call() -> object:
-            attention._banded_stock = new if on else as_padded  # type: ignore[assignment]
-            try:
-                return run()
-            finally:
-                attention._banded_stock = new  # type: ignore[assignment]
-
-        return call
+    def install(on: bool) -> None:
+        attention._banded_stock = new if on else as_padded  # type: ignore[assignment]
 
     rows = []
-    for dtype in args.dtypes.split(","):
-        kv = KVEmbedder.from_pretrained("default", dtype=dtype)
-        off = kv.variant(layers=[])
-        for length in (int(x) for x in args.lengths.split(",")):
-            items, plain = one_text(kv, length)
-            runs: dict[str, Callable[[], object]] = {"plain": plain}
-            for on, tag in ((False, "old"), (True, "new")):
-                runs[f"kv_{tag}"] = switched(on, lambda e=kv, i=items: e.embed_encoded(i))
-                runs[f"off_{tag}"] = switched(on, lambda e=off, i=items: e.embed_encoded(i))
-            seconds = interleaved(runs, args.repeats)
-            rate = {name: length / sorted(values)[len(values) // 2] for name, values in seconds.items()}
-            row = {
-                "length": length,
-                "dtype": dtype,
-                "threads": args.threads,
-                "repeats": args.repeats,
-                **{name: round(value) for name, value in rate.items()},
-                "kv new/old": round(rate["kv_new"] / rate["kv_old"], 3),
-                "off new/old": round(rate["off_new"] / rate["off_old"], 3),
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for row in before_after(install, args.dtypes.split(","), [int(x) for x in args.lengths.split(",")], args.repeats):
+        rows.append({**row, "threads": args.threads})
+        print(json.dumps(rows[-1]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from reroute_price import interleaved, one_text
+from reroute_price import before_after
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,45 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from kvembed_rag import KVEmbedder, attention
+    from kvembed_rag import attention
 
     torch.set_num_threads(args.threads)
     shortcut = attention.ReroutingPlan.causal_without_mask
 
-    def switched(on: bool, run: Callable[[], object]) -> Callable[[], object]:
-        def call() -> object:
-            attention.ReroutingPlan.causal_without_mask = shortcut if on else (lambda self, *a: False)  # type: ignore[method-assign]
-            try:
-                return run()
-            finally:
-                attention.ReroutingPlan.causal_without_mask = shortcut  # type: ignore[method-assign]
+    def install(on: bool) -> None:
+        attention.ReroutingPlan.causal_without_mask = shortcut if on else (lambda self, *a: False)  # type: ignore[method-assign]
 
-        return call
-
-    for dtype in args.dtypes.split(","):
-        kv = KVEmbedder.from_pretrained("default", dtype=dtype)
-        off = kv.variant(layers=[])
-        for length in (int(x) for x in args.lengths.split(",")):
-            items, plain = one_text(kv, length)
-            runs: dict[str, Callable[[], object]] = {"plain": plain}
-            for on, tag in ((False, "old"), (True, "new")):
-                runs[f"kv_{tag}"] = switched(on, lambda e=kv, i=items: e.embed_encoded(i))
-                runs[f"off_{tag}"] = switched(on, lambda e=off, i=items: e.embed_encoded(i))
-            seconds = interleaved(runs, args.repeats)
-            rate = {name: length / sorted(values)[len(values) // 2] for name, values in seconds.items()}
-            print(
-                json.dumps(
-                    {
-                        "length": length,
-                        "dtype": dtype,
-                        **{name: round(value) for name, value in rate.items()},
-                        "kv new/old": round(rate["kv_new"] / rate["kv_old"], 3),
-                        "off new/old": round(rate["off_new"] / rate["off_old"], 3),
-                        "kv/plain new": round(rate["kv_new"] / rate["plain"], 3),
-                    }
-                ),
-                flush=True,
-            )
+    lengths = [int(x) for x in args.lengths.split(",")]
+    for row in before_after(install, args.dtypes.split(","), lengths, args.repeats):
+        print(json.dumps(row), flush=True)
     return 0
 
 

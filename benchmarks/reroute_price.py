@@ -17,7 +17,7 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,46 @@ def one_text(kv: Any, length: int) -> tuple[list[Any], Callable[[], None]]:
             kv.model(input_ids=ids, attention_mask=mask)
 
     return items, plain
+
+
+def before_after(
+    install: Callable[[bool], None], dtypes: list[str], lengths: list[int], repeats: int
+) -> Iterator[dict[str, Any]]:
+    """A change's before/after in one process: ``kv`` and ``layers=[]`` with ``install(False)`` ("old") and
+    ``install(True)`` ("new", restored after every call), beside the stock forward, rounds in a shuffled order.
+    One row per dtype and length: median tokens/s of each run and the new / old ratios."""
+    from kvembed_rag import KVEmbedder
+
+    def switched(on: bool, run: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            install(on)
+            try:
+                return run()
+            finally:
+                install(True)
+
+        return call
+
+    for dtype in dtypes:
+        kv = KVEmbedder.from_pretrained("default", dtype=dtype)
+        off = kv.variant(layers=[])
+        for length in lengths:
+            items, plain = one_text(kv, length)
+            runs: dict[str, Callable[[], object]] = {"plain": plain}
+            for on, tag in ((False, "old"), (True, "new")):
+                runs[f"kv_{tag}"] = switched(on, lambda e=kv, i=items: e.embed_encoded(i))
+                runs[f"off_{tag}"] = switched(on, lambda e=off, i=items: e.embed_encoded(i))
+            seconds = interleaved(runs, repeats)
+            rate = {name: length / statistics.median(values) for name, values in seconds.items()}
+            yield {
+                "length": length,
+                "dtype": dtype,
+                "repeats": repeats,
+                **{name: round(value) for name, value in rate.items()},
+                "kv new/old": round(rate["kv_new"] / rate["kv_old"], 3),
+                "off new/old": round(rate["off_new"] / rate["off_old"], 3),
+                "kv/plain new": round(rate["kv_new"] / rate["plain"], 3),
+            }
 
 
 def row(length: int, dtype: str, seconds: dict[str, list[float]]) -> dict[str, Any]:
