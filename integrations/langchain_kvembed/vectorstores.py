@@ -39,6 +39,23 @@ def _describe(embedding: Embeddings) -> dict[str, Any] | None:
     return describe() if callable(describe) else None
 
 
+def _child_tokens_for(index: VectorIndex | None, requested: int | None) -> int:
+    """The piece size a store adds texts with: ``requested``, else what ``index`` records (0 when nothing); refused
+    when the index records another, since one ranking would then mix one-vector and best-piece records."""
+    recorded = int(((index.chunking if index is not None else None) or {}).get("child_tokens", 0) or 0)
+    if requested is None or int(requested) == recorded:
+        return recorded
+    if index is not None:
+        from kvembed_rag import ChunkingMismatchError
+
+        raise ChunkingMismatchError(
+            f"the index was built with child_tokens={recorded}; adding texts with child_tokens={requested} would mix "
+            f"one-vector and best-piece records in one ranking. Leave child_tokens out (or pass {recorded}), or build "
+            "a new store"
+        )
+    return int(requested)
+
+
 def _document(hit: Hit) -> Document:
     return Document(id=hit.id, page_content=hit.text or "", metadata=hit.metadata)
 
@@ -62,10 +79,12 @@ class KVFaissVectorStore(VectorStore):
     (``similarity_search*``, the retrievers, parent search) then fuse, and scores are the fused scores. Searches
     by vector and MMR stay dense. The BM25 store is saved and checked with the index.
 
-    Small-to-big (``child_tokens=kvembed_rag.CHILD_TOKENS``, i.e. 256; default 0: one vector per text): with
+    Small-to-big (``child_tokens=kvembed_rag.CHILD_TOKENS``, i.e. 256; default: the given index's own, else 0, one
+    vector per text): with
     ``KVEmbeddings`` a text longer than that is embedded as its pieces and scored by the best of them, while the
     search returns (and BM25 indexes) the whole text, as ``kvembed-rag index --child-tokens 256`` stores passages.
-    ``save_local`` records it and ``load_local`` keeps adding texts that way (another value is refused).
+    The index records it (saved by ``save_local``), so a store over a saved index keeps adding texts that way;
+    another value is refused (``ChunkingMismatchError``).
     """
 
     def __init__(
@@ -76,10 +95,10 @@ class KVFaissVectorStore(VectorStore):
         factory: str = "Flat",
         precision: str = "float32",
         hybrid: HybridConfig | dict[str, Any] | str | bool | None = None,
-        child_tokens: int | None = 0,
+        child_tokens: int | None = None,
     ) -> None:
         self._embedding = embedding
-        self._child_tokens = child_tokens
+        self._child_tokens = _child_tokens_for(index, child_tokens)
         self._hybrid = HybridConfig.parse(hybrid) or (index.hybrid if index is not None else None)
         if index is not None and self._hybrid is not None:
             index.enable_hybrid(self._hybrid)
@@ -341,7 +360,7 @@ class KVFaissVectorStore(VectorStore):
         hybrid: HybridConfig | dict[str, Any] | str | bool | None = None,
         **kwargs: Any,
     ) -> KVFaissVectorStore:
-        store = cls(embedding, factory=factory, hybrid=hybrid, child_tokens=kwargs.pop("child_tokens", 0))
+        store = cls(embedding, factory=factory, hybrid=hybrid, child_tokens=kwargs.pop("child_tokens", None))
         store.add_texts(texts, metadatas, ids=ids)
         return store
 
@@ -376,18 +395,8 @@ class KVFaissVectorStore(VectorStore):
         """
         kwargs.pop("allow_dangerous_deserialization", None)  # accepted for drop-in use, never needed
         index = VectorIndex.load(folder_path, embedder=_describe(embeddings))
-        recorded = int((index.chunking or {}).get("child_tokens", 0) or 0)
-        requested = kwargs.pop("child_tokens", None)
-        if requested is not None and int(requested or 0) != recorded:
-            from kvembed_rag import ChunkingMismatchError
-
-            raise ChunkingMismatchError(
-                f"{folder_path} was built with child_tokens={recorded}; adding texts with child_tokens={requested} "
-                f"would mix one-vector and best-piece records in one ranking. Load it without child_tokens (or with "
-                f"{recorded}), or build a new store"
-            )
-        store = cls(  # hybrid=...: add BM25 or change fusion
-            embeddings, index, hybrid=kwargs.pop("hybrid", None), child_tokens=recorded
+        store = cls(  # hybrid=...: add BM25 or change fusion; child_tokens: the index's own unless given
+            embeddings, index, hybrid=kwargs.pop("hybrid", None), child_tokens=kwargs.pop("child_tokens", None)
         )
         # verified by VectorIndex.load against the manifest's checksum; a store saved before parents were an
         # attachment has an unchecked parents.json

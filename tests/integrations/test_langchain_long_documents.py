@@ -212,6 +212,12 @@ def test_store_embeds_long_texts_as_pieces_and_returns_them_whole(embeddings, tm
     with pytest.raises(ChunkingMismatchError, match="child_tokens=48"):
         KVFaissVectorStore.load_local(tmp_path / "s", embeddings, child_tokens=0)
     assert KVFaissVectorStore.load_local(tmp_path / "s", embeddings, child_tokens=48).index.vector_count > 2
+    # a store over the index object itself adopts its piece size too, and refuses another
+    wrapped, before = KVFaissVectorStore(embeddings, again.index), again.index.vector_count
+    wrapped.add_texts([text.replace("report", "note")], ids=["note"])
+    assert again.index.vector_count == before + len(pieces)
+    with pytest.raises(ChunkingMismatchError, match="child_tokens=48"):
+        KVFaissVectorStore(embeddings, again.index, child_tokens=256)
     whole = KVFaissVectorStore.from_texts([text], embeddings, child_tokens=0)
     assert whole.index.vector_count == 1
     whole.save_local(tmp_path / "w")
