@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -10,7 +11,15 @@ import numpy as np
 import pytest
 
 from kvembed_rag.errors import ConfigError, IndexCorruptError
-from kvembed_rag.retrieval.lexical import BM25Store, HybridConfig, candidate_union, fuse, hybrid_order, tokenize
+from kvembed_rag.retrieval.lexical import (
+    BM25Store,
+    HybridConfig,
+    candidate_union,
+    feedback_query,
+    fuse,
+    hybrid_order,
+    tokenize,
+)
 from kvembed_rag.retrieval.vector_index import VectorIndex
 
 TEXTS = [
@@ -56,22 +65,59 @@ def test_fusion_weights_zero_and_one_are_the_two_rankings() -> None:
 
 def test_hybrid_config_parsing_and_errors() -> None:
     assert HybridConfig.parse("weighted:0.3") == HybridConfig("weighted", 0.3)
+    assert HybridConfig().feedback == 5 and HybridConfig.parse(HybridConfig().label()) == HybridConfig()
     assert HybridConfig.parse(True) == HybridConfig() and HybridConfig.parse(False) is None
     with pytest.raises(ConfigError, match="fusion must be one of"):
         HybridConfig.parse("mean")
     with pytest.raises(ConfigError, match="between 0 and 1"):
         HybridConfig.parse("rrf:1.5")
-    with pytest.raises(ConfigError, match="METHOD:WEIGHT"):
+    with pytest.raises(ConfigError, match=r"METHOD\[:WEIGHT\]"):
         HybridConfig.parse("rrf:lots")
+    fed = HybridConfig.parse("weighted:0.5+feedback:5")
+    assert fed == HybridConfig("weighted", 0.5, feedback=5) and HybridConfig.parse(fed.label()) == fed
+    assert HybridConfig.parse("rrf+feedback:0") == HybridConfig("rrf", feedback=0)
+    for bad in ("weighted:0.5+feedback", "weighted:0.5+feedback:-1", "weighted:0.5+rm3:5"):
+        with pytest.raises(ConfigError, match=r"\+feedback:N"):
+            HybridConfig.parse(bad)
+    with pytest.raises(ConfigError, match="feedback is how many"):
+        HybridConfig(feedback=-1)
+    with pytest.raises(ConfigError, match="feedback_weight"):
+        HybridConfig(feedback_weight=-0.5)
+
+
+def test_feedback_query_moves_the_unit_query_towards_the_passages_mean() -> None:
+    query, passages = np.array([2.0, 0.0]), np.array([[0.0, 3.0], [0.0, 1.0]])
+    np.testing.assert_allclose(feedback_query(query, passages, 0.0), [1.0, 0.0])
+    np.testing.assert_allclose(feedback_query(query, passages[:0], 1.0), [1.0, 0.0])  # nothing fed back
+    np.testing.assert_allclose(feedback_query(query, passages, 1.0), [2**-0.5, 2**-0.5], rtol=1e-6)
+
+
+def test_feedback_with_weight_zero_is_the_plain_hybrid_and_survives_a_save(tmp_path: Path) -> None:
+    plain, fed = _index("weighted:0.5+feedback:0"), _index({"fusion": "weighted", "weight": 0.5, "feedback": 3})
+    queries, texts = _vectors(4, seed=5), ["budget", "remote yellow", "speech noise", "quarter"]
+    expected = [[h.id for h in row] for row in plain.search_hybrid(queries, texts, k=4)]
+    still = fed.search_hybrid(queries, texts, k=4, hybrid=HybridConfig("weighted", 0.5, feedback=3, feedback_weight=0))
+    assert [[h.id for h in row] for row in still] == expected
+    moved = [[h.id for h in row] for row in fed.search_hybrid(queries, texts, k=4)]
+    assert moved != expected  # feedback changes some ranking on random vectors
+    fed.save(tmp_path / "fed")
+    loaded = VectorIndex.load(tmp_path / "fed")
+    assert loaded.hybrid == HybridConfig("weighted", 0.5, feedback=3)
+    assert [[h.id for h in row] for row in loaded.search_hybrid(queries, texts, k=4)] == moved
 
 
 @pytest.mark.parametrize("fusion", ["rrf", "weighted"])
 def test_hybrid_with_weight_zero_equals_dense(fusion: str) -> None:
-    index = _index(f"{fusion}:0")
+    index = _index(f"{fusion}:0+feedback:0")
     queries = _vectors(5, seed=1)
     dense = index.search(queries, k=4)
     hybrid = index.search_hybrid(queries, ["budget quarter"] * 5, k=4)
     assert [[h.id for h in row] for row in hybrid] == [[h.id for h in row] for row in dense]
+    # with feedback (the default), weight 0 is the dense search from the query moved towards its top 2
+    fed = index.search_hybrid(queries, ["budget quarter"] * 5, k=4, hybrid=f"{fusion}:0+feedback:2")
+    for query, row, first in zip(queries, fed, dense, strict=True):
+        moved = feedback_query(query, index.vectors([h.id for h in first[:2]]), 1.0)
+        assert [h.id for h in row] == [h.id for h in index.search(moved, k=4)[0]]
 
 
 def test_hybrid_finds_the_words_dense_misses_and_honours_filters() -> None:
@@ -100,7 +146,9 @@ def test_round_trip_without_pickle(tmp_path: Path) -> None:
     before = index.search_hybrid(queries, ["budget", "remote", "speech"], k=3)
     index.save(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["hybrid"] == {"fusion": "weighted", "weight": 0.7, "candidates": 100}
+    assert manifest["hybrid"] == {
+        "fusion": "weighted", "weight": 0.7, "candidates": 100, "feedback": 5, "feedback_weight": 1.0
+    }  # fmt: skip
     bm25_file = tmp_path / manifest["files"]["bm25"]
     with zipfile.ZipFile(bm25_file) as archive, np.load(bm25_file, allow_pickle=False) as arrays:
         assert all(name.endswith(".npy") for name in archive.namelist())
@@ -203,7 +251,7 @@ def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> No
     assert VectorIndex.load(dense).hybrid == HybridConfig("weighted", 1.0)
 
 
-@pytest.mark.parametrize("hybrid", ["weighted:0.5", "rrf:0.5", "weighted:0.3"])
+@pytest.mark.parametrize("hybrid", ["weighted:0.5", "rrf:0.5", "weighted:0.3", "weighted:0.5+feedback:3"])
 def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
     """``eval passages`` scores with :func:`hybrid_order` over full score arrays; the shipped path is
     :meth:`VectorIndex.search_hybrid` over FAISS and the BM25 store: both must rank alike, with a candidate set
@@ -218,7 +266,7 @@ def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
     index.upsert([f"d{i}" for i in range(40)], vectors, texts)
     config = HybridConfig.parse(hybrid)
     assert config is not None
-    config = HybridConfig(config.fusion, config.weight, candidates=8)
+    config = dataclasses.replace(config, candidates=8)
     queries = _vectors(5, seed=12)
     query_texts = ["budget remote", "speech noise quarter", "yellow", "committee prototype design", "none of these"]
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -226,7 +274,7 @@ def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
     store = BM25Store()
     store.upsert(list(range(40)), texts)
     lexical = np.stack([store.scores(q)[1] for q in query_texts]).astype(np.float32)
-    expected = hybrid_scores(dense, lexical, config, k=5)
+    expected = hybrid_scores(dense, lexical, config, k=5, queries=queries, directions=unit)
     for row, hits in enumerate(index.search_hybrid(queries, query_texts, k=5, hybrid=config)):
         order = [f"d{i}" for i in np.argsort(-expected[row], kind="stable")[:5]]
         assert [h.id for h in hits] == order, (row, hybrid)
@@ -243,3 +291,17 @@ def test_search_query_is_hybrid_when_the_index_and_the_query_have_text() -> None
     assert ids(dense_only.search_query(query, "budget", 3)) == ids(dense_only.search(query, 3))  # no BM25 kept
     rrf = hybrid.search_query(query, "budget", 3, hybrid="rrf:0.5")
     assert ids(rrf) == ids(hybrid.search_hybrid(query, "budget", 3, hybrid="rrf:0.5"))
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "binary"])
+def test_feedback_runs_on_every_precision_from_the_stored_vectors(precision: str) -> None:
+    """Feedback moves the query towards the *stored* vectors (decoded codes for int8 / binary): the top hit of
+    weight-0 feedback with one passage fed back is the best match of the query moved towards that passage."""
+    index = VectorIndex(16, precision=precision, hybrid="weighted:0+feedback:1")
+    vectors = _vectors(len(TEXTS))
+    index.upsert([f"d{i}" for i in range(len(TEXTS))], vectors, TEXTS)
+    query = _vectors(1, seed=9)[0]
+    first = index.search(query, k=1)[0][0]
+    moved = feedback_query(query, index.vectors([first.id]), 1.0)
+    expected = [h.id for h in index.search(moved, k=3)[0]]
+    assert [h.id for h in index.search_hybrid(query, "budget", k=3)[0]] == expected

@@ -351,7 +351,8 @@ def test_several_vectors_per_record_in_the_hybrid_and_compact_precisions():
     idx, rows = _multi(hybrid=True)
     query = rows[9]
     dense = idx.search(query, 3)[0]
-    assert [h.id for h in idx.search_hybrid(query, "passage", 3, hybrid="weighted:0")[0]] == [h.id for h in dense]
+    zero = idx.search_hybrid(query, "passage", 3, hybrid="weighted:0+feedback:0")[0]
+    assert [h.id for h in zero] == [h.id for h in dense]
     fused = idx.search_hybrid(query, "gamma", 3)[0]  # c: its best child and the only BM25 match
     assert fused[0].id == "c"
     mean = idx.vectors(["b"])[0]  # one direction per record (MMR): the normalised mean of its vectors

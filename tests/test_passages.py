@@ -24,6 +24,7 @@ from kvembed_rag.eval.passages import (
     prepare,
     whitespace_offsets,
 )
+from kvembed_rag.retrieval.lexical import feedback_query
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -214,19 +215,20 @@ class _BagOfWords:
 
 
 def test_dense_and_hybrid_rows_and_weight_zero_equals_dense(meetings: Path) -> None:
-    options = PassageOptions(documents=None, sample=None, size=6, hybrid=("rrf:0", "weighted:0", "weighted:1"))
+    hybrid = ("rrf:0+feedback:0", "weighted:0+feedback:0", "weighted:1")
+    options = PassageOptions(documents=None, sample=None, size=6, hybrid=hybrid)
     rows = {r.method: r for r in evaluate_passages(meetings, _BagOfWords(), options=options)}
     assert list(rows) == [
         "bm25",
         "kv",
-        "hybrid kv+bm25 rrf:0",
-        "hybrid kv+bm25 weighted:0",
-        "hybrid kv+bm25 weighted:1",
+        "hybrid kv+bm25 rrf:0+feedback:0",
+        "hybrid kv+bm25 weighted:0+feedback:0",
+        "hybrid kv+bm25 weighted:1+feedback:5",
     ]
-    for name in ("hybrid kv+bm25 rrf:0", "hybrid kv+bm25 weighted:0"):
+    for name in ("hybrid kv+bm25 rrf:0+feedback:0", "hybrid kv+bm25 weighted:0+feedback:0"):
         assert rows[name].score == pytest.approx(rows["kv"].score)
         assert rows[name].extra == pytest.approx(rows["kv"].extra)
-    assert rows["hybrid kv+bm25 weighted:1"].score == pytest.approx(rows["bm25"].score)
+    assert rows["hybrid kv+bm25 weighted:1+feedback:5"].score == pytest.approx(rows["bm25"].score)
 
 
 def test_cli_eval_passages_bm25_only_json_and_usage_errors(meetings: Path, tmp_path: Path, capsys) -> None:
@@ -318,19 +320,31 @@ def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, t
     (folder / "meetings.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meetings))
     (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     embedder = make_embedder("llama", max_length=256)
-    options = PassageOptions(documents=None, sample=None, size=80, hybrid=("weighted:0",), child_tokens=24)
+    hybrid = ("weighted:0+feedback:0", "weighted:0+feedback:2")
+    options = PassageOptions(documents=None, sample=None, size=80, hybrid=hybrid, child_tokens=24)
     rows = {r.method: r for r in evaluate_passages(folder, embedder, options=options)}
     assert list(rows) == [
         "bm25",
         "kv",
         "kv pieces:24",
-        "hybrid kv+bm25 weighted:0",
-        "hybrid kv pieces:24+bm25 weighted:0",
+        "hybrid kv+bm25 weighted:0+feedback:0",
+        "hybrid kv+bm25 weighted:0+feedback:2",
+        "hybrid kv pieces:24+bm25 weighted:0+feedback:0",
+        "hybrid kv pieces:24+bm25 weighted:0+feedback:2",
     ]
-    assert rows["hybrid kv pieces:24+bm25 weighted:0"].score == pytest.approx(rows["kv pieces:24"].score)
+    assert rows["hybrid kv pieces:24+bm25 weighted:0+feedback:0"].score == pytest.approx(rows["kv pieces:24"].score)
     run = prepare(load_passage_task(folder), embedder.token_offsets, size=80)
     pieces = [passage_pieces(embedder, p.text, 24) for p in run.passages]
     assert max(map(len, pieces)) > 1  # the passages do split
     queries_v = embedder.encode_queries([q.text for q in run.queries])
     best = np.stack([(queries_v @ embedder.encode_documents(each).T).max(axis=1) for each in pieces], axis=1)
     assert rows["kv pieces:24"].score == pytest.approx(run.score(best)["ndcg@10"], abs=1e-6)
+    # feedback over pieces (dense only, weight 0): the query moves towards its top 2 passages' mean pieces,
+    # then each passage scores by its best piece, as VectorIndex does with small-to-big records
+    directions = np.stack([embedder.encode_documents(each).mean(axis=0) for each in pieces])
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    tops = np.argsort(-best, axis=1, kind="stable")[:, :2]  # (queries, 2)
+    moved = [feedback_query(q, directions[top], 1.0) for q, top in zip(queries_v, tops, strict=True)]
+    again = np.stack([[(embedder.encode_documents(each) @ m).max() for each in pieces] for m in moved])
+    fed = rows["hybrid kv pieces:24+bm25 weighted:0+feedback:2"].score
+    assert fed == pytest.approx(run.score(again)["ndcg@10"], abs=1e-6)

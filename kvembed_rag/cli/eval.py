@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     passages = parser.add_argument_group("passages")
     passages.add_argument(
         "--passage-sample",
-        choices=list("ABCDEFGHIJKLMNOP"),  # eval.passages.SAMPLES, listed so --help imports no numpy
+        choices=list("ABCDEFGHIJKLMNOPQRSTUVWX"),  # eval.passages.SAMPLES, listed so --help imports no numpy
         default="A",
         help="which of the disjoint seeded samples (A chooses, B-P confirm; default A)",
     )
@@ -99,8 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     passages.add_argument(
         "--hybrid",
-        default="rrf:0.5,weighted:0.5",
-        help="fusions of the first method with BM25, FUSION:BM25_WEIGHT, comma-separated; 'none' for no hybrid rows",
+        default="weighted:0.5+feedback:0,weighted:0.5",
+        help="fusions of the first method with BM25, FUSION:BM25_WEIGHT[+feedback:N] (N default 5, the shipped path), "
+        "comma-separated; 'none' for no hybrid rows",
     )
     passages.add_argument(
         "--anchors", default="", help="sentence-transformers models to add as rows, e.g. all-MiniLM-L6-v2 (optional)"

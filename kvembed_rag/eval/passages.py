@@ -43,7 +43,7 @@ from .tasks import _jsonl  # one JSON-lines reader for the eval readers
 #: character ``(start, end)`` offsets of each token of a text
 Offsets = Callable[[str], list[tuple[int, int]]]
 ANSWER_BUDGETS = (1024, 2048)  # tokens of context handed to the generator, for answer coverage
-SAMPLES = tuple("ABCDEFGHIJKLMNOP")  # disjoint seeded blocks of documents: A chooses, the others confirm
+SAMPLES = tuple("ABCDEFGHIJKLMNOPQRSTUVWX")  # disjoint seeded blocks of documents: A chooses, the others confirm
 
 
 @dataclass
@@ -342,13 +342,34 @@ def bm25_scores(passages: Sequence[Passage], queries: Sequence[SpanQuery], param
     return np.stack(rows) if rows else np.zeros((0, len(passages)), np.float32)
 
 
-def hybrid_scores(dense: np.ndarray, lexical: np.ndarray, config: Any, k: int = 100) -> np.ndarray:
-    """``(queries, passages)`` scores whose top ``k`` order is the hybrid ranking (others ``-inf``)."""
-    from ..retrieval.lexical import hybrid_order
+def hybrid_scores(
+    dense: np.ndarray,
+    lexical: np.ndarray,
+    config: Any,
+    k: int = 100,
+    *,
+    queries: np.ndarray | None = None,
+    directions: np.ndarray | None = None,
+    dense_of: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """``(queries, passages)`` scores whose top ``k`` order is the hybrid ranking (others ``-inf``).
 
+    With ``config.feedback`` (as :meth:`VectorIndex.search_hybrid` does it): ``queries`` ``(q, dim)``, each
+    passage's one direction ``directions`` ``(passages, dim)``, and ``dense_of`` (a moved query ``(dim,)`` to every
+    passage's dense score; default ``directions @ query``) for passages with several vectors."""
+    from ..retrieval.lexical import feedback_query, hybrid_order
+
+    if config.feedback and (queries is None or directions is None):
+        raise ValueError("feedback needs the query vectors and the passages' directions")
     out = np.full(dense.shape, -np.inf, dtype=np.float64)
     for row in range(dense.shape[0]):
         positions, fused = hybrid_order(dense[row], lexical[row], config, k)
+        if config.feedback:
+            assert queries is not None and directions is not None
+            fed_back = directions[positions[: config.feedback]]  # (feedback, dim)
+            moved = feedback_query(queries[row], fed_back, config.feedback_weight)
+            again = dense_of(moved) if dense_of is not None else directions @ moved  # (passages,)
+            positions, fused = hybrid_order(again, lexical[row], config, k)
         out[row, positions] = fused
     return out
 
@@ -434,7 +455,7 @@ class PassageOptions:
     size: int = 256
     overlap: int = 0
     header: bool = False
-    hybrid: tuple[str, ...] = ("rrf:0.5", "weighted:0.5")
+    hybrid: tuple[str, ...] = ("weighted:0.5+feedback:0", "weighted:0.5")  # without and with feedback (shipped)
     anchors: tuple[str, ...] = ()
     #: small-to-big rows (``kvembed-rag index --child-tokens``): passages longer than this many tokens are also scored
     #: by their best piece (``kvembed_rag.passage_pieces``) for the first method, alone and fused; 0: no such rows
@@ -519,7 +540,8 @@ def evaluate_passages(
     for method in methods if base is not None else ():
         embedder = room_for(base.variant(method=method), texts)
         encoder = CachedEncoder(embedder, cache)
-        dense = encoder.encode(query_texts, "query") @ encoder.encode(texts, "document").T
+        query_vectors, passage_vectors = encoder.encode(query_texts, "query"), encoder.encode(texts, "document")
+        dense = query_vectors @ passage_vectors.T
         label = model_label(base)
         emit(
             embedder.method, label, dense, encoder.stats.seconds, encoder.stats.tokens, encoder.stats.cached,
@@ -527,24 +549,37 @@ def evaluate_passages(
         )  # fmt: skip
         if dense_first is None:
             dense_first = dense
-            variants = [(embedder.method, dense)]
+            # (name, scores, each passage's direction, a moved query's scores): what feedback needs
+            variants: list[tuple[str, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray] | None]] = [
+                (embedder.method, dense, passage_vectors, None)
+            ]
             if options.child_tokens and options.child_tokens < options.size:
                 pieces = pieces_of_texts(embedder, texts, options.child_tokens)
                 vectors = encoder.encode([piece for each in pieces for piece in each], "document")
                 starts = np.cumsum([0] + [len(each) for each in pieces[:-1]])
-                by_piece = encoder.encode(query_texts, "query") @ vectors.T  # (queries, pieces)
+                by_piece = query_vectors @ vectors.T  # (queries, pieces)
                 best = np.maximum.reduceat(by_piece, starts, axis=1)  # (queries, passages): each passage's best piece
                 name = f"{embedder.method} pieces:{options.child_tokens}"
                 emit(name, label, best, encoder.stats.seconds, encoder.stats.tokens, encoder.stats.cached,
                      embedder.max_length)  # fmt: skip
-                variants.append((name, best))
-            for method_name, scores in variants:
+                means = np.add.reduceat(vectors, starts, axis=0)  # (passages, dim): one direction each, as the index
+                directions = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+
+                def best_piece(
+                    query: np.ndarray, vectors: np.ndarray = vectors, starts: np.ndarray = starts
+                ) -> np.ndarray:
+                    return np.maximum.reduceat(vectors @ query, starts)
+
+                variants.append((name, best, directions, best_piece))
+            for method_name, scores, directions, dense_of in variants:
                 for spec in options.hybrid:
                     config = HybridConfig.parse(spec)
                     assert config is not None
                     start = time.perf_counter()
-                    fused = hybrid_scores(scores, lexical, config)
-                    name = f"hybrid {method_name}+bm25 {config.fusion}:{config.weight:g}"
+                    fused = hybrid_scores(
+                        scores, lexical, config, queries=query_vectors, directions=directions, dense_of=dense_of
+                    )
+                    name = f"hybrid {method_name}+bm25 {config.label()}"
                     emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached,
                          input_tokens=embedder.max_length)  # fmt: skip
     for encoder_st in anchors:

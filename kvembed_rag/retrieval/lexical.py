@@ -19,6 +19,10 @@ top-``candidates``, each candidate scored by both (the dense score exactly). ``w
 - ``"weighted"``: ``(1 - w)·dense + w·bm25``, each min-max normalised over the candidates.
 
 ``weight=0`` orders exactly as the dense search does, ``weight=1`` as BM25 does.
+
+Pseudo-relevance feedback (``feedback=N``, Rocchio 1971): the fused ranking's top ``N`` passages move the dense
+query towards their mean direction (:func:`feedback_query`), a second dense search runs from there, and its
+candidates are fused with BM25's again. No forward pass: the moved query is built from stored vectors.
 """
 
 from __future__ import annotations
@@ -73,6 +77,11 @@ class HybridConfig:
     fusion: str = "weighted"
     weight: float = 0.5
     candidates: int = 100  # each side's top-N that enters the fusion (at least k)
+    # the fused top-N fed back into the dense query (Rocchio; 0: off) and their mean direction's weight against the
+    # query's own: on QMSum passages +0.011 nDCG@10 over no feedback on the dev pool (C8-L8), +0.011 and +0.013 on
+    # two later pools, +0.020 on four samples kept for the confirmation (U8-X8); docs/RESULTS.md, "Pseudo-relevance"
+    feedback: int = 5
+    feedback_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION_METHODS:
@@ -81,10 +90,15 @@ class HybridConfig:
             raise ConfigError(f"hybrid weight is BM25's share and must be between 0 and 1; got {self.weight!r}")
         if isinstance(self.candidates, bool) or not isinstance(self.candidates, int) or self.candidates < 1:
             raise ConfigError(f"candidates must be a positive int; got {self.candidates!r}")
+        if isinstance(self.feedback, bool) or not isinstance(self.feedback, int) or self.feedback < 0:
+            raise ConfigError(f"feedback is how many fused top passages feed back (0: off); got {self.feedback!r}")
+        if isinstance(self.feedback_weight, bool) or not float(self.feedback_weight) >= 0.0:
+            raise ConfigError(f"feedback_weight must be a number >= 0; got {self.feedback_weight!r}")
 
     @classmethod
     def parse(cls, value: HybridConfig | Mapping[str, Any] | str | bool | None) -> HybridConfig | None:
-        """``None``/``False``: no hybrid; ``True``: the defaults; ``"rrf"``, ``"weighted:0.3"``, a dict, a config."""
+        """``None``/``False``: no hybrid; ``True``: the defaults; ``"rrf"``, ``"weighted:0.3"``,
+        ``"weighted:0.5+feedback:5"`` (``+feedback:0``: off), a dict, a config."""
         if value is None or value is False:
             return None
         if value is True:
@@ -94,17 +108,27 @@ class HybridConfig:
         if isinstance(value, Mapping):
             return cls(**dict(value))
         if isinstance(value, str):
-            name, _, weight = value.partition(":")
+            usage = "write METHOD[:WEIGHT][+feedback:N], e.g. 'rrf', 'weighted:0.3' or 'weighted:0.5+feedback:5'"
+            head, plus, tail = value.partition("+")
+            extra: dict[str, Any] = {}
+            if plus:
+                key, _, count = tail.partition(":")
+                if key.strip() != "feedback" or not count.strip().isdigit():
+                    raise ConfigError(f"hybrid {value!r}: {usage}")
+                extra["feedback"] = int(count)
+            name, _, weight = head.partition(":")
             if not weight:
-                return cls(name.strip())
+                return cls(name.strip(), **extra)
             try:
                 share = float(weight)
             except ValueError:
-                raise ConfigError(
-                    f"hybrid {value!r}: write METHOD or METHOD:WEIGHT, e.g. 'rrf' or 'weighted:0.3'"
-                ) from None
-            return cls(name.strip(), share)
+                raise ConfigError(f"hybrid {value!r}: {usage}") from None
+            return cls(name.strip(), share, **extra)
         raise ConfigError(f"hybrid must be a bool, 'METHOD[:WEIGHT]', a dict or a HybridConfig; got {value!r}")
+
+    def label(self) -> str:
+        """The string :meth:`parse` reads back (``candidates`` and ``feedback_weight`` aside)."""
+        return f"{self.fusion}:{self.weight:g}+feedback:{self.feedback}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +157,17 @@ def fuse(dense: np.ndarray, lexical: np.ndarray, *, fusion: str = "rrf", weight:
     if fusion == "weighted":
         return (1.0 - weight) * _minmax(d) + weight * _minmax(b)
     raise ConfigError(f"fusion must be one of {FUSION_METHODS}; got {fusion!r}")
+
+
+def feedback_query(query: np.ndarray, passages: np.ndarray, weight: float) -> np.ndarray:
+    """The unit query ``(dim,)`` moved towards the mean direction of fed-back ``passages`` ``(n, dim)`` (Rocchio,
+    positive side only): ``q/|q| + weight * mean(p/|p|)``, normalised. No passages: the query, normalised."""
+    unit = np.asarray(query, dtype=np.float32) / max(float(np.linalg.norm(query)), 1e-12)
+    if len(passages):
+        rows = np.asarray(passages, dtype=np.float32)
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)  # (n, dim)
+        unit = unit + weight * rows.mean(axis=0)
+    return (unit / max(float(np.linalg.norm(unit)), 1e-12)).astype(np.float32)
 
 
 def candidate_union(dense: np.ndarray, lexical: np.ndarray, count: int) -> np.ndarray:

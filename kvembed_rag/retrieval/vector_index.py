@@ -50,7 +50,7 @@ from ..config import vector_differences
 from ..errors import EmbedderMismatchError, IndexCorruptError
 from ..quantization import quantize_embeddings, unpack_binary
 from .filters import Filter, compile_filter
-from .lexical import BM25Store, HybridConfig, fuse
+from .lexical import BM25Store, HybridConfig, feedback_query, fuse
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -456,7 +456,8 @@ class VectorIndex:
 
         Candidates are the union of the dense top-N and the BM25 top-N (N = ``candidates``, at least ``k``), each
         scored by both (the dense score exactly, from the stored vectors); ``Hit.score`` is the fused score.
-        With weight 0 the order is :meth:`search`'s.
+        With weight 0 the order is :meth:`search`'s. With the config's ``feedback`` N, the fused top N move the
+        query towards their stored vectors and the fusion runs again from a second dense search (no forward pass).
         """
         if self.lexical is None:
             raise ValueError("this index keeps no BM25 store: build it with hybrid=... (CLI: index --hybrid)")
@@ -479,21 +480,37 @@ class VectorIndex:
                 keep = np.asarray([predicate(self._records[int(label)].metadata) for label in labels], dtype=bool)
                 labels, scores = labels[keep], scores[keep]
             bm25 = dict(zip(labels.tolist(), scores.tolist(), strict=True))
-            union = [self._label_of[hit.id] for hit in dense_hits]
-            chosen = set(union)
-            for position in np.argsort(-scores, kind="stable")[:count].tolist():
-                if int(labels[position]) not in chosen:
-                    union.append(int(labels[position]))
-            if not union:
-                results.append([])
-                continue
-            query = unpack_binary(self._codes(row[None, :]), self.dim)[0] if self.binary else row
-            dense = self._record_scores(union, query[None, :])[0]  # (m,) exact cosine of every candidate
-            lexical = np.asarray([bm25.get(label, 0.0) for label in union])
-            fused = fuse(dense, lexical, fusion=config.fusion, weight=config.weight)
+            lexical_top = [int(labels[p]) for p in np.argsort(-scores, kind="stable")[:count].tolist()]
+            union, fused = self._fused_candidates(row, dense_hits, bm25, lexical_top, config)
+            if config.feedback and union:
+                # Rocchio: the fused top passages move the query; a second dense search runs from there
+                top = [union[i] for i in np.argsort(-fused, kind="stable")[: config.feedback]]
+                fed_back = self.vectors([self._records[label].id for label in top])  # (feedback, dim)
+                moved = feedback_query(row, fed_back, config.feedback_weight)  # (dim,)
+                again = self.search(moved[None, :], count, filter=filter)[0]
+                union, fused = self._fused_candidates(moved, again, bm25, lexical_top, config)
             order = np.argsort(-fused, kind="stable")[:k]
             results.append([self._hit(union[i], float(fused[i])) for i in order])
         return results
+
+    def _fused_candidates(
+        self,
+        query: np.ndarray,
+        dense_hits: list[Hit],
+        bm25: Mapping[int, float],
+        lexical_top: list[int],
+        config: HybridConfig,
+    ) -> tuple[list[int], np.ndarray]:
+        """The union of the dense hits and BM25's top (labels) and their fused scores ``(m,)``."""
+        union = [self._label_of[hit.id] for hit in dense_hits]
+        chosen = set(union)
+        union += [label for label in lexical_top if label not in chosen]
+        if not union:
+            return union, np.zeros(0)
+        query = unpack_binary(self._codes(query[None, :]), self.dim)[0] if self.binary else query
+        dense = self._record_scores(union, query[None, :])[0]  # (m,) exact cosine of every candidate
+        lexical = np.asarray([bm25.get(label, 0.0) for label in union])
+        return union, fuse(dense, lexical, fusion=config.fusion, weight=config.weight)
 
     def _rescored(
         self, queries: Any, k: int, filter: Filter | None, rescore: Rescorer, multiplier: int

@@ -70,7 +70,13 @@ def test_hybrid_store_finds_words_and_survives_save_load(checkpoints, tmp_path: 
     dense.save_local(tmp_path / "dense")
     made = KVFaissVectorStore.load_local(tmp_path / "dense", embeddings, hybrid="weighted:1")
     assert [d.id for d in made.similarity_search("prompts retrievers", k=1)] == ["langchain"]
-    # weight 0: the dense order
-    zero = KVFaissVectorStore.from_documents(DOCUMENTS, embeddings, hybrid="rrf:0")
+    # feedback passes through to the index and survives the save
+    fed = KVFaissVectorStore.from_documents(DOCUMENTS, embeddings, hybrid="weighted:0.5+feedback:2")
+    assert len(fed.similarity_search("budgets meeting", k=3)) == 3
+    fed.save_local(tmp_path / "fed")
+    fed_index = KVFaissVectorStore.load_local(tmp_path / "fed", embeddings).index
+    assert fed_index is not None and fed_index.hybrid == HybridConfig("weighted", 0.5, feedback=2)
+    # weight 0 without feedback: the dense order
+    zero = KVFaissVectorStore.from_documents(DOCUMENTS, embeddings, hybrid="rrf:0+feedback:0")
     for query in ("budgets", "token key value", "vectors"):
         assert [d.id for d in zero.similarity_search(query, k=4)] == [d.id for d in dense.similarity_search(query, k=4)]

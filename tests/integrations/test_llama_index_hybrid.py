@@ -54,9 +54,14 @@ def test_hybrid_retriever_finds_words_persists_and_feeds_document_retrieval(embe
         KVIndexRetriever.from_persist_dir(str(tmp_path), embed_model)
 
 
+def test_feedback_passes_through_to_the_index(embed_model) -> None:
+    retriever = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="weighted:0.5+feedback:2", similarity_top_k=3)
+    assert retriever._index.hybrid.feedback == 2 and len(retriever.retrieve("budget")) == 3
+
+
 def test_weight_zero_and_dense_only_give_the_dense_order(embed_model) -> None:
     dense = KVIndexRetriever.from_nodes(_nodes(), embed_model, similarity_top_k=4)
-    zero = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="rrf:0", similarity_top_k=4)
+    zero = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="rrf:0+feedback:0", similarity_top_k=4)
     off = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="weighted:1", similarity_top_k=4)
     off._dense_only = True
     for query in ("budget", "inner product", "which token?"):
