@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--passage-sample",
         choices=list("ABCDEFGHIJKLMNOPQRSTUVWX"),  # eval.passages.SAMPLES, listed so --help imports no numpy
         default="A",
-        help="which of the disjoint seeded samples (A chooses, B-P confirm; default A)",
+        help="which of the disjoint seeded samples (A chooses, B-X confirm; default A)",
     )
     passages.add_argument("--passage-split", help="only documents of this split (qmsum_spans: train or val)")
     passages.add_argument("--passage-tokens", type=positive_int, default=256, help="tokens per passage (256)")

@@ -18,7 +18,7 @@ top-``candidates``, each candidate scored by both (the dense score exactly). ``w
   candidates, from 1);
 - ``"weighted"``: ``(1 - w)·dense + w·bm25``, each min-max normalised over the candidates.
 
-``weight=0`` orders exactly as the dense search does, ``weight=1`` as BM25 does.
+Without feedback, ``weight=0`` orders exactly as the dense search does, ``weight=1`` as BM25 does.
 
 Pseudo-relevance feedback (``feedback=N``, Rocchio 1971): the fused ranking's top ``N`` passages move the dense
 query towards their mean direction (:func:`feedback_query`), a second dense search runs from there, and its

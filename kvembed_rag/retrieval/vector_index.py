@@ -456,8 +456,9 @@ class VectorIndex:
 
         Candidates are the union of the dense top-N and the BM25 top-N (N = ``candidates``, at least ``k``), each
         scored by both (the dense score exactly, from the stored vectors); ``Hit.score`` is the fused score.
-        With weight 0 the order is :meth:`search`'s. With the config's ``feedback`` N, the fused top N move the
-        query towards their stored vectors and the fusion runs again from a second dense search (no forward pass).
+        With the config's ``feedback`` N (default 5), the fused top N move the query towards their stored vectors
+        and the fusion runs again from a second dense search (no forward pass); with feedback 0 and weight 0 the
+        order is :meth:`search`'s.
         """
         if self.lexical is None:
             raise ValueError("this index keeps no BM25 store: build it with hybrid=... (CLI: index --hybrid)")
