@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", default="8,9;off")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bm25", default="1.2:0.75", help="BM25's k1:b points (Lucene), comma-separated")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.eval.tasks import load_beir
     from kvembed_rag.layer_selection import load_calibration
     from kvembed_rag.postprocess import apply, fit, parse_spec
-    from kvembed_rag.retrieval.lexical import HybridConfig
+    from kvembed_rag.retrieval.lexical import BM25Params, BM25Store, HybridConfig
     from kvembed_rag.retrieval.vector_index import VectorIndex
 
     torch.set_num_threads(args.threads)
@@ -73,18 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         stats = fit(cache.encode(embedder, calibration, "document")[0], parse_spec("whiten:0.6"))
         docs = apply(cache.encode(embedder, texts, "document")[0], stats)
         queries = apply(cache.encode(embedder, query_texts, "query")[0], stats)
-        index = VectorIndex(docs.shape[1], hybrid=True)
-        index.upsert(ids, docs, texts)
-        score("dense", label, [[h.id for h in row] for row in index.search(queries, 10)])
-        for name, config in (
-            ("bm25", HybridConfig("weighted", 1.0, feedback=0)),
-            ("hybrid, no feedback", HybridConfig(feedback=0)),
-            ("hybrid, feedback 5 (shipped)", HybridConfig()),
-        ):
-            if name == "bm25" and label != "8,9":
-                continue
-            hits = index.search_hybrid(queries, query_texts, 10, hybrid=config)
-            score(name, label, [[h.id for h in row] for row in hits])
+        for point in args.bm25.split(","):
+            k1, b = (float(x) for x in point.split(":"))
+            index = VectorIndex(docs.shape[1], hybrid=True)
+            index.lexical = BM25Store(BM25Params(k1=k1, b=b))
+            index.upsert(ids, docs, texts)
+            if point == args.bm25.split(",")[0]:
+                score("dense", label, [[h.id for h in row] for row in index.search(queries, 10)])
+            for name, config in (
+                ("bm25", HybridConfig("weighted", 1.0, feedback=0)),
+                ("hybrid, no feedback", HybridConfig(feedback=0)),
+                ("hybrid, feedback 5", HybridConfig()),
+            ):
+                if name == "bm25" and label != "8,9":
+                    continue
+                hits = index.search_hybrid(queries, query_texts, 10, hybrid=config)
+                score(f"{name}, bm25 k{k1} b{b}", label, [[h.id for h in row] for row in hits])
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from kvembed_rag.errors import ConfigError, IndexCorruptError
 from kvembed_rag.retrieval.lexical import (
+    REFERENCE_BM25,
+    BM25Params,
     BM25Store,
     HybridConfig,
     candidate_union,
@@ -49,6 +52,74 @@ def test_tokenizer_and_bm25_scores_prefer_the_matching_texts() -> None:
     labels, scores = store.scores("budget committee")
     assert labels.tolist() == [10, 11, 12] and scores[0] > 0 and scores[1] == scores[2] == 0
     assert not store.scores("the of and")[1].any()  # stop words only: no evidence either way
+
+
+def _lucene_by_hand(texts: list[str], query: str, k1: float, b: float) -> np.ndarray:
+    """BM25 as Lucene scores it: ``idf * tf / (tf + k1 (1 - b + b |d| / avg|d|))``, summed over the query's words."""
+    docs = [tokenize(t) for t in texts]
+    average = np.mean([len(d) for d in docs])
+    out = np.zeros(len(docs))
+    for word in tokenize(query):
+        df = sum(word in d for d in docs)
+        idf = np.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
+        for j, d in enumerate(docs):
+            tf = d.count(word)
+            out[j] += idf * tf / (tf + k1 * (1 - b + b * len(d) / average))
+    return out
+
+
+@pytest.mark.parametrize("params", [BM25Params(), REFERENCE_BM25, BM25Params(k1=0.9, b=1.0)])
+def test_bm25_scores_follow_the_parameters_by_hand(params: BM25Params) -> None:
+    store = BM25Store(params)
+    store.upsert(list(range(len(TEXTS))), TEXTS)
+    for query in ("budget quarter prototypes", "remote remote design yellow", "speech noise"):
+        expected = _lucene_by_hand(TEXTS, query, params.k1, params.b)
+        assert store.scores(query)[1] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_bm25_params_defaults_parsing_and_errors() -> None:
+    assert (BM25Params().k1, BM25Params().b, BM25Params().method) == (2.0, 0.5, "lucene")  # the shipped ones
+    assert (REFERENCE_BM25.k1, REFERENCE_BM25.b) == (1.2, 0.75)  # the textbook reference row
+    assert BM25Params.parse(None) == BM25Params() and BM25Params.parse(REFERENCE_BM25) is REFERENCE_BM25
+    assert BM25Params.parse("k1=1.2, b=0.75") == REFERENCE_BM25 and BM25Params.parse("b=0.3") == BM25Params(b=0.3)
+    for params in (BM25Params(), REFERENCE_BM25, BM25Params(k1=1.5, b=0.6, method="bm25+")):
+        assert BM25Params.parse(params.label()) == params
+    assert BM25Params().label() == "k1=2,b=0.5"
+    for bad, message in (
+        ("k1=-1", "k1 must be"),
+        ("b=1.5", "b must be between"),
+        ("method=tfidf", "method must be one of"),
+        ("k1:2", "look like"),
+        ("k2=1", "look like"),
+        ("k1=lots", "must be a number"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            BM25Params.parse(bad)
+
+
+def test_an_index_keeps_the_bm25_parameters_it_was_built_with(tmp_path: Path) -> None:
+    reference = VectorIndex(16, hybrid=True, bm25="k1=1.2,b=0.75")
+    reference.upsert(["a", "b", "c"], _vectors(3), TEXTS[:3])
+    reference.save(tmp_path / "old")
+    loaded = VectorIndex.load(tmp_path / "old")  # as an index saved before the defaults changed
+    assert loaded.lexical is not None and loaded.lexical.params == REFERENCE_BM25
+    assert VectorIndex(16, hybrid=True).lexical.params == BM25Params()  # type: ignore[union-attr]
+    loaded.enable_hybrid("weighted:1")  # another fusion: the parameters stay
+    assert loaded.lexical.params == REFERENCE_BM25
+    loaded.enable_hybrid("weighted:1", bm25="k1=0.9,b=1")  # asked for: re-scored from the stored tokens
+    expected = _lucene_by_hand(TEXTS[:3], "budget committee remote", 0.9, 1.0)
+    assert loaded.lexical.scores("budget committee remote")[1] == pytest.approx(expected, rel=1e-5)
+    loaded.save(tmp_path / "old")
+    assert VectorIndex.load(tmp_path / "old").lexical.params == BM25Params(k1=0.9, b=1.0)  # type: ignore[union-attr]
+    store = BM25Store(REFERENCE_BM25)
+    store.upsert([0], ["budget"])
+    with np.load(io.BytesIO(store.to_bytes()), allow_pickle=False) as arrays:
+        fields = {name: arrays[name] for name in arrays.files}
+    fields["params"] = np.asarray(json.dumps({**json.loads(str(fields["params"])), "b": 7.5}))
+    buffer = io.BytesIO()
+    np.savez(buffer, **fields)
+    with pytest.raises(IndexCorruptError, match="not valid"):  # a stored b out of range is damage, not a setting
+        BM25Store.from_bytes(buffer.getvalue())
 
 
 def test_fusion_weights_zero_and_one_are_the_two_rankings() -> None:
@@ -235,8 +306,17 @@ def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> No
     default = tmp_path / "default"
     assert main(["index", str(corpus), "--out", str(default), *common]) == 0  # a new index: hybrid by default
     assert VectorIndex.load(default).hybrid == HybridConfig()
+    assert VectorIndex.load(default).lexical.params == BM25Params()  # type: ignore[union-attr]
     assert main(["index", str(corpus), "--out", str(dense), *common]) == 0  # an existing one keeps what it has
     assert VectorIndex.load(dense).lexical is None
+    assert main(["index", str(corpus), "--out", str(dense), "--bm25", "k1=1.2", *common]) == 1  # no BM25 to set
+    assert "no BM25" in capsys.readouterr().err and VectorIndex.load(dense).lexical is None
+    assert main(["index", str(corpus), "--out", str(default), "--bm25", "k1=1.2,b=0.75", *common]) == 0
+    assert VectorIndex.load(default).lexical.params == REFERENCE_BM25  # type: ignore[union-attr]
+    assert main(["index", str(corpus), "--out", str(default), *common]) == 0  # not given: kept
+    assert VectorIndex.load(default).lexical.params == REFERENCE_BM25  # type: ignore[union-attr]
+    assert main(["index", str(corpus), "--out", str(default), "--bm25", "k1=1.2;b=0.75", *common]) == 2
+    assert main(["index", str(corpus), "--out", str(default), "--hybrid", "none", "--bm25", "b=0.5", *common]) == 2
     capsys.readouterr()
     assert main(["search", str(hybrid), "compress folders", "-k", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["hits"][0]["document"] == "zip.txt"  # BM25 alone (weight 1)
@@ -279,6 +359,21 @@ def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
         order = [f"d{i}" for i in np.argsort(-expected[row], kind="stable")[:5]]
         assert [h.id for h in hits] == order, (row, hybrid)
         np.testing.assert_allclose([h.score for h in hits], np.sort(expected[row])[::-1][:5], atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "binary"])
+def test_feedback_batched_equals_one_query_at_a_time(precision: str) -> None:
+    """The moved queries of one call share one dense search: each query's hits are those it gets alone."""
+    index = VectorIndex(16, precision=precision, hybrid="weighted:0.5+feedback:2")
+    index.upsert([f"d{i}" for i in range(len(TEXTS))], _vectors(len(TEXTS)), TEXTS, [{"n": i} for i in range(6)])
+    queries, texts = _vectors(4, seed=3), ["budget", "remote yellow", "nothing known", "speech noise"]
+    for filter in (None, {"n": {"$in": [1, 2, 3]}}, {"n": 99}):  # the last keeps no record: no hits, no feedback
+        together = index.search_hybrid(queries, texts, k=3, filter=filter)
+        alone = [index.search_hybrid(q, t, k=3, filter=filter)[0] for q, t in zip(queries, texts, strict=True)]
+        assert [[(h.id, round(h.score, 6)) for h in r] for r in together] == [
+            [(h.id, round(h.score, 6)) for h in r] for r in alone
+        ], filter
+    assert together == [[], [], [], []]
 
 
 def test_search_query_is_hybrid_when_the_index_and_the_query_have_text() -> None:

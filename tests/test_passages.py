@@ -180,7 +180,11 @@ def test_cli_lists_the_same_samples_as_the_task() -> None:
 
 def test_bm25_row_without_a_model_finds_the_exact_words(meetings: Path) -> None:
     rows = evaluate_passages(meetings, None, options=PassageOptions(documents=None, sample=None, size=6))
-    assert [r.method for r in rows] == ["bm25"]
+    # the reference (k1 1.2, b 0.75), then BM25 alone with the parameters the hybrid rows use
+    assert [r.method for r in rows] == ["bm25", "bm25 k1=2,b=0.5"]
+    assert rows[0].model == "bm25 (k1=1.2,b=0.75)"
+    same = evaluate_passages(meetings, None, options=PassageOptions(None, None, size=6, bm25="k1=1.2,b=0.75"))
+    assert [r.method for r in same] == ["bm25"] and same[0].score == rows[0].score
     row = rows[0].to_dict()
     # q1 "budget talk" and q2 "pear 0": both answering passages hold the words; BM25 ranks them first
     assert row["score"] == pytest.approx(1.0) and row["doc_recall@1"] == pytest.approx(1.0)
@@ -220,6 +224,7 @@ def test_dense_and_hybrid_rows_and_weight_zero_equals_dense(meetings: Path) -> N
     rows = {r.method: r for r in evaluate_passages(meetings, _BagOfWords(), options=options)}
     assert list(rows) == [
         "bm25",
+        "bm25 k1=2,b=0.5",
         "kv",
         "hybrid kv+bm25 rrf:0+feedback:0",
         "hybrid kv+bm25 weighted:0+feedback:0",
@@ -228,7 +233,8 @@ def test_dense_and_hybrid_rows_and_weight_zero_equals_dense(meetings: Path) -> N
     for name in ("hybrid kv+bm25 rrf:0+feedback:0", "hybrid kv+bm25 weighted:0+feedback:0"):
         assert rows[name].score == pytest.approx(rows["kv"].score)
         assert rows[name].extra == pytest.approx(rows["kv"].extra)
-    assert rows["hybrid kv+bm25 weighted:1+feedback:5"].score == pytest.approx(rows["bm25"].score)
+    # all BM25: the hybrid's own parameters (the row beside the reference), whatever feedback moved
+    assert rows["hybrid kv+bm25 weighted:1+feedback:5"].score == pytest.approx(rows["bm25 k1=2,b=0.5"].score)
 
 
 def test_cli_eval_passages_bm25_only_json_and_usage_errors(meetings: Path, tmp_path: Path, capsys) -> None:
@@ -238,8 +244,11 @@ def test_cli_eval_passages_bm25_only_json_and_usage_errors(meetings: Path, tmp_p
     args = ["eval", "passages", str(meetings), "--methods", "none", "--passage-tokens", "6", "-q"]
     assert main([*args, "--documents", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["bm25"] and rows[0]["score"] == pytest.approx(1.0)
+    assert [r["method"] for r in rows] == ["bm25", "bm25 k1=2,b=0.5"] and rows[0]["score"] == pytest.approx(1.0)
     assert "passages" in capsys.readouterr().out
+    assert main([*args, "--documents", "2", "--bm25", "k1=1.2,b=0.75", "--json", str(out)]) == 0
+    assert [r["method"] for r in json.loads(out.read_text())] == ["bm25"]  # the reference's own parameters
+    assert main([*args, "--bm25", "k1=1.2;b=0.75"]) == 2  # before any model loads
     assert main([*args, "--hybrid", "mean:0.5"]) == 2  # an unknown fusion, before any model loads
     assert main([*args, "--passage-overlap", "6"]) == 2
     assert main([*args, "--documents", "2", "--passage-sample", "B"]) == 2  # B needs 4 documents; 2 exist
@@ -304,7 +313,7 @@ def test_passages_are_never_cut_the_harness_makes_room(make_embedder, tmp_path: 
     long = evaluate_passages(folder, make_embedder("llama", max_length=1024), options=options)
     dense = [(r.method, round(r.score, 6)) for r in cut_short]
     assert dense == [(r.method, round(r.score, 6)) for r in long]
-    assert cut_short[1].extra["max_input_tokens"] == roomy.max_length
+    assert next(r for r in cut_short if r.method == "kv").extra["max_input_tokens"] == roomy.max_length
 
 
 def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, tmp_path: Path) -> None:
@@ -325,6 +334,7 @@ def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, t
     rows = {r.method: r for r in evaluate_passages(folder, embedder, options=options)}
     assert list(rows) == [
         "bm25",
+        "bm25 k1=2,b=0.5",
         "kv",
         "kv pieces:24",
         "hybrid kv+bm25 weighted:0+feedback:0",

@@ -104,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "comma-separated; 'none' for no hybrid rows",
     )
     passages.add_argument(
+        "--bm25",
+        metavar="k1=K,b=B",
+        help="the hybrid rows' BM25 parameters (default the index's: k1=2,b=0.5); the reference row stays k1 1.2, "
+        "b 0.75, and a row shows BM25 alone with these",
+    )
+    passages.add_argument(
         "--anchors", default="", help="sentence-transformers models to add as rows, e.g. all-MiniLM-L6-v2 (optional)"
     )
     parser.add_argument("--split", default="dev", help="qrels split for retrieval and loco (default dev)")
@@ -197,7 +203,7 @@ def run_passages(args: argparse.Namespace) -> int:
     if not 0 <= args.passage_overlap < args.passage_tokens:
         raise UsageError(f"--passage-overlap must be >= 0 and below --passage-tokens; got {args.passage_overlap}")
     from ..errors import ConfigError
-    from ..retrieval.lexical import HybridConfig
+    from ..retrieval.lexical import BM25Params, HybridConfig
 
     hybrid = tuple(h.strip() for h in args.hybrid.split(",") if h.strip() and h.strip().lower() != "none")
     try:
@@ -205,6 +211,10 @@ def run_passages(args: argparse.Namespace) -> int:
             HybridConfig.parse(spec)
     except ConfigError as exc:
         raise UsageError(f"--hybrid: {exc}") from None
+    try:
+        BM25Params.parse(args.bm25)
+    except ConfigError as exc:
+        raise UsageError(f"--bm25: {exc}") from None
     anchors = tuple(a.strip() for a in args.anchors.split(",") if a.strip())
     if args.cache_dir:
         creatable_folder(args.cache_dir, "--cache-dir")
@@ -224,6 +234,7 @@ def run_passages(args: argparse.Namespace) -> int:
         hybrid=hybrid,
         anchors=anchors,
         child_tokens=args.child_tokens,
+        bm25=args.bm25,
     )
     show = not args.quiet
     base = None

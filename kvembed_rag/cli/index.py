@@ -14,6 +14,7 @@ from .options import (
     UsageError,
     add_model_options,
     add_output_options,
+    bm25_flag,
     creatable_folder,
     existing_path,
     hybrid_flag,
@@ -137,6 +138,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "given, a dense index gets BM25 over its stored texts",
     )
     parser.add_argument(
+        "--bm25",
+        metavar="k1=K,b=B",
+        help="BM25's parameters for the hybrid's lexical side (k1, b, method=lucene|bm25l|bm25+|...; default for a new "
+        "index k1=2,b=0.5, chosen on 2,048-token passages; an existing index keeps its own unless given)",
+    )
+    parser.add_argument(
         "--engine",
         choices=["local", "ray"],
         default="local",
@@ -209,11 +216,14 @@ def run(args: argparse.Namespace) -> int:
         args.hybrid = "default"  # a new index: dense kv + BM25, the shipped retrieval path
     # None (flag not given, existing index): the index keeps what it has
     hybrid = hybrid_flag(args.hybrid)
+    bm25 = bm25_flag(args.bm25)
+    if bm25 is not None and hybrid is False:
+        raise UsageError("--bm25 sets the hybrid's BM25: drop --hybrid none")
     documents = read_documents(args)
     show = not args.quiet and not args.json
     chunking = resolve_chunking(args, out)
     status(f"read {len(documents):,} documents; loading model {args.model} ...", enabled=show)
-    from ..errors import ChunkingMismatchError, EmbedderMismatchError
+    from ..errors import ChunkingMismatchError, ConfigError, EmbedderMismatchError
 
     raw_vectors: dict[str, Any] = {}  # chunk text -> raw vector the corpus fit computed (not embedded twice)
     if spec is None:
@@ -268,10 +278,11 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             raw_vectors=raw_vectors,
             hybrid=hybrid,
+            bm25=bm25,
         )
     except EmbedderMismatchError as exc:
         return _mismatch(out, exc)
-    except ChunkingMismatchError as exc:
+    except (ChunkingMismatchError, ConfigError) as exc:
         progress.close()
         print(f"kvembed-rag index: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE

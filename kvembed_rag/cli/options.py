@@ -66,6 +66,19 @@ def hybrid_flag(text: str | None) -> Any:
         raise UsageError(f"--hybrid: {exc}") from None
 
 
+def bm25_flag(text: str | None) -> Any:
+    """``--bm25`` of ``index``: None (not given) or the :class:`~kvembed_rag.retrieval.lexical.BM25Params` it names."""
+    if text is None:
+        return None
+    from ..errors import ConfigError
+    from ..retrieval.lexical import BM25Params
+
+    try:
+        return BM25Params.parse(text)
+    except ConfigError as exc:
+        raise UsageError(f"--bm25: {exc}") from None
+
+
 def fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
     try:

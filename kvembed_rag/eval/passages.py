@@ -460,6 +460,9 @@ class PassageOptions:
     #: small-to-big rows (``kvembed-rag index --child-tokens``): passages longer than this many tokens are also scored
     #: by their best piece (``kvembed_rag.passage_pieces``) for the first method, alone and fused; 0: no such rows
     child_tokens: int = 0
+    #: the hybrid rows' BM25 (``"k1=2,b=0.5"``; None: the index's default). The ``bm25`` reference row is always the
+    #: textbook k1 1.2, b 0.75; a second row (``bm25 k1=...``) shows BM25 alone with these when they differ
+    bm25: str | None = None
 
 
 def room_for(embedder: Any, texts: Sequence[str], role: str = "document") -> Any:
@@ -488,13 +491,14 @@ def evaluate_passages(
     cache: Any = None,
     on_row: Callable[[Any], None] | None = None,
 ) -> list[Any]:
-    """Rows (:class:`~kvembed_rag.eval.harness.EvalRow`, task ``"passages"``): BM25 (the reference), each dense
+    """Rows (:class:`~kvembed_rag.eval.harness.EvalRow`, task ``"passages"``): BM25 (the reference, k1 1.2, b 0.75;
+    then BM25 alone with the hybrid's parameters, ``options.bm25``, where they differ), each dense
     method of ``base``'s backbone (``base=None``: BM25 and anchors only), the hybrid of the first method with
     BM25 for each fusion in ``options.hybrid``, the same two scored by each passage's best piece when
     ``options.child_tokens`` is below the passage size (small-to-big, as ``index --child-tokens`` stores them),
     and each sentence-transformers anchor."""
     from ..retrieval.chunking import pieces_of_texts
-    from ..retrieval.lexical import HybridConfig
+    from ..retrieval.lexical import REFERENCE_BM25, BM25Params, HybridConfig
     from .harness import EvalRow, model_label
     from .scoring import CachedEncoder
 
@@ -534,8 +538,13 @@ def evaluate_passages(
     query_texts = [q.text for q in run.queries]
     anchors = [AnchorEncoder(name) for name in options.anchors]  # a missing package fails before the long kv pass
     start = time.perf_counter()
-    lexical = bm25_scores(run.passages, run.queries)
-    emit("bm25", "bm25 (k1 1.2, b 0.75)", lexical, time.perf_counter() - start)
+    lexical = bm25_scores(run.passages, run.queries, REFERENCE_BM25)
+    emit("bm25", f"bm25 ({REFERENCE_BM25.label()})", lexical, time.perf_counter() - start)
+    params = BM25Params.parse(options.bm25)
+    if params != REFERENCE_BM25:  # the hybrid rows' BM25, alone: what tuning BM25 gives without any dense side
+        start = time.perf_counter()
+        lexical = bm25_scores(run.passages, run.queries, params)
+        emit(f"bm25 {params.label()}", f"bm25 ({params.label()})", lexical, time.perf_counter() - start)
     dense_first: np.ndarray | None = None
     for method in methods if base is not None else ():
         embedder = room_for(base.variant(method=method), texts)

@@ -187,14 +187,55 @@ def hybrid_order(dense: np.ndarray, lexical: np.ndarray, config: HybridConfig, k
     return candidates[order], fused[order]
 
 
+#: bm25s's scoring variants :class:`BM25Params` accepts
+BM25_METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+
+
 @dataclass(frozen=True)
 class BM25Params:
-    """BM25's parameters (Lucene's variant) and the tokenizer's name, stored with the index."""
+    """BM25's parameters and the tokenizer's name, stored with the index (an index keeps the ones it was built with).
 
-    k1: float = 1.2
-    b: float = 0.75
+    The defaults are the best of 36 (variant x k1 x b) for the shipped hybrid on 2,048-token QMSum passages (dev
+    meetings 16-95), confirmed on 96-191 (+0.005 nDCG@10, every pool up) and level on SciFact abstracts (-0.004):
+    docs/RESULTS.md, "BM25's parameters at 2,048-token passages". Long passages want term counts to saturate later
+    (k1 2.0) and length to count less (b 0.5) than the textbook 1.2 / 0.75, which :data:`REFERENCE_BM25` keeps."""
+
+    k1: float = 2.0
+    b: float = 0.5
     method: str = "lucene"
     tokenizer: str = "words2-lower-stopwords_en"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.k1, int | float) and self.k1 >= 0):
+            raise ConfigError(f"BM25 k1 must be a number >= 0; got {self.k1!r}")
+        if not (isinstance(self.b, int | float) and 0 <= self.b <= 1):
+            raise ConfigError(f"BM25 b must be between 0 and 1; got {self.b!r}")
+        if self.method not in BM25_METHODS:
+            raise ConfigError(f"BM25 method must be one of {BM25_METHODS}; got {self.method!r}")
+
+    @classmethod
+    def parse(cls, text: str | BM25Params | None) -> BM25Params:
+        """``"k1=2,b=0.5"`` (any of ``k1``, ``b``, ``method``; the others default), a :class:`BM25Params` or None."""
+        if text is None:
+            return cls()
+        if isinstance(text, BM25Params):
+            return text
+        fields: dict[str, Any] = {}
+        for part in (p.strip() for p in str(text).split(",") if p.strip()):
+            name, sep, value = part.partition("=")
+            name = name.strip().lower()
+            if not sep or name not in ("k1", "b", "method"):
+                raise ConfigError(f"BM25 parameters look like 'k1=2,b=0.5[,method=lucene]'; got {text!r}")
+            try:
+                fields[name] = value.strip() if name == "method" else float(value)
+            except ValueError:
+                raise ConfigError(f"BM25 {name} must be a number; got {value.strip()!r}") from None
+        return cls(**fields)
+
+    def label(self) -> str:
+        """``k1=2,b=0.5`` (``,method=...`` when not Lucene): :meth:`parse`'s input."""
+        text = f"k1={self.k1:g},b={self.b:g}"
+        return text if self.method == "lucene" else f"{text},method={self.method}"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BM25Params:
@@ -207,6 +248,10 @@ class BM25Params:
                 f"the BM25 index was tokenised with {params.tokenizer!r}, which this version does not know; rebuild it"
             )
         return params
+
+
+#: the textbook parameters (Robertson / Lucene defaults): the reference row of ``eval passages``, as issue 30 set it
+REFERENCE_BM25 = BM25Params(k1=1.2, b=0.75)
 
 
 class BM25Store:
@@ -233,6 +278,11 @@ class BM25Store:
             if not isinstance(text, str):
                 raise TypeError(f"hybrid retrieval indexes texts: record {label} has {type(text).__name__}")
             self._tokens[int(label)] = tokenize(text, self._stop)
+        self._model = None
+
+    def set_params(self, params: BM25Params) -> None:
+        """Score with other parameters from now on (the token lists stay; the model is rebuilt when next used)."""
+        self.params = params
         self._model = None
 
     def delete(self, labels: Iterable[int]) -> None:

@@ -30,9 +30,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import ChunkingMismatchError, EmbedderMismatchError, IndexCorruptError, PostprocessMismatchError
+from ..errors import (
+    ChunkingMismatchError,
+    ConfigError,
+    EmbedderMismatchError,
+    IndexCorruptError,
+    PostprocessMismatchError,
+)
 from .chunking import Chunking, chunk_text, passage_input_tokens, passage_pieces
 from .documents import SourceDocument
+from .lexical import BM25Params
 from .vector_index import MANIFEST, VectorIndex, attachment_file, attachment_file_name
 
 logger = logging.getLogger(__name__)
@@ -99,22 +106,30 @@ def check_chunking(stored: dict[str, Any] | None, wanted: dict[str, Any], where:
     )
 
 
-def open_index(out_dir: Path, embedder: Any, *, overwrite: bool = False, hybrid: Any = None) -> VectorIndex:
+def open_index(
+    out_dir: Path, embedder: Any, *, overwrite: bool = False, hybrid: Any = None, bm25: Any = None
+) -> VectorIndex:
     """The existing index in ``out_dir`` (checked against ``embedder``) or a new empty one.
 
     The index records ``embedder.describe()``, whose ``config`` entry is the resolved configuration:
     :func:`load_for_search` rebuilds exactly that embedder for the index's queries. ``overwrite``: start empty
     even if ``out_dir`` holds an index (built by any embedder); the old one is replaced at the first save.
     ``hybrid`` (``"rrf:0.5"``, ``True`` ...): keep BM25 beside the vectors with that default fusion (an existing
-    index gets BM25 over its stored texts); ``None`` keeps what the index has.
+    index gets BM25 over its stored texts); ``None`` keeps what the index has. ``bm25`` (``"k1=2,b=0.5"``, a
+    :class:`~kvembed_rag.retrieval.lexical.BM25Params`): BM25's parameters (``None``: a new store gets the shipped
+    ones, an existing one keeps its own).
     """
     info = embedder.describe()
     if (out_dir / MANIFEST).is_file() and not overwrite:
         index = VectorIndex.load(out_dir, embedder=info)
         if hybrid is not None and hybrid is not False:
-            index.enable_hybrid(hybrid)
+            index.enable_hybrid(hybrid, bm25=bm25)
+        elif bm25 is not None:
+            if index.lexical is None:
+                raise ConfigError(f"{out_dir} has no BM25 to set the parameters of: add it with hybrid= (--hybrid)")
+            index.lexical.set_params(BM25Params.parse(bm25))
     else:
-        index = VectorIndex(embedder.dim, embedder=info, hybrid=hybrid)
+        index = VectorIndex(embedder.dim, embedder=info, hybrid=hybrid, bm25=bm25)
     own = _own_stats(Path(out_dir), embedder)
     if own is not None:  # statistics fitted on this index's corpus travel with it, checksummed
         index.attach(POSTPROCESS_ATTACHMENT, own)
@@ -286,6 +301,7 @@ def build_index(
     overwrite: bool = False,
     raw_vectors: dict[str, Any] | None = None,
     hybrid: Any = None,
+    bm25: Any = None,
 ) -> BuildReport:
     """Embed ``documents`` into the index at ``out_dir`` (created or updated). See the module docstring.
 
@@ -299,12 +315,13 @@ def build_index(
     ``chunking`` (default ``Chunking()``): how documents are cut; with ``child_tokens`` (e.g.
     :data:`~kvembed_rag.config.CHILD_TOKENS`; default 0: one vector per chunk) each chunk is embedded as its pieces
     of that many tokens and keeps all their vectors (small-to-big, see the module docstring); token counts and
-    progress count the pieces, as fed to the model.
+    progress count the pieces, as fed to the model. ``hybrid`` and ``bm25``: as :func:`open_index`.
     """
     custom_encode = encode
     cut = chunking or Chunking()
     folder = Path(out_dir)
-    index = open_index(folder, embedder, overwrite=overwrite, hybrid=hybrid)  # refuses another embedder's first
+    # refuses another embedder's index first
+    index = open_index(folder, embedder, overwrite=overwrite, hybrid=hybrid, bm25=bm25)
     wanted = cut.record()
     check_chunking(index.chunking, wanted, folder)  # and another cut
     if index.chunking is None:  # a new index, or one saved before the cut was recorded
@@ -401,7 +418,7 @@ def build_index(
         if group_size >= group_tokens:
             flush()
     flush()
-    if units or overwrite or hybrid is not None or not (folder / MANIFEST).is_file():
+    if units or overwrite or hybrid is not None or bm25 is not None or not (folder / MANIFEST).is_file():
         index.save(folder)
     report.seconds = time.perf_counter() - start
     return report
