@@ -22,6 +22,7 @@ from kvembed_rag.retrieval.lexical import (
     fuse,
     hybrid_order,
     tokenize,
+    with_document_prior,
 )
 from kvembed_rag.retrieval.vector_index import VectorIndex
 
@@ -218,7 +219,8 @@ def test_round_trip_without_pickle(tmp_path: Path) -> None:
     index.save(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["hybrid"] == {
-        "fusion": "weighted", "weight": 0.7, "candidates": 100, "feedback": 5, "feedback_weight": 1.0
+        "fusion": "weighted", "weight": 0.7, "candidates": 100, "feedback": 5, "feedback_weight": 1.0,
+        "document_prior": 0.5,
     }  # fmt: skip
     bm25_file = tmp_path / manifest["files"]["bm25"]
     with zipfile.ZipFile(bm25_file) as archive, np.load(bm25_file, allow_pickle=False) as arrays:
@@ -331,7 +333,10 @@ def test_cli_index_hybrid_then_search(checkpoints, tmp_path: Path, capsys) -> No
     assert VectorIndex.load(dense).hybrid == HybridConfig("weighted", 1.0)
 
 
-@pytest.mark.parametrize("hybrid", ["weighted:0.5", "rrf:0.5", "weighted:0.3", "weighted:0.5+feedback:3"])
+@pytest.mark.parametrize(
+    "hybrid",
+    ["weighted:0.5", "rrf:0.5", "weighted:0.3+document:0", "weighted:0.5+feedback:3", "rrf:0.5+feedback:0+document:2"],
+)
 def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
     """``eval passages`` scores with :func:`hybrid_order` over full score arrays; the shipped path is
     :meth:`VectorIndex.search_hybrid` over FAISS and the BM25 store: both must rank alike, with a candidate set
@@ -343,7 +348,9 @@ def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
     texts = [" ".join(rng.choice(words, size=6)) for _ in range(40)]
     vectors = _vectors(40, seed=11)
     index = VectorIndex(16, hybrid=hybrid)
-    index.upsert([f"d{i}" for i in range(40)], vectors, texts)
+    documents = [f"m{i % 7}" for i in range(40)]  # passages of 7 documents, interleaved; the last 5 have none
+    metadata = [{"document": d} if i < 35 else {} for i, d in enumerate(documents)]
+    index.upsert([f"d{i}" for i in range(40)], vectors, texts, metadata)
     config = HybridConfig.parse(hybrid)
     assert config is not None
     config = dataclasses.replace(config, candidates=8)
@@ -354,7 +361,8 @@ def test_the_index_and_the_evaluation_fuse_the_same_way(hybrid: str) -> None:
     store = BM25Store()
     store.upsert(list(range(40)), texts)
     lexical = np.stack([store.scores(q)[1] for q in query_texts]).astype(np.float32)
-    expected = hybrid_scores(dense, lexical, config, k=5, queries=queries, directions=unit)
+    own = [d if i < 35 else f"record {i}" for i, d in enumerate(documents)]  # a record without one is its own
+    expected = hybrid_scores(dense, lexical, config, k=5, queries=queries, directions=unit, documents=own)
     for row, hits in enumerate(index.search_hybrid(queries, query_texts, k=5, hybrid=config)):
         order = [f"d{i}" for i in np.argsort(-expected[row], kind="stable")[:5]]
         assert [h.id for h in hits] == order, (row, hybrid)
@@ -374,6 +382,28 @@ def test_feedback_batched_equals_one_query_at_a_time(precision: str) -> None:
             [(h.id, round(h.score, 6)) for h in r] for r in alone
         ], filter
     assert together == [[], [], [], []]
+
+
+def test_the_document_prior_lifts_a_documents_passages_by_its_best_and_spares_lone_records() -> None:
+    fused = np.array([0.9, 0.2, 0.5, 0.4, 0.1])  # (m,) candidates' fused scores
+    documents = ["a", "a", "b", "b", "c"]
+    top, scores = with_document_prior(fused, documents, HybridConfig(document_prior=0.5))
+    # by hand: document bests a 0.9, b 0.5, c 0.1 -> min-max 1, 0.5, 0; score (f + 0.5 * prior) / 1.5
+    expected = {0: (0.9 + 0.5) / 1.5, 1: (0.2 + 0.5) / 1.5, 2: (0.5 + 0.25) / 1.5, 3: (0.4 + 0.25) / 1.5, 4: 0.1 / 1.5}
+    assert dict(zip(top.tolist(), scores.tolist(), strict=True)) == pytest.approx(expected)
+    assert scores.max() <= 1.0  # a weighted fusion's scores stay within [0, 1]
+    # every record its own document: the order is the fused one; weight 0: the scores are the fused ones
+    alone, lifted = with_document_prior(fused, list(range(5)), HybridConfig(document_prior=3.0))
+    assert alone.tolist() == np.argsort(-fused, kind="stable").tolist() and np.all(np.diff(lifted) <= 0)
+    off, same = with_document_prior(fused, documents, HybridConfig(document_prior=0), count=3)
+    assert off.tolist() == [0, 2, 3] and same == pytest.approx(fused[[0, 2, 3]])
+    # through the index: a weak passage of the strong document overtakes a lone record scored above it
+    index = VectorIndex(16, hybrid="weighted:1+feedback:0+document:3")
+    texts = ["budget budget budget plan", "budget", "budget budget review", "unrelated words here"]
+    index.upsert(["m#0", "m#1", "x", "y"], _vectors(4), texts, [{"document": "m"}, {"document": "m"}, {}, {}])
+    plain = [h.id for h in index.search_hybrid(_vectors(1)[0], "budget", k=3, hybrid="weighted:1+document:0")[0]]
+    lifted_ids = [h.id for h in index.search_hybrid(_vectors(1)[0], "budget", k=3)[0]]
+    assert plain[:2] == ["m#0", "x"] and lifted_ids[:2] == ["m#0", "m#1"]
 
 
 def test_search_query_is_hybrid_when_the_index_and_the_query_have_text() -> None:

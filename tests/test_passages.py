@@ -135,6 +135,9 @@ def test_answer_coverage_within_a_token_budget_by_hand() -> None:
     assert answer_coverage([["e#0", "d#0", "d#1"]], [query], passages, tokens, 3) == pytest.approx(4 / answer)
     # the first passage is always handed over, even past the budget
     assert answer_coverage([["d#1"]], [query], passages, tokens, 1) == pytest.approx(1.0)
+    # another document's passage ranked first fills the budget: the answering passage behind it is not handed over
+    assert answer_coverage([["e#0", "d#1"]], [query], passages, tokens, 2) == pytest.approx(0.0)
+    assert answer_coverage([["e#0", "d#1"]], [query], passages, tokens, 3) == pytest.approx(1.0)
 
 
 def test_prepare_counts_tokens_and_scores_report_answer_coverage(meetings: Path) -> None:
@@ -219,22 +222,22 @@ class _BagOfWords:
 
 
 def test_dense_and_hybrid_rows_and_weight_zero_equals_dense(meetings: Path) -> None:
-    hybrid = ("rrf:0+feedback:0", "weighted:0+feedback:0", "weighted:1")
+    hybrid = ("rrf:0+feedback:0+document:0", "weighted:0+feedback:0+document:0", "weighted:1+document:0")
     options = PassageOptions(documents=None, sample=None, size=6, hybrid=hybrid)
     rows = {r.method: r for r in evaluate_passages(meetings, _BagOfWords(), options=options)}
     assert list(rows) == [
         "bm25",
         "bm25 k1=2,b=0.5",
         "kv",
-        "hybrid kv+bm25 rrf:0+feedback:0",
-        "hybrid kv+bm25 weighted:0+feedback:0",
-        "hybrid kv+bm25 weighted:1+feedback:5",
+        "hybrid kv+bm25 rrf:0+feedback:0+document:0",
+        "hybrid kv+bm25 weighted:0+feedback:0+document:0",
+        "hybrid kv+bm25 weighted:1+feedback:5+document:0",
     ]
-    for name in ("hybrid kv+bm25 rrf:0+feedback:0", "hybrid kv+bm25 weighted:0+feedback:0"):
+    for name in ("hybrid kv+bm25 rrf:0+feedback:0+document:0", "hybrid kv+bm25 weighted:0+feedback:0+document:0"):
         assert rows[name].score == pytest.approx(rows["kv"].score)
         assert rows[name].extra == pytest.approx(rows["kv"].extra)
     # all BM25: the hybrid's own parameters (the row beside the reference), whatever feedback moved
-    assert rows["hybrid kv+bm25 weighted:1+feedback:5"].score == pytest.approx(rows["bm25 k1=2,b=0.5"].score)
+    assert rows["hybrid kv+bm25 weighted:1+feedback:5+document:0"].score == pytest.approx(rows["bm25 k1=2,b=0.5"].score)
 
 
 def test_cli_eval_passages_bm25_only_json_and_usage_errors(meetings: Path, tmp_path: Path, capsys) -> None:
@@ -329,7 +332,7 @@ def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, t
     (folder / "meetings.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meetings))
     (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
     embedder = make_embedder("llama", max_length=256)
-    hybrid = ("weighted:0+feedback:0", "weighted:0+feedback:2")
+    hybrid = ("weighted:0+feedback:0+document:0", "weighted:0+feedback:2+document:0")
     options = PassageOptions(documents=None, sample=None, size=80, hybrid=hybrid, child_tokens=24)
     rows = {r.method: r for r in evaluate_passages(folder, embedder, options=options)}
     assert list(rows) == [
@@ -337,12 +340,13 @@ def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, t
         "bm25 k1=2,b=0.5",
         "kv",
         "kv pieces:24",
-        "hybrid kv+bm25 weighted:0+feedback:0",
-        "hybrid kv+bm25 weighted:0+feedback:2",
-        "hybrid kv pieces:24+bm25 weighted:0+feedback:0",
-        "hybrid kv pieces:24+bm25 weighted:0+feedback:2",
+        "hybrid kv+bm25 weighted:0+feedback:0+document:0",
+        "hybrid kv+bm25 weighted:0+feedback:2+document:0",
+        "hybrid kv pieces:24+bm25 weighted:0+feedback:0+document:0",
+        "hybrid kv pieces:24+bm25 weighted:0+feedback:2+document:0",
     ]
-    assert rows["hybrid kv pieces:24+bm25 weighted:0+feedback:0"].score == pytest.approx(rows["kv pieces:24"].score)
+    plain = rows["hybrid kv pieces:24+bm25 weighted:0+feedback:0+document:0"]
+    assert plain.score == pytest.approx(rows["kv pieces:24"].score)
     run = prepare(load_passage_task(folder), embedder.token_offsets, size=80)
     pieces = [passage_pieces(embedder, p.text, 24) for p in run.passages]
     assert max(map(len, pieces)) > 1  # the passages do split
@@ -356,5 +360,5 @@ def test_small_to_big_rows_score_each_passage_by_its_best_piece(make_embedder, t
     tops = np.argsort(-best, axis=1, kind="stable")[:, :2]  # (queries, 2)
     moved = [feedback_query(q, directions[top], 1.0) for q, top in zip(queries_v, tops, strict=True)]
     again = np.stack([[(embedder.encode_documents(each) @ m).max() for each in pieces] for m in moved])
-    fed = rows["hybrid kv pieces:24+bm25 weighted:0+feedback:2"].score
+    fed = rows["hybrid kv pieces:24+bm25 weighted:0+feedback:2+document:0"].score
     assert fed == pytest.approx(run.score(again)["ndcg@10"], abs=1e-6)

@@ -99,9 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     passages.add_argument(
         "--hybrid",
-        default="weighted:0.5+feedback:0,weighted:0.5",
-        help="fusions of the first method with BM25, FUSION:BM25_WEIGHT[+feedback:N] (N default 5, the shipped path), "
-        "comma-separated; 'none' for no hybrid rows",
+        default="weighted:0.5+feedback:0+document:0,weighted:0.5+document:0,weighted:0.5",
+        help="fusions of the first method with BM25, FUSION:BM25_WEIGHT[+feedback:N][+document:W] (default N 5, W 0.5: "
+        "the shipped path), comma-separated; default: the plain fusion, with feedback, shipped; 'none': no hybrid rows",
     )
     passages.add_argument(
         "--bm25",

@@ -130,10 +130,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hybrid",
         nargs="?",
         const="default",
-        metavar="FUSION[:WEIGHT][+feedback:N]",
+        metavar="FUSION[:WEIGHT][+feedback:N][+document:W]",
         help="keep BM25 over the chunks' texts beside the vectors and fuse the two in 'search' (rrf:W or weighted:W, "
-        "W = BM25's share; +feedback:N: the fused top N move the dense query, default 5, 0 off; default for a new "
-        "index: the shipped fusion, weighted:0.5+feedback:5; 'none': dense only). An existing index keeps what it "
+        "W = BM25's share; +feedback:N: the fused top N move the dense query, default 5, 0 off; +document:W: a "
+        "passage rises by W times its document's best score, default 0.5, 0 off; default for a new index: the "
+        "shipped fusion, weighted:0.5+feedback:5+document:0.5; 'none': dense only). An existing index keeps what it "
         "has unless given; "
         "given, a dense index gets BM25 over its stored texts",
     )

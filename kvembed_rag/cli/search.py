@@ -35,9 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", type=positive_int, default=5, help="documents to return, >= 1 (default 5)")
     parser.add_argument(
         "--hybrid",
-        metavar="FUSION[:WEIGHT][+feedback:N]",
+        metavar="FUSION[:WEIGHT][+feedback:N][+document:W]",
         help="an index built with --hybrid: fuse this way instead of its default (rrf:W, weighted:W; +feedback:N, "
-        "the fused top N fed back into the dense query, default 5, 0 off); none: dense",
+        "the fused top N fed back into the dense query, default 5, 0 off; +document:W, each passage raised by W times "
+        "its document's best score, default 0.5, 0 off); none: dense",
     )
     add_output_options(parser)
     add_model_options(parser, runtime_only=True)

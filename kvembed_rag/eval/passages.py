@@ -302,9 +302,11 @@ def answer_coverage(
         answer = _merge(query.spans)
         total = sum(end - start for start, end in answer)
         used, covered = 0, list[tuple[int, int]]()
-        for passage_id in row:
+        for taken, passage_id in enumerate(row):
             cost = tokens[passage_id]
-            if covered and used + cost > budget:
+            # every passage handed over spends budget, another document's too (until 2026-12-07 only a passage of the
+            # query's own document ended the free first slot: wrong-document passages ranked above it cost nothing)
+            if taken and used + cost > budget:
                 break
             used += cost
             passage = passages[passage_id]
@@ -351,25 +353,28 @@ def hybrid_scores(
     queries: np.ndarray | None = None,
     directions: np.ndarray | None = None,
     dense_of: Callable[[np.ndarray], np.ndarray] | None = None,
+    documents: Sequence[str] | None = None,
 ) -> np.ndarray:
     """``(queries, passages)`` scores whose top ``k`` order is the hybrid ranking (others ``-inf``).
 
     With ``config.feedback`` (as :meth:`VectorIndex.search_hybrid` does it): ``queries`` ``(q, dim)``, each
     passage's one direction ``directions`` ``(passages, dim)``, and ``dense_of`` (a moved query ``(dim,)`` to every
-    passage's dense score; default ``directions @ query``) for passages with several vectors."""
+    passage's dense score; default ``directions @ query``) for passages with several vectors. ``documents`` (each
+    passage's document): the final fusion adds the document prior, as the index does with its records' documents."""
     from ..retrieval.lexical import feedback_query, hybrid_order
 
     if config.feedback and (queries is None or directions is None):
         raise ValueError("feedback needs the query vectors and the passages' directions")
     out = np.full(dense.shape, -np.inf, dtype=np.float64)
     for row in range(dense.shape[0]):
-        positions, fused = hybrid_order(dense[row], lexical[row], config, k)
+        final = None if config.feedback else documents  # the prior applies to the last fusion only
+        positions, fused = hybrid_order(dense[row], lexical[row], config, k, final)
         if config.feedback:
             assert queries is not None and directions is not None
             fed_back = directions[positions[: config.feedback]]  # (feedback, dim)
             moved = feedback_query(queries[row], fed_back, config.feedback_weight)
             again = dense_of(moved) if dense_of is not None else directions @ moved  # (passages,)
-            positions, fused = hybrid_order(again, lexical[row], config, k)
+            positions, fused = hybrid_order(again, lexical[row], config, k, documents)
         out[row, positions] = fused
     return out
 
@@ -455,7 +460,8 @@ class PassageOptions:
     size: int = 256
     overlap: int = 0
     header: bool = False
-    hybrid: tuple[str, ...] = ("weighted:0.5+feedback:0", "weighted:0.5")  # without and with feedback (shipped)
+    # the plain fusion, with feedback, and the shipped path (feedback and the document prior)
+    hybrid: tuple[str, ...] = ("weighted:0.5+feedback:0+document:0", "weighted:0.5+document:0", "weighted:0.5")
     anchors: tuple[str, ...] = ()
     #: small-to-big rows (``kvembed-rag index --child-tokens``): passages longer than this many tokens are also scored
     #: by their best piece (``kvembed_rag.passage_pieces``) for the first method, alone and fused; 0: no such rows
@@ -586,8 +592,9 @@ def evaluate_passages(
                     assert config is not None
                     start = time.perf_counter()
                     fused = hybrid_scores(
-                        scores, lexical, config, queries=query_vectors, directions=directions, dense_of=dense_of
-                    )
+                        scores, lexical, config, queries=query_vectors, directions=directions, dense_of=dense_of,
+                        documents=[p.document for p in run.passages],
+                    )  # fmt: skip
                     name = f"hybrid {method_name}+bm25 {config.label()}"
                     emit(name, label, fused, time.perf_counter() - start, cached=encoder.stats.cached,
                          input_tokens=embedder.max_length)  # fmt: skip

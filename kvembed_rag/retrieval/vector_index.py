@@ -50,13 +50,17 @@ from ..config import vector_differences
 from ..errors import EmbedderMismatchError, IndexCorruptError
 from ..quantization import quantize_embeddings, unpack_binary
 from .filters import Filter, compile_filter
-from .lexical import BM25Params, BM25Store, HybridConfig, feedback_query, fuse
+from .lexical import BM25Params, BM25Store, HybridConfig, feedback_query, fuse, with_document_prior
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: attachment names: a word (they become file names inside the index directory)
 ATTACHMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _EXACT_FILTER_LIMIT = 20_000  # filtered searches over at most this many candidates are brute-forced exactly
+#: metadata keys that name the document a record (a passage) was cut from, for the hybrid's document prior:
+#: ``kvembed-rag index`` / ``build_index`` write ``document``, the LangChain store's ``add_documents(split=True)``
+#: ``parent_id``, the LlamaIndex retriever ``ref_doc_id`` (a node's source document)
+DOCUMENT_KEYS = ("document", "parent_id", "ref_doc_id")
 #: what ``VectorIndex(precision=...)`` accepts; uint8/ubinary are the same storage as int8/binary
 INDEX_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 #: float vectors to re-rank with: a function from ids to ``(n, dim)`` rows, or a mapping id -> vector
@@ -466,8 +470,10 @@ class VectorIndex:
         Candidates are the union of the dense top-N and the BM25 top-N (N = ``candidates``, at least ``k``), each
         scored by both (the dense score exactly, from the stored vectors); ``Hit.score`` is the fused score.
         With the config's ``feedback`` N (default 5), the fused top N move the query towards their stored vectors
-        and the fusion runs again from a second dense search (no forward pass); with feedback 0 and weight 0 the
-        order is :meth:`search`'s.
+        and the fusion runs again from a second dense search (no forward pass). With ``document_prior`` W (default
+        0.5) the fused top N rise by W times their document's best score (records' ``document`` / ``parent_id`` /
+        ``ref_doc_id`` metadata, :data:`DOCUMENT_KEYS`). With feedback 0, document prior 0 and weight 0 the order is
+        :meth:`search`'s.
         """
         if self.lexical is None:
             raise ValueError("this index keeps no BM25 store: build it with hybrid=... (CLI: index --hybrid)")
@@ -502,9 +508,20 @@ class VectorIndex:
                 fusions[i] = self._fused_candidates(query, again, *lexical_sides[i], config)
         results: list[list[Hit]] = []
         for union, fused in fusions:
-            order = np.argsort(-fused, kind="stable")[:k]
-            results.append([self._hit(union[i], float(fused[i])) for i in order])
+            documents = [self._document_of(label) for label in union]
+            top, scores = with_document_prior(fused, documents, config, count)
+            order = np.argsort(-scores, kind="stable")[:k]
+            results.append([self._hit(union[top[i]], float(scores[i])) for i in order])
         return results
+
+    def _document_of(self, label: int) -> tuple[str, Any]:
+        """The document a record belongs to for the document prior: the first of :data:`DOCUMENT_KEYS` in its
+        metadata, else the record itself."""
+        metadata = self._records[label].metadata
+        for key in DOCUMENT_KEYS:
+            if metadata.get(key) is not None:
+                return ("document", str(metadata[key]))
+        return ("record", label)
 
     def _moved_query(self, query: np.ndarray, fusion: tuple[list[int], np.ndarray], config: HybridConfig) -> np.ndarray:
         """``(dim,)`` ``query`` moved towards the stored vectors of its fused top ``config.feedback`` records."""

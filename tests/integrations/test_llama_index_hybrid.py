@@ -61,7 +61,7 @@ def test_feedback_passes_through_to_the_index(embed_model) -> None:
 
 def test_weight_zero_and_dense_only_give_the_dense_order(embed_model) -> None:
     dense = KVIndexRetriever.from_nodes(_nodes(), embed_model, similarity_top_k=4)
-    zero = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="rrf:0+feedback:0", similarity_top_k=4)
+    zero = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="rrf:0+feedback:0+document:0", similarity_top_k=4)
     off = KVIndexRetriever.from_nodes(_nodes(), embed_model, hybrid="weighted:1", similarity_top_k=4)
     off._dense_only = True
     for query in ("budget", "inner product", "which token?"):
