@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 score = round(sample.score({"docs": docs, "queries": queries}), 4)
             rows.append(dict(family="scifact", sample=sample.name, docs=d, queries=q, system="dense", ndcg=score))
 
-    fusion = HybridConfig.parse("weighted:0.5")
+    fusion = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
     for name in (s.strip() for s in args.passage_samples.split(",") if s.strip()):
         run = prepare(task.sample(4, name), base.token_offsets, size=256)
         passages = [p.text for p in run.passages]

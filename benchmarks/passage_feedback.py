@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.add(sample, f"{label} rocchio k{k} b{beta}", alone, run, window=label)
             for lam in lams:
                 for weight in weights:
-                    fusion = HybridConfig.parse(f"weighted:{weight}")
+                    fusion = HybridConfig.parse(f"weighted:{weight}+feedback:0+document:0")
                     suffix = "" if (lam, weight) == (0.0, 0.5) else f" nb{lam} w{weight}"
                     shipped = hybrid_scores(smooth(dense, lam), smooth(lexical, lam), fusion)
                     rows.add(sample, f"{label} + bm25{suffix}", shipped, run, window=label, lam=lam, w=weight)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             add(sample, dense_name, dense, run)
             for lexical_name, lexical_scores in lexical.items():
                 for fusion in FUSIONS:
-                    config = HybridConfig.parse(fusion)
+                    config = HybridConfig.parse(f"{fusion}+feedback:0+document:0")  # the plain fusion
                     fused = hybrid_scores(dense, lexical_scores, config)
                     add(sample, f"{dense_name} + {lexical_name} {fusion}", fused, run)
         rows.write(args)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base, cache_, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     long_base = base.variant(max_length=args.window)
-    fusion = HybridConfig.parse("weighted:0.5")
+    fusion = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
     spec = parse_spec("whiten:0.6")
     rows = ScoreRows(size=args.size)
     add = rows.add

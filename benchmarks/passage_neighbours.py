@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.retrieval.lexical import HybridConfig
 
     base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
-    fusion = HybridConfig.parse("weighted:0.5")
+    fusion = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
     lams = [float(x) for x in args.lams.split(",") if x.strip()]
     rows = ScoreRows(size=args.size)
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     child_base, cache_, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     parent_base = child_base.variant(max_length=args.parent_max_length)
-    fusion = HybridConfig.parse("weighted:0.5")
+    fusion = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
     spec = parse_spec("whiten:0.6")
     rows = ScoreRows(parent=args.size, child=args.child)
     add = rows.add

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.retrieval.lexical import HybridConfig
 
     base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
-    hybrid = HybridConfig.parse("weighted:0.5")
+    hybrid = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
     rows: list[dict[str, Any]] = []
     for window in parse_windows(args.windows):
         embedder = base.variant(layers=window)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from kvembed_rag.retrieval.lexical import HybridConfig
 
     base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
-    shipped_fusion = HybridConfig.parse("weighted:0.5")
+    shipped_fusion = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
     rows = ScoreRows(size=args.size)
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):

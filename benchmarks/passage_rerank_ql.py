@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     lm = load_causal_lm(base, args.dtype)
     rows = ScoreRows(size=args.size, documents=args.documents, dtype=args.dtype, ql_prompt=QL_PROMPT)
     add = rows.add
-    shipped = HybridConfig.parse("weighted:0.5")
+    shipped = HybridConfig.parse("weighted:0.5+feedback:0+document:0")  # the plain fusion
 
     def fusion_of(share: float) -> Any:
-        return HybridConfig.parse(f"weighted:{share}")
+        return HybridConfig.parse(f"weighted:{share}+feedback:0+document:0")
 
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
         run = prepare(task.sample(args.documents, sample), base.token_offsets, size=args.size)
