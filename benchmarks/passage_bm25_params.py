@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup, pool_vectors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="lucene,bm25+,bm25l", help="bm25s's variants")
     parser.add_argument("--k1s", default="0.9,1.2,1.6,2.0")
     parser.add_argument("--bs", default="0.5,0.75,0.9")
-    parser.add_argument("--hybrid", default="weighted:0.5+feedback:5", help="the fusion (the shipped one)")
+    parser.add_argument(
+        "--hybrid", default="weighted:0.5+feedback:5+document:0", help="the fusion (the path P4 was decided on)"
+    )
     parser.add_argument(
         "--parts",
         type=int,
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     setup = passage_setup(args, args.max_length)
     if setup is None:
         return 0
-    from kvembed_rag.eval.passages import SAMPLES, bm25_scores, hybrid_scores, prepare
+    from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import BM25Params, HybridConfig
 
@@ -55,18 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows = ScoreRows(size=args.size, hybrid=fusion.label())
 
-    def cached(embedder: Any, sample: str, texts: list[str], role: str) -> np.ndarray:
-        """``(texts, dim)`` raw vectors: the cache's for this pool, or (``--parts``) assembled from its parts'."""
-        if not args.parts:
-            return cache.encode(embedder, texts, role)[0]
-        size, first = args.documents // args.parts, SAMPLES.index(sample) * args.parts
-        found: dict[str, np.ndarray] = {}
-        for part in SAMPLES[first : first + args.parts]:
-            run = prepare(task.sample(size, part), base.token_offsets, size=args.size)
-            own = [p.text for p in run.passages] if role == "document" else [q.text for q in run.queries]
-            found.update(zip(own, cache.encode(embedder, own, role)[0], strict=True))
-        return np.stack([found[text] for text in texts])
-
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
         run = prepare(task.sample(args.documents, sample), base.token_offsets, size=args.size)
         passages = [p.text for p in run.passages]
@@ -79,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             embedder = base.variant(layers=window)
             label = "kv " + (",".join(map(str, window)) or "off")
             stats = fit(cache.encode(embedder, calibration, "document")[0], parse_spec("whiten:0.6"))
-            docs = apply(cached(embedder, sample, passages, "document"), stats)
-            queries = apply(cached(embedder, sample, questions, "query"), stats)
+            docs = apply(pool_vectors(setup, args, embedder, sample, passages, "document"), stats)
+            queries = apply(pool_vectors(setup, args, embedder, sample, questions, "query"), stats)
             docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)  # (passages, dim)
             queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # (queries, dim)
             dense = queries @ docs.T  # (queries, passages)

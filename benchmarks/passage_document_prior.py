@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup, pool_vectors
 
 
 def with_prior(fused: np.ndarray, prior: np.ndarray, documents: np.ndarray, weight: float) -> np.ndarray:
@@ -49,24 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     setup = passage_setup(args, args.max_length)
     if setup is None:
         return 0
-    from kvembed_rag.eval.passages import SAMPLES, bm25_scores, hybrid_scores, prepare
+    from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, prepare
     from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import BM25Params, HybridConfig
 
     base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
     fusion = HybridConfig.parse(args.hybrid)
     rows = ScoreRows(size=args.size, hybrid=fusion.label())
-
-    def cached(embedder: Any, sample: str, texts: list[str], role: str) -> np.ndarray:
-        if not args.parts:
-            return cache.encode(embedder, texts, role)[0]
-        size, first = args.documents // args.parts, SAMPLES.index(sample) * args.parts
-        found: dict[str, np.ndarray] = {}
-        for part in SAMPLES[first : first + args.parts]:
-            run = prepare(task.sample(size, part), base.token_offsets, size=args.size)
-            own = [p.text for p in run.passages] if role == "document" else [q.text for q in run.queries]
-            found.update(zip(own, cache.encode(embedder, own, role)[0], strict=True))
-        return np.stack([found[text] for text in texts])
 
     for sample in (s.strip() for s in args.samples.split(",") if s.strip()):
         run = prepare(task.sample(args.documents, sample), base.token_offsets, size=args.size)
@@ -87,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             embedder = base.variant(layers=window)
             label = "kv " + (",".join(map(str, window)) or "off")
             stats = fit(cache.encode(embedder, calibration, "document")[0], parse_spec("whiten:0.6"))
-            docs = apply(cached(embedder, sample, passages, "document"), stats)
-            queries = apply(cached(embedder, sample, questions, "query"), stats)
+            docs = apply(pool_vectors(setup, args, embedder, sample, passages, "document"), stats)
+            queries = apply(pool_vectors(setup, args, embedder, sample, questions, "query"), stats)
             docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)  # (passages, dim)
             queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # (queries, dim)
             fused = hybrid_scores(queries @ docs.T, lexical, fusion, queries=queries, directions=docs)

@@ -127,6 +127,27 @@ def passage_setup(args: argparse.Namespace, max_length: int, method: str = "kv")
     return PassageSetup(base, EmbeddingCache("default"), load_calibration(), load_passage_task(DATA))
 
 
+def pool_vectors(
+    setup: PassageSetup, args: argparse.Namespace, embedder: Any, sample: str, texts: list[str], role: str
+) -> Any:
+    """``(texts, dim)`` raw vectors of a sample's passages or questions from the eval cache; with ``args.parts``
+    (a ``--documents N`` sample read as its ``parts`` consecutive ``N/parts``-document samples: samples are blocks
+    of one seeded shuffle, so the passages are the same) assembled from those samples' cached vectors."""
+    import numpy as np
+
+    from kvembed_rag.eval.passages import SAMPLES, prepare
+
+    if not getattr(args, "parts", 0):
+        return setup.cache.encode(embedder, texts, role)[0]
+    size, first = args.documents // args.parts, SAMPLES.index(sample) * args.parts
+    found: dict[str, Any] = {}
+    for part in SAMPLES[first : first + args.parts]:
+        run = prepare(setup.task.sample(size, part), setup.base.token_offsets, size=args.size)
+        own = [p.text for p in run.passages] if role == "document" else [q.text for q in run.queries]
+        found.update(zip(own, setup.cache.encode(embedder, own, role)[0], strict=True))
+    return np.stack([found[text] for text in texts])
+
+
 def passage_parser(description: str | None) -> argparse.ArgumentParser:
     """The options every passage benchmark shares (``passage_hybrid.py`` adds its own)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
