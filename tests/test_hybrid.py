@@ -24,7 +24,7 @@ from kvembed_rag.retrieval.lexical import (
     tokenize,
     with_document_prior,
 )
-from kvembed_rag.retrieval.vector_index import VectorIndex
+from kvembed_rag.retrieval.vector_index import DOCUMENT_KEYS, VectorIndex
 
 TEXTS = [
     "The quarterly budget was approved by the finance committee.",
@@ -384,7 +384,8 @@ def test_feedback_batched_equals_one_query_at_a_time(precision: str) -> None:
     assert together == [[], [], [], []]
 
 
-def test_the_document_prior_lifts_a_documents_passages_by_its_best_and_spares_lone_records() -> None:
+@pytest.mark.parametrize("key", DOCUMENT_KEYS)
+def test_the_document_prior_lifts_a_documents_passages_by_its_best_and_spares_lone_records(key: str) -> None:
     fused = np.array([0.9, 0.2, 0.5, 0.4, 0.1])  # (m,) candidates' fused scores
     documents = ["a", "a", "b", "b", "c"]
     top, scores = with_document_prior(fused, documents, HybridConfig(document_prior=0.5))
@@ -400,7 +401,7 @@ def test_the_document_prior_lifts_a_documents_passages_by_its_best_and_spares_lo
     # through the index: a weak passage of the strong document overtakes a lone record scored above it
     index = VectorIndex(16, hybrid="weighted:1+feedback:0+document:3")
     texts = ["budget budget budget plan", "budget", "budget budget review", "unrelated words here"]
-    index.upsert(["m#0", "m#1", "x", "y"], _vectors(4), texts, [{"document": "m"}, {"document": "m"}, {}, {}])
+    index.upsert(["m#0", "m#1", "x", "y"], _vectors(4), texts, [{key: "m"}, {key: "m"}, {}, {}])  # each framework's key
     plain = [h.id for h in index.search_hybrid(_vectors(1)[0], "budget", k=3, hybrid="weighted:1+document:0")[0]]
     lifted_ids = [h.id for h in index.search_hybrid(_vectors(1)[0], "budget", k=3)[0]]
     assert plain[:2] == ["m#0", "x"] and lifted_ids[:2] == ["m#0", "m#1"]
