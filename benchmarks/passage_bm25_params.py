@@ -15,11 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 
-from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup, pool_vectors
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup, shipped_sides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,22 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hybrid", default="weighted:0.5+feedback:5+document:0", help="the fusion (the path P4 was decided on)"
     )
-    parser.add_argument(
-        "--parts",
-        type=int,
-        default=0,
-        help="read the vectors of a --documents N sample from the cache of its N/parts-document samples (the same "
-        "passages: samples are consecutive blocks of one seeded shuffle), instead of embedding the pool again",
-    )
     args = parser.parse_args(argv)
     setup = passage_setup(args, args.max_length)
     if setup is None:
         return 0
     from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, prepare
-    from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import BM25Params, HybridConfig
 
-    base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
+    base, task = setup.base, setup.task
     fusion = HybridConfig.parse(args.hybrid)
     grid = [
         BM25Params(k1=float(k1), b=float(b), method=method)
@@ -65,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"method": params.method, "k1": params.k1, "b": params.b}
             rows.add(sample, f"bm25 {params.method} k{params.k1} b{params.b}", scores, run, **extra)
         for window in parse_windows(args.windows):
-            embedder = base.variant(layers=window)
-            label = "kv " + (",".join(map(str, window)) or "off")
-            stats = fit(cache.encode(embedder, calibration, "document")[0], parse_spec("whiten:0.6"))
-            docs = apply(pool_vectors(setup, args, embedder, sample, passages, "document"), stats)
-            queries = apply(pool_vectors(setup, args, embedder, sample, questions, "query"), stats)
-            docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)  # (passages, dim)
-            queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # (queries, dim)
+            label, queries, docs = shipped_sides(setup, args, window, sample, passages, questions)
             dense = queries @ docs.T  # (queries, passages)
             rows.add(sample, label, dense, run, window=label)
             for params, scores in lexical.items():

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup, pool_vectors
+from passage_postprocess import ScoreRows, parse_windows, passage_parser, passage_setup, shipped_sides
 
 
 def with_prior(fused: np.ndarray, prior: np.ndarray, documents: np.ndarray, weight: float) -> np.ndarray:
@@ -43,16 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hybrid", default="weighted:0.5+feedback:5+document:0", help="the fusion the prior is added to"
     )
-    parser.add_argument("--parts", type=int, default=0, help="as passage_bm25_params.py's --parts")
     args = parser.parse_args(argv)
     setup = passage_setup(args, args.max_length)
     if setup is None:
         return 0
     from kvembed_rag.eval.passages import bm25_scores, hybrid_scores, prepare
-    from kvembed_rag.postprocess import apply, fit, parse_spec
     from kvembed_rag.retrieval.lexical import BM25Params, HybridConfig
 
-    base, cache, calibration, task = setup.base, setup.cache, setup.calibration, setup.task
+    base, task = setup.base, setup.task
     fusion = HybridConfig.parse(args.hybrid)
     rows = ScoreRows(size=args.size, hybrid=fusion.label())
 
@@ -72,13 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 sample, f"bm25 + best g{weight}", with_prior(bm25_top, bm25_best, documents, weight), run, g=weight
             )
         for window in parse_windows(args.windows):
-            embedder = base.variant(layers=window)
-            label = "kv " + (",".join(map(str, window)) or "off")
-            stats = fit(cache.encode(embedder, calibration, "document")[0], parse_spec("whiten:0.6"))
-            docs = apply(pool_vectors(setup, args, embedder, sample, passages, "document"), stats)
-            queries = apply(pool_vectors(setup, args, embedder, sample, questions, "query"), stats)
-            docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)  # (passages, dim)
-            queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)  # (queries, dim)
+            label, queries, docs = shipped_sides(setup, args, window, sample, passages, questions)
             fused = hybrid_scores(queries @ docs.T, lexical, fusion, queries=queries, directions=docs)
             rows.add(sample, f"{label} + bm25", fused, run, window=label)
             shipped = hybrid_scores(
@@ -89,14 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             means = np.stack([docs[documents == d].mean(0) for d in range(len(names))])  # (documents, dim)
             means /= np.linalg.norm(means, axis=1, keepdims=True)
             priors = {"mean": queries @ means.T}  # (queries, documents)
-            best = np.full((len(questions), len(names)), -np.inf)
-            for d in range(len(names)):
-                best[:, d] = fused[:, documents == d].max(1)
-            finite = np.isfinite(best)
-            best[~finite] = np.where(finite.any(1), np.nanmin(np.where(finite, best, np.nan), axis=1), 0.0)[
-                np.nonzero(~finite)[0]
-            ]  # a document with no candidate: its query's lowest prior (it scores no candidate anyway)
-            priors["best"] = best
+            # (queries, documents) each document's best candidate (-inf without one: read for candidates only)
+            priors["best"] = np.stack([fused[:, documents == d].max(1) for d in range(len(names))], axis=1)
             for name in args.priors.split(","):
                 for weight in (float(w) for w in args.weights.split(",")):
                     scores = with_prior(fused, priors[name], documents, weight)

@@ -148,6 +148,29 @@ def pool_vectors(
     return np.stack([found[text] for text in texts])
 
 
+def shipped_sides(
+    setup: PassageSetup,
+    args: argparse.Namespace,
+    window: list[int],
+    sample: str,
+    passages: list[str],
+    questions: list[str],
+) -> tuple[str, Any, Any]:
+    """``(label, queries, docs)``: a window's questions and passages under the shipped whitening (``whiten:0.6``,
+    fitted on the calibration texts), unit length, ``(queries, dim)`` and ``(passages, dim)``."""
+    import numpy as np
+
+    from kvembed_rag.postprocess import apply, fit, parse_spec
+
+    embedder = setup.base.variant(layers=window)
+    stats = fit(setup.cache.encode(embedder, setup.calibration, "document")[0], parse_spec("whiten:0.6"))
+    docs = apply(pool_vectors(setup, args, embedder, sample, passages, "document"), stats)
+    queries = apply(pool_vectors(setup, args, embedder, sample, questions, "query"), stats)
+    docs = docs / np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    return "kv " + (",".join(map(str, window)) or "off"), queries, docs
+
+
 def passage_parser(description: str | None) -> argparse.ArgumentParser:
     """The options every passage benchmark shares (``passage_hybrid.py`` adds its own)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,6 +178,13 @@ def passage_parser(description: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--samples", default="A,B", help="eval passages' samples, e.g. A,B or C,D")
     parser.add_argument("--documents", type=int, default=4, help="meetings per sample")
+    parser.add_argument(
+        "--parts",
+        type=int,
+        default=0,
+        help="read the vectors of a --documents N sample from the cache of its N/parts-document samples (the same "
+        "passages: samples are consecutive blocks of one seeded shuffle), instead of embedding the pool again",
+    )
     parser.add_argument("--size", type=int, default=256, help="tokens per passage")
     parser.add_argument("--windows", default="4,5;off", help="re-routed windows, ';'-separated; 'off' = layers=[]")
     parser.add_argument("--threads", type=int, default=1)
