@@ -148,6 +148,13 @@ def test_hybrid_config_parsing_and_errors() -> None:
     fed = HybridConfig.parse("weighted:0.5+feedback:5")
     assert fed == HybridConfig("weighted", 0.5, feedback=5) and HybridConfig.parse(fed.label()) == fed
     assert HybridConfig.parse("rrf+feedback:0") == HybridConfig("rrf", feedback=0)
+    both = HybridConfig.parse("rrf:0.3+document:0.25+feedback:2")  # the options in any order
+    assert both == HybridConfig("rrf", 0.3, feedback=2, document_prior=0.25)
+    assert HybridConfig.parse(both.label()) == both
+    assert HybridConfig().document_prior == 0.5 and HybridConfig.parse("weighted+document:0").document_prior == 0
+    for bad in ("weighted+document:lots", "weighted+document:1+document:2", "weighted+document:inf", "weighted+doc:1"):
+        with pytest.raises(ConfigError):
+            HybridConfig.parse(bad)
     for bad in ("weighted:0.5+feedback", "weighted:0.5+feedback:-1", "weighted:0.5+rm3:5"):
         with pytest.raises(ConfigError, match=r"\+feedback:N"):
             HybridConfig.parse(bad)

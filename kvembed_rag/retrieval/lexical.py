@@ -104,7 +104,7 @@ class HybridConfig:
             raise ConfigError(f"feedback is how many fused top passages feed back (0: off); got {self.feedback!r}")
         if isinstance(self.feedback_weight, bool) or not float(self.feedback_weight) >= 0.0:
             raise ConfigError(f"feedback_weight must be a number >= 0; got {self.feedback_weight!r}")
-        if isinstance(self.document_prior, bool) or not float(self.document_prior) >= 0.0:
+        if isinstance(self.document_prior, bool) or not 0.0 <= float(self.document_prior) < float("inf"):
             raise ConfigError(f"document_prior must be a number >= 0 (0: off); got {self.document_prior!r}")
 
     @classmethod
