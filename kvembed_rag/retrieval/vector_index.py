@@ -508,7 +508,8 @@ class VectorIndex:
                 fusions[i] = self._fused_candidates(query, again, *lexical_sides[i], config)
         results: list[list[Hit]] = []
         for union, fused in fusions:
-            documents = [self._document_of(label) for label in union]
+            # each candidate's document, only when the prior reads them (no metadata lookups otherwise)
+            documents = [self._document_of(label) for label in union] if config.document_prior else []
             top, scores = with_document_prior(fused, documents, config, count)
             order = np.argsort(-scores, kind="stable")[:k]
             results.append([self._hit(union[top[i]], float(scores[i])) for i in order])
